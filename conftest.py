@@ -1,0 +1,5 @@
+"""Root conftest: registers the shared fixture modules of tests/fixtures/."""
+
+pytest_plugins = [
+    "tests.fixtures.services",
+]
