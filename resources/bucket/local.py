@@ -1,0 +1,108 @@
+"""A local folder as the bucket: the embedded default, so the whole pipeline runs on a fresh machine."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from resources.bucket.base import Bucket, BucketError, ShardLayout, check_key
+
+
+class LocalBucket(Bucket):
+    """Objects are files under ``root``; writes go to a temporary file in the same folder and are renamed."""
+
+    def __init__(self, root: str | os.PathLike[str], layout: ShardLayout | None = None):
+        self.root = Path(root).expanduser().resolve()  # created by the first write, not by opening
+        self.url = self.root.as_uri()
+        self.layout = layout or ShardLayout.from_env()
+
+    def path(self, key: str) -> Path:
+        return self.root / check_key(key)
+
+    def list_keys(self, prefix: str = "") -> Iterator[tuple[str, int]]:
+        prefix = prefix.lstrip("/")
+        folder, _, _ = prefix.rpartition("/")
+        start = self.root / folder if folder else self.root
+        if not self.root.is_dir():
+            raise BucketError(
+                f"bucket folder {self.root} does not exist: set NEUCODEC_BUCKET, or write sample shards there "
+                f"with `neucodec-platform sample-bucket {self.root}`"
+            )
+        if not start.is_dir():
+            return
+        stack = [start]
+        while stack:
+            current = stack.pop()
+            with os.scandir(current) as entries:
+                for entry in entries:
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append(Path(entry.path))
+                    elif entry.is_file() and not entry.name.startswith(".tmp-upload-"):
+                        key = Path(entry.path).relative_to(self.root).as_posix()
+                        if key.startswith(prefix):
+                            yield key, entry.stat().st_size
+
+    def exists(self, key: str) -> bool:
+        return self.path(key).is_file()
+
+    def size(self, key: str) -> int:
+        path = self.path(key)
+        if not path.is_file():
+            raise FileNotFoundError(f"{self.url}/{key}")
+        return path.stat().st_size
+
+    def read_bytes(self, key: str) -> bytes:
+        path = self.path(key)
+        if not path.is_file():
+            raise FileNotFoundError(f"{self.url}/{key}")
+        return path.read_bytes()
+
+    def download_to(self, key: str, local_path: str | os.PathLike[str]) -> Path:
+        src = self.path(key)
+        if not src.is_file():
+            raise FileNotFoundError(f"{self.url}/{key}")
+        dest = Path(local_path)
+        self._atomic_write(dest, lambda out: _copy_from(src, out))
+        return dest
+
+    def open_stream(self, key: str) -> BinaryIO:
+        path = self.path(key)
+        if not path.is_file():
+            raise FileNotFoundError(f"{self.url}/{key}")
+        return open(path, "rb")
+
+    def upload_file(self, local_path: str | os.PathLike[str], key: str) -> None:
+        src = Path(local_path)
+        if not src.is_file():
+            raise BucketError(f"cannot upload {src}: not a file")
+        self._atomic_write(self.path(key), lambda out: _copy_from(src, out))
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        self._atomic_write(self.path(key), lambda out: out.write(data))
+
+    def delete(self, key: str) -> None:
+        self.path(key).unlink(missing_ok=True)
+
+    @staticmethod
+    def _atomic_write(dest: Path, write) -> None:
+        """Write to a hidden temporary file next to ``dest`` and rename it: no partial file is ever visible."""
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-upload-", dir=dest.parent)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                write(out)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, dest)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+def _copy_from(src: Path, out: BinaryIO) -> None:
+    with open(src, "rb") as f:
+        shutil.copyfileobj(f, out, length=8 << 20)

@@ -1,0 +1,272 @@
+"""An S3-compatible bucket (Cloudflare R2 in production, moto in tests) through boto3.
+
+Requests are retried by ``call_with_retries`` (botocore's own retries are off so one policy governs all);
+object reads resume with a ``Range`` request after a dropped connection, so large objects are streamed
+and never held whole in memory.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from resources.bucket.base import Bucket, BucketError, ShardLayout, check_key
+from resources.bucket.retry import RetryPolicy, call_with_retries, is_transient
+
+log = logging.getLogger(__name__)
+
+MAX_SINGLE_PUT_BYTES = 5 * 1024**3  # S3's limit for one PUT
+STREAM_BUFFER_BYTES = 1 << 20
+
+
+def _env(name: str) -> str | None:
+    value = os.environ.get(name)
+    return value if value else None
+
+
+def _pair(id_var: str, secret_var: str) -> tuple[str, str] | None:
+    key_id, secret = _env(id_var), _env(secret_var)
+    if key_id and secret:
+        return key_id, secret
+    if key_id or secret:
+        missing = secret_var if key_id else id_var
+        present = id_var if key_id else secret_var
+        raise BucketError(f"{present} is set but {missing} is not: set both to reach the S3/R2 bucket")
+    return None
+
+
+def client_settings() -> dict[str, Any]:
+    """boto3 client arguments from the environment (R2_* first, then the standard AWS_* variables)."""
+    endpoint = _env("R2_ENDPOINT_URL") or _env("AWS_ENDPOINT_URL_S3") or _env("AWS_ENDPOINT_URL")
+    creds = _pair("R2_ACCESS_KEY_ID", "R2_SECRET_ACCESS_KEY")
+    if creds is None:
+        creds = _pair("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+    if creds is None and not (_env("AWS_PROFILE") or Path("~/.aws/credentials").expanduser().is_file()):
+        raise BucketError(
+            "no S3/R2 credentials: set R2_ACCESS_KEY_ID and R2_SECRET_ACCESS_KEY "
+            "(or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or an AWS profile)"
+        )
+    if endpoint is None and _env("R2_ACCESS_KEY_ID"):
+        raise BucketError("R2_ENDPOINT_URL is not set: R2 credentials need the account's endpoint URL")
+    region = "auto" if endpoint else (_env("AWS_REGION") or _env("AWS_DEFAULT_REGION") or "us-east-1")
+    settings: dict[str, Any] = {"endpoint_url": endpoint, "region_name": region}
+    if creds is not None:
+        settings["aws_access_key_id"], settings["aws_secret_access_key"] = creds
+    return settings
+
+
+def make_client(settings: dict[str, Any] | None = None):
+    import boto3
+    from botocore.config import Config
+
+    settings = settings if settings is not None else client_settings()
+    config = Config(
+        region_name=settings["region_name"],
+        signature_version="s3v4",
+        retries={"total_max_attempts": 1, "mode": "standard"},  # RetryPolicy retries, with its own backoff
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+        connect_timeout=10,
+        read_timeout=60,
+        max_pool_connections=16,
+        s3={"addressing_style": "path"},
+    )
+    return boto3.session.Session().client("s3", config=config, **settings)
+
+
+def _is_not_found(exc: BaseException) -> bool:
+    from botocore.exceptions import ClientError
+
+    if not isinstance(exc, ClientError):
+        return False
+    code = str(exc.response.get("Error", {}).get("Code"))
+    return code in ("404", "NoSuchKey", "NotFound")
+
+
+class S3Bucket(Bucket):
+    """``s3://BUCKET[/PREFIX]``: keys are relative to PREFIX."""
+
+    def __init__(self, bucket: str, prefix: str = "", *, layout: ShardLayout | None = None,
+                 retry: RetryPolicy | None = None, client=None):
+        if not bucket:
+            raise BucketError("an S3 bucket URL needs a bucket name: s3://BUCKET[/PREFIX]")
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.url = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
+        self.layout = layout or ShardLayout.from_env()
+        self.retry = retry or RetryPolicy()
+        self.client = client if client is not None else make_client()
+
+    def full_key(self, key: str) -> str:
+        check_key(key)
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def _call(self, what: str, fn):
+        try:
+            return call_with_retries(fn, self.retry, f"{what} {self.url}")
+        except BucketError:
+            raise
+        except Exception as exc:
+            if _is_not_found(exc):
+                raise FileNotFoundError(f"{what}: no object {self.url}") from exc
+            raise BucketError(f"{what} on {self.url} failed: {type(exc).__name__}: {exc}") from exc
+
+    def list_keys(self, prefix: str = "") -> Iterator[tuple[str, int]]:
+        base = f"{self.prefix}/" if self.prefix else ""
+        full_prefix = base + prefix.lstrip("/")
+        token: str | None = None
+        while True:
+            kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": full_prefix, "MaxKeys": 1000}
+            if token:
+                kwargs["ContinuationToken"] = token
+            page = self._call("list", lambda: self.client.list_objects_v2(**kwargs))
+            for obj in page.get("Contents", []):
+                yield obj["Key"][len(base):], int(obj["Size"])
+            if not page.get("IsTruncated"):
+                return
+            token = page["NextContinuationToken"]
+
+    def _head(self, key: str) -> dict[str, Any]:
+        full = self.full_key(key)
+        return self._call(f"head {key}", lambda: self.client.head_object(Bucket=self.bucket, Key=full))
+
+    def exists(self, key: str) -> bool:
+        try:
+            self._head(key)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def size(self, key: str) -> int:
+        return int(self._head(key)["ContentLength"])
+
+    def read_bytes(self, key: str) -> bytes:
+        with self.open_stream(key) as stream:
+            return stream.read()
+
+    def open_stream(self, key: str) -> BinaryIO:
+        raw = ResumableObjectStream(self, key)
+        raw.open()
+        return io.BufferedReader(raw, buffer_size=STREAM_BUFFER_BYTES)  # type: ignore[return-value]
+
+    def download_to(self, key: str, local_path: str | os.PathLike[str]) -> Path:
+        dest = Path(local_path)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-download-", dir=dest.parent)
+        try:
+            with os.fdopen(fd, "wb") as out, self.open_stream(key) as stream:
+                shutil.copyfileobj(stream, out, length=8 << 20)
+            os.replace(tmp, dest)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return dest
+
+    def upload_file(self, local_path: str | os.PathLike[str], key: str) -> None:
+        src = Path(local_path)
+        if not src.is_file():
+            raise BucketError(f"cannot upload {src}: not a file")
+        size = src.stat().st_size
+        if size > MAX_SINGLE_PUT_BYTES:
+            raise BucketError(f"cannot upload {src}: {size} bytes is over the 5 GiB limit of one PUT")
+        full = self.full_key(key)
+
+        def put() -> None:
+            with open(src, "rb") as body:  # reopened per attempt: a retry sends the whole file again
+                self.client.put_object(Bucket=self.bucket, Key=full, Body=body, ContentLength=size)
+
+        self._call(f"upload {key}", put)
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        full = self.full_key(key)
+        self._call(f"put {key}", lambda: self.client.put_object(Bucket=self.bucket, Key=full, Body=data))
+
+    def delete(self, key: str) -> None:
+        full = self.full_key(key)
+        self._call(f"delete {key}", lambda: self.client.delete_object(Bucket=self.bucket, Key=full))
+
+
+class ResumableObjectStream(io.RawIOBase):
+    """Reads one object sequentially; a dropped connection resumes at the current offset with ``Range``.
+
+    The resumed request is pinned to the first response's ETag, so a concurrently replaced object fails loudly
+    instead of splicing two versions together.
+    """
+
+    def __init__(self, bucket: S3Bucket, key: str):
+        self._bucket = bucket
+        self._key = key
+        self._full = bucket.full_key(key)
+        self._pos = 0
+        self._size: int | None = None
+        self._etag: str | None = None
+        self._body = None
+
+    def readable(self) -> bool:
+        return True
+
+    def open(self) -> None:
+        kwargs: dict[str, Any] = {"Bucket": self._bucket.bucket, "Key": self._full}
+        if self._pos:
+            kwargs["Range"] = f"bytes={self._pos}-"
+        if self._etag:
+            kwargs["IfMatch"] = self._etag
+        resp = self._bucket._call(f"get {self._key}", lambda: self._bucket.client.get_object(**kwargs))
+        self._body = resp["Body"]
+        if self._etag is None:
+            self._etag = resp.get("ETag")
+            self._size = int(resp["ContentLength"])
+
+    def readinto(self, buffer) -> int:  # type: ignore[override]
+        if self._size is not None and self._pos >= self._size:
+            return 0
+        view = memoryview(buffer).cast("B")
+        attempt = 1
+        while True:
+            try:
+                if self._body is None:
+                    self.open()
+                    if self._size is not None and self._pos >= self._size:
+                        return 0
+                data = self._body.read(len(view))
+                if not data:
+                    raise ConnectionError(f"stream ended at byte {self._pos} of {self._size}")
+                view[: len(data)] = data
+                self._pos += len(data)
+                return len(data)
+            except Exception as exc:  # noqa: BLE001 - classified below
+                from botocore.exceptions import IncompleteReadError
+
+                self._drop_body()
+                transient = is_transient(exc) or isinstance(exc, IncompleteReadError)
+                if not transient or attempt >= self._bucket.retry.max_attempts:
+                    if isinstance(exc, (BucketError, FileNotFoundError)):
+                        raise
+                    raise BucketError(
+                        f"reading {self._bucket.url}/{self._key} failed at byte {self._pos}: "
+                        f"{type(exc).__name__}: {exc}"
+                    ) from exc
+                pause = self._bucket.retry.delay(attempt)
+                log.warning("reading %s/%s: %s at byte %d; resuming in %.2f s", self._bucket.url, self._key,
+                            type(exc).__name__, self._pos, pause)
+                time.sleep(pause)
+                attempt += 1
+
+    def _drop_body(self) -> None:
+        if self._body is not None:
+            try:
+                self._body.close()
+            except Exception:  # noqa: BLE001 - the connection is already broken
+                pass
+            self._body = None
+
+    def close(self) -> None:
+        self._drop_body()
+        super().close()
