@@ -1,0 +1,1 @@
+"""SFT dataset: pair neucodec tokens with transcripts, training ids, split, statistics, card, charts, packing."""

@@ -1,0 +1,137 @@
+"""The dataset card (README.md) written beside the SFT data, with Hugging Face `configs` front matter."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import polars as pl
+
+from neucodec_assets.sft.training_ids import IM_END, IM_START, SPEECH_START, TARGET_MODEL
+
+
+@dataclass
+class CardInputs:
+    """What the card states; paths are relative to the card's folder."""
+
+    totals: dict[str, float | int]
+    by_language: pl.DataFrame
+    by_dataset: pl.DataFrame
+    by_split: pl.DataFrame
+    shards: int
+    validation_fraction: float
+    split_seed: str
+    tokenizer: str | None
+    dropped: dict[str, int] = field(default_factory=dict)
+    packed: dict[str, int | float] | None = None  # block_size, blocks, tokens, fill ratio
+    packed_paths: dict[str, str] = field(default_factory=dict)  # split -> glob
+    split_path: str = "__sft_meta__/split.parquet"
+    chart_paths: dict[str, str] = field(default_factory=dict)  # alt text -> relative path
+
+
+def _table(frame: pl.DataFrame) -> str:
+    """A markdown table; floats with two decimals, integers with thousands separators."""
+    header = "| " + " | ".join(frame.columns) + " |"
+    rule = "|" + "|".join("---" for _ in frame.columns) + "|"
+    rows = []
+    for row in frame.iter_rows():
+        cells = []
+        for value in row:
+            if isinstance(value, float):
+                cells.append(f"{value:,.2f}")
+            elif isinstance(value, int):
+                cells.append(f"{value:,}")
+            else:
+                cells.append(str(value))
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join([header, rule, *rows])
+
+
+def _front_matter(inputs: CardInputs) -> str:
+    lines = ["---", "task_categories:", "- text-to-speech", "tags:", "- neucodec", "- speech-tokens", "configs:"]
+    lines += [
+        "- config_name: records",
+        *([] if inputs.packed_paths else ["  default: true"]),
+        "  data_files:",
+        "  - split: train",
+        '    path: "**/*.parquet"',
+    ]
+    if inputs.packed_paths:
+        lines += ["- config_name: packed", "  default: true", "  data_files:"]
+        for split, path in inputs.packed_paths.items():
+            lines += [f"  - split: {split}", f'    path: "{path}"']
+    lines.append("---")
+    return "\n".join(lines)
+
+
+def render_card(inputs: CardInputs) -> str:
+    """The README.md text."""
+    t = inputs.totals
+    parts = [
+        _front_matter(inputs),
+        "",
+        "# neucodec SFT dataset",
+        "",
+        f"Speech tokens ([neucodec](https://huggingface.co/neuphonic/neucodec), 50 tokens per second) paired with "
+        f"transcripts, for finetuning [{TARGET_MODEL}](https://huggingface.co/{TARGET_MODEL}).",
+        "",
+        "## Totals",
+        "",
+        f"- shards: {inputs.shards:,}",
+        f"- segments: {int(t.get('segments', 0)):,}",
+        f"- hours: {float(t.get('hours', 0.0)):,.2f}",
+        f"- speech tokens: {int(t.get('speech_tokens', 0)):,}",
+    ]
+    if "training_tokens" in t:
+        parts.append(f"- training tokens (input_ids): {int(t['training_tokens']):,}")
+    parts += [
+        "",
+        "### Per language",
+        "",
+        _table(inputs.by_language),
+        "",
+        "### Per dataset",
+        "",
+        _table(inputs.by_dataset),
+        "",
+        "### Per split",
+        "",
+        _table(inputs.by_split),
+        "",
+    ]
+    for alt, path in inputs.chart_paths.items():
+        parts += [f"![{alt}]({path})", ""]
+    parts += [
+        "## Records",
+        "",
+        "One parquet file per source shard (`<shard>.parquet`), one row per segment present in both the tokens "
+        "file and the shard's metadata: `segment_id`, `dataset`, `language`, `speaker`, `text`, `audio_seconds` "
+        "(token_count / 50), `token_count`, `neucodec_tokens` (list<uint16>)"
+        + (", `input_ids` (list<uint32>)." if inputs.tokenizer else "."),
+        "",
+        f"Training text: `{IM_START}{{speaker}}: {{text}}{SPEECH_START}` + one `<|s_{{code}}|>` per code + "
+        f"`{IM_END}`"
+        + (f"; `input_ids` are its ids under the tokenizer `{inputs.tokenizer}`." if inputs.tokenizer else "."),
+        "",
+        "## Split",
+        "",
+        f"Validation fraction {inputs.validation_fraction:g} (seed {inputs.split_seed!r}): all segments of a speaker "
+        "(per dataset) are on one side; segments without a speaker are assigned by a hash of their segment id. "
+        f"The assignment of every segment is in `{inputs.split_path}` (columns shard, segment_id, split).",
+        "",
+    ]
+    if inputs.packed:
+        p = inputs.packed
+        parts += [
+            "## Packed",
+            "",
+            f"Blocks of up to {int(p['block_size']):,} tokens of whole documents: `input_ids`, `position_ids` "
+            "(restarting at 0 per document) and `attention_mask` (the document lengths), all uint32. "
+            f"{int(p['blocks']):,} blocks, {int(p['tokens']):,} tokens, fill {float(p['fill_ratio']):.1%}, "
+            f"{int(p['oversized_documents']):,} documents longer than a block (each alone in its block).",
+            "",
+        ]
+    if inputs.dropped:
+        parts += ["## Left out", "", "Segments dropped while pairing, by reason:", ""]
+        parts += [f"- {reason}: {count:,}" for reason, count in inputs.dropped.items() if count]
+        parts.append("")
+    return "\n".join(parts)
