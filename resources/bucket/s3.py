@@ -102,6 +102,7 @@ class S3Bucket(Bucket):
         self.url = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
         self.layout = layout or ShardLayout.from_env()
         self.retry = retry or RetryPolicy()
+        self.list_page_size = 1000  # S3's maximum; listing is paginated with continuation tokens
         self.client = client if client is not None else make_client()
 
     def full_key(self, key: str) -> str:
@@ -123,7 +124,7 @@ class S3Bucket(Bucket):
         full_prefix = base + prefix.lstrip("/")
         token: str | None = None
         while True:
-            kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": full_prefix, "MaxKeys": 1000}
+            kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": full_prefix, "MaxKeys": self.list_page_size}
             if token:
                 kwargs["ContinuationToken"] = token
             page = self._call("list", lambda: self.client.list_objects_v2(**kwargs))
