@@ -1,0 +1,121 @@
+"""The convolutional acoustic encoder (``CodecEnc``) for a padded batch of clips of different lengths.
+
+Each clip must come out as if it ran alone. Alone, a clip sees zeros past its end at every zero-padded
+convolution and a copy of its last sample at every anti-aliasing filter (they pad by replication). In a batch,
+the positions past a clip's end hold its padding and, after the first layer, values computed from it. So before
+every operation that reads past the end, the tail of each shorter clip is reset: zeros before a convolution,
+the clip's last value before an up- or down-sampling filter. Lengths are tracked through the strided layers
+(every clip length here is a multiple of 320, so each stage divides it exactly).
+
+Weight-normalized convolutions are evaluated once (``g * v / ||v||``, the same function the hook calls), and
+the package's modules are never modified, so ``from_model`` can share them with a live ``NeuCodec``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["BatchedCodecEnc"]
+
+
+def _effective_weight(conv: nn.Conv1d) -> torch.Tensor:
+    if hasattr(conv, "weight_g") and hasattr(conv, "weight_v"):
+        return torch._weight_norm(conv.weight_v, conv.weight_g, 0).detach()
+    if hasattr(conv, "parametrizations") and "weight" in conv.parametrizations:
+        return conv.weight.detach()
+    return conv.weight.detach()
+
+
+class BatchedCodecEnc:
+    """Callable: waves [B, 1, N] (zero-padded) + lengths (multiples of 320) -> embeddings [B, frames, 1024]."""
+
+    def __init__(self, codec_enc: nn.Module, dtype: torch.dtype = torch.float32) -> None:
+        self.module = codec_enc
+        self.dtype = dtype
+        self.weights: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        self.snake: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        for m in codec_enc.modules():
+            if isinstance(m, nn.Conv1d):
+                bias = None if m.bias is None else m.bias.detach().to(dtype)
+                self.weights[id(m)] = (_effective_weight(m).to(dtype), bias)
+            elif type(m).__name__ in {"SnakeBeta", "Snake"}:
+                alpha = m.alpha.detach()
+                beta = getattr(m, "beta", m.alpha).detach()
+                if m.alpha_logscale:
+                    alpha, beta = torch.exp(alpha), torch.exp(beta)
+                inv_beta = 1.0 / (beta + m.no_div_by_zero)
+                self.snake[id(m)] = (alpha[None, :, None].to(dtype), inv_beta[None, :, None].to(dtype))
+
+    # -- tail handling -------------------------------------------------------------------------------------
+    @staticmethod
+    def _zero_tail(x: torch.Tensor, lengths: list[int]) -> torch.Tensor:
+        t = x.shape[-1]
+        for i, n in enumerate(lengths):
+            if n < t:
+                x[i, :, n:] = 0
+        return x
+
+    @staticmethod
+    def _edge_tail(x: torch.Tensor, lengths: list[int]) -> torch.Tensor:
+        t = x.shape[-1]
+        for i, n in enumerate(lengths):
+            if n < t:
+                x[i, :, n:] = x[i, :, n - 1 : n]
+        return x
+
+    # -- layers --------------------------------------------------------------------------------------------
+    def _conv(self, conv: nn.Conv1d, x: torch.Tensor, lengths: list[int], ragged: bool):
+        weight, bias = self.weights[id(conv)]
+        if ragged and (conv.kernel_size[0] > 1 or conv.padding[0] > 0):
+            x = self._zero_tail(x, lengths)
+        y = F.conv1d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+        k, s, p, d = conv.kernel_size[0], conv.stride[0], conv.padding[0], conv.dilation[0]
+        return y, [(n + 2 * p - d * (k - 1) - 1) // s + 1 for n in lengths]
+
+    def _snake(self, act: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        alpha, inv_beta = self.snake[id(act)]
+        # x + 1/beta * sin(alpha x)^2, in the package's order of operations.
+        return x + inv_beta * torch.pow(torch.sin(x * alpha), 2)
+
+    def _activation1d(self, m: nn.Module, x: torch.Tensor, lengths: list[int], ragged: bool) -> torch.Tensor:
+        if ragged:
+            x = self._edge_tail(x, lengths)
+        up = m.upsample
+        c = x.shape[1]
+        x = F.pad(x, (up.pad, up.pad), mode="replicate")
+        x = up.ratio * F.conv_transpose1d(x, up.filter.to(x.dtype).expand(c, -1, -1), stride=up.stride, groups=c)
+        x = x[..., up.pad_left : -up.pad_right]
+        x = self._snake(m.act, x)
+        up_lengths = [n * up.ratio for n in lengths]
+        if ragged:
+            x = self._edge_tail(x, up_lengths)
+        lp = m.downsample.lowpass
+        if lp.padding:
+            x = F.pad(x, (lp.pad_left, lp.pad_right), mode=lp.padding_mode)
+        return F.conv1d(x, lp.filter.to(x.dtype).expand(c, -1, -1), stride=lp.stride, groups=c)
+
+    def _run(self, m: nn.Module, x: torch.Tensor, lengths: list[int], ragged: bool):
+        name = type(m).__name__
+        if isinstance(m, nn.Conv1d):
+            return self._conv(m, x, lengths, ragged)
+        if name == "Activation1d":
+            return self._activation1d(m, x, lengths, ragged), lengths
+        if isinstance(m, nn.Sequential):
+            for child in m:
+                x, lengths = self._run(child, x, lengths, ragged)
+            return x, lengths
+        if name == "ResidualUnit":
+            y, _ = self._run(m.block, x, lengths, ragged)
+            return x + y, lengths
+        if name == "EncoderBlock":
+            return self._run(m.block, x, lengths, ragged)
+        raise TypeError(f"unexpected module {name} in CodecEnc: the engine follows neucodec 0.0.6's encoder")
+
+    def __call__(self, waves: torch.Tensor, lengths: list[int]) -> tuple[torch.Tensor, list[int]]:
+        ragged = any(n != waves.shape[-1] for n in lengths)
+        x = waves.to(self.dtype)
+        x, lengths = self._run(self.module.conv_blocks, x, lengths, ragged)
+        x, lengths = self._run(self.module.conv_final_block, x, lengths, ragged)
+        return x.transpose(1, 2), lengths
