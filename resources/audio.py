@@ -66,16 +66,39 @@ def segment_id_of(name: str) -> str:
     return os.path.splitext(name.rsplit("/", 1)[-1])[0]
 
 
+def _wav_shortfall(data: bytes) -> int:
+    """Bytes missing from a RIFF/WAVE ``data`` chunk (libsndfile silently reads what is there)."""
+    if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+        return 0
+    pos = 12
+    while pos + 8 <= len(data):
+        size = int.from_bytes(data[pos + 4:pos + 8], "little")
+        if data[pos:pos + 4] == b"data":
+            return max(0, size - (len(data) - pos - 8)) if size != 0xFFFFFFFF else 0
+        pos += 8 + size + (size & 1)
+    return 0
+
+
 def decode(data: bytes) -> tuple[np.ndarray, int]:
     """Decode audio bytes to float32 ``[frames, channels]`` and the sample rate."""
     if not data:
         raise AudioError("empty", "zero-length member")
+    errors = (sf.LibsndfileError, RuntimeError, ValueError, TypeError)
     try:
-        with sf.SoundFile(io.BytesIO(data)) as f:
-            declared, fmt, sr = f.frames, f.format, f.samplerate
+        f = sf.SoundFile(io.BytesIO(data))
+    except errors as exc:
+        raise AudioError("corrupt", f"not a readable audio file: {exc}") from exc
+    with f:
+        declared, fmt, sr = f.frames, f.format, f.samplerate
+        try:
             samples = f.read(dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError, ValueError, TypeError) as exc:
-        raise AudioError("corrupt", f"cannot decode: {exc}") from exc
+        except errors as exc:
+            raise AudioError("corrupt", f"{fmt} header is fine but the audio data is truncated or damaged "
+                                        f"(header declares {declared} frames): {exc}") from exc
+    missing = _wav_shortfall(data)
+    if missing:
+        raise AudioError("truncated", f"WAV data chunk is {missing} bytes short of its declared size "
+                                      f"(decoded {samples.shape[0]} frames)")
     if fmt in _LENGTH_CHECKED_FORMATS and 0 < declared != samples.shape[0]:
         raise AudioError("truncated", f"header declares {declared} frames, decoded {samples.shape[0]}")
     return samples, int(sr)
