@@ -1,0 +1,23 @@
+"""The code location: `dagster dev -w workspace.yaml`, `dagster asset materialize -m neucodec_assets.definitions`.
+
+Resources read their settings from NEUCODEC_* environment variables when a run starts (see
+resources/dagster_resources.py). Runs execute in one process: a run's shards share one loaded model, and the GPU
+run launcher's CUDA_VISIBLE_DEVICES applies to the process that encodes.
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from neucodec_assets.jobs import neucodec_tokens_job
+from neucodec_assets.sensors import shard_discovery_sensor
+from neucodec_assets.tokens_asset import neucodec_tokens
+from resources.dagster_resources import BucketResource, EncoderResource
+
+defs = dg.Definitions(
+    assets=[neucodec_tokens],
+    jobs=[neucodec_tokens_job],
+    sensors=[shard_discovery_sensor],
+    resources={"bucket": BucketResource(), "encoder": EncoderResource()},
+    executor=dg.in_process_executor,
+)

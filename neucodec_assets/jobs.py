@@ -1,0 +1,15 @@
+"""Jobs: `neucodec_tokens_job` encodes shards (one partition, or a range through a backfill) with its checks."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from neucodec_assets.partitions import shards_partitions
+from neucodec_assets.tokens_metadata import TOKENS_ASSET_KEY
+
+neucodec_tokens_job = dg.define_asset_job(
+    name="neucodec_tokens_job",
+    selection=dg.AssetSelection.assets(TOKENS_ASSET_KEY),  # includes the asset's checks
+    partitions_def=shards_partitions,
+    description="Encode shards into neucodec tokens files (pool `gpu`), and check each file.",
+)

@@ -1,0 +1,106 @@
+"""Download the next shard of a run while the current one encodes.
+
+A run encodes several shards with one loaded model; without this, the GPU would sit idle while each multi-gigabyte
+`audio.tar` comes down from R2. Each shard is fetched into its own local folder (a `LocalBucket` with the same key
+layout), so the shard reader reads the tar in place and the folder is dropped as soon as the shard is done.
+A local-folder bucket needs no copy: its shards are handed out as they are.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+from resources.bucket import AUDIO_TAR, METADATA_PARQUET, Bucket, BucketError, LocalBucket
+from resources.shard_reader import ShardError
+
+
+@dataclass
+class FetchedShard:
+    """One shard ready to read: ``source`` holds its audio.tar (and metadata.parquet when the shard has one)."""
+
+    prefix: str
+    source: Bucket
+    local_dir: Path | None  # the folder to drop after use (None: the bucket itself is local)
+    fetch_seconds: float = 0.0
+    error: ShardError | None = None  # the shard could not be fetched; the caller reports it and goes on
+
+    def release(self) -> None:
+        if self.local_dir is not None:
+            shutil.rmtree(self.local_dir, ignore_errors=True)
+            self.local_dir = None
+
+
+class ShardPrefetcher:
+    """Iterate over ``prefixes`` as FetchedShards, fetching shard i+1 in a background thread while the caller
+    works on shard i. A shard that cannot be fetched comes with its ``error`` set, in its turn."""
+
+    def __init__(self, bucket: Bucket, prefixes: Sequence[str], workdir: Path):
+        self.bucket = bucket
+        self.prefixes = list(prefixes)
+        self.workdir = Path(workdir)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-prefetch")
+        self._pending: dict[int, Future[FetchedShard]] = {}
+
+    def _fetch(self, index: int) -> FetchedShard:
+        import time
+
+        prefix = self.prefixes[index]
+        if isinstance(self.bucket, LocalBucket):
+            return FetchedShard(prefix, self.bucket, None)
+        start = time.perf_counter()
+        root = self.workdir / f"shard-{index:05d}"
+        try:
+            self.bucket.download_to(f"{prefix}/{AUDIO_TAR}", root / prefix / AUDIO_TAR)
+        except FileNotFoundError:
+            shutil.rmtree(root, ignore_errors=True)
+            return FetchedShard(prefix, self.bucket, None, error=ShardError(
+                f"shard {prefix} has no {AUDIO_TAR} ({self.bucket.url}/{prefix}/{AUDIO_TAR} does not exist)"))
+        except (BucketError, OSError) as exc:
+            shutil.rmtree(root, ignore_errors=True)
+            return FetchedShard(prefix, self.bucket, None, error=ShardError(
+                f"cannot download {self.bucket.url}/{prefix}/{AUDIO_TAR}: {exc}"))
+        try:
+            self.bucket.download_to(f"{prefix}/{METADATA_PARQUET}", root / prefix / METADATA_PARQUET)
+        except FileNotFoundError:
+            pass  # the reader reports a missing metadata.parquet; tokens are still produced
+        local = LocalBucket(root, layout=self.bucket.layout)
+        return FetchedShard(prefix, local, root, fetch_seconds=time.perf_counter() - start)
+
+    def _submit(self, index: int) -> None:
+        if index < len(self.prefixes) and index not in self._pending:
+            self._pending[index] = self._pool.submit(self._fetch, index)
+
+    def __iter__(self) -> Iterator[FetchedShard]:
+        for index in range(len(self.prefixes)):
+            self._submit(index)
+            future = self._pending[index]
+            try:
+                fetched = future.result()
+            finally:
+                del self._pending[index]
+                self._submit(index + 1)  # the next download overlaps this shard's encoding
+            try:
+                yield fetched
+            finally:
+                fetched.release()
+
+    def close(self) -> None:
+        for future in self._pending.values():
+            future.cancel()
+        self._pool.shutdown(wait=True)
+        for future in self._pending.values():
+            if future.done() and not future.cancelled() and future.exception() is None:
+                future.result().release()
+        self._pending.clear()
+
+    def __enter__(self) -> "ShardPrefetcher":
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()

@@ -1,0 +1,165 @@
+"""Dagster resources: the shard bucket and the neucodec encoder, configured from NEUCODEC_* environment variables.
+
+Every field left unset falls back to its environment variable when a run starts (not when the code location
+loads), so the run worker's environment is what counts; values set in run config or the UI win over both.
+The encoder is heavy (seconds to load, gigabytes of weights): it is loaded lazily, once per process and settings,
+so a run that encodes many shards loads it once and a run that only re-checks files never loads it.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+import dagster as dg
+from pydantic import Field
+
+if TYPE_CHECKING:
+    from resources.bucket import Bucket
+
+DEFAULT_MODEL = "neuphonic/neucodec"
+DEFAULT_SEMANTIC_MODEL = "facebook/w2v-bert-2.0"
+RANDOM_MODEL = "random"
+RANDOM_LABEL = "random (randomly initialized full-size neucodec architecture; tokens are meaningless)"
+
+
+class BucketResource(dg.ConfigurableResource):
+    """Where shards live: ``s3://BUCKET[/PREFIX]`` or ``file:///ABS/PATH``; unset means ``$NEUCODEC_BUCKET``."""
+
+    url: str | None = Field(
+        default=None,
+        description="Bucket URL; unset: the NEUCODEC_BUCKET environment variable (else the embedded local folder).",
+    )
+
+    def open(self) -> Bucket:
+        from resources.bucket import open_bucket
+
+        return open_bucket(self.url or None)
+
+
+def _env(name: str) -> str | None:
+    value = os.environ.get(name, "").strip()
+    return value or None
+
+
+def _env_float(name: str) -> float | None:
+    raw = _env(name)
+    if raw is None:
+        return None
+    try:
+        return float(raw)
+    except ValueError as exc:
+        raise ValueError(f"{name}={raw!r} is not a number") from exc
+
+
+@dataclass(frozen=True)
+class EncoderSettings:
+    """The resolved encoder configuration; it identifies a loaded encoder in the per-process cache."""
+
+    model: str
+    semantic_model: str
+    device: str
+    precision: str
+    batch_seconds: float | None
+    max_clip_seconds: float | None
+    chunking: str | None
+
+    @property
+    def is_random(self) -> bool:
+        return self.model == RANDOM_MODEL
+
+
+@dataclass
+class LoadedEncoder:
+    """An encoder ready to use, with the provenance and device description the platform records."""
+
+    encoder: Any  # gpu_executor.encoder.NeucodecEncoder (kept untyped: importing it pulls in torch)
+    settings: EncoderSettings
+    provenance: dict[str, str]
+    device: str
+    model_label: str
+    load_seconds: float
+
+
+_CACHE_LOCK = threading.Lock()
+_CACHE: dict[EncoderSettings, LoadedEncoder] = {}
+
+
+def load_encoder(settings: EncoderSettings) -> LoadedEncoder:
+    """Load (or reuse) the encoder for ``settings``; the process keeps only the most recent one."""
+    import time
+
+    with _CACHE_LOCK:
+        cached = _CACHE.get(settings)
+        if cached is not None:
+            return cached
+        _CACHE.clear()  # one model in memory at a time: the next one needs the room
+        from gpu_executor.encoder import NeucodecEncoder
+
+        model, semantic_model = settings.model, settings.semantic_model
+        if settings.is_random:
+            from gpu_executor.random_model import cached_random_model
+
+            dirs = cached_random_model()
+            model, semantic_model = str(dirs.model_dir), str(dirs.semantic_model_dir)
+        kwargs: dict[str, Any] = {"device": settings.device, "precision": settings.precision}
+        for name in ("batch_seconds", "max_clip_seconds", "chunking"):
+            value = getattr(settings, name)
+            if value is not None:
+                kwargs[name] = value
+        start = time.perf_counter()
+        encoder = NeucodecEncoder.from_pretrained(model=model, semantic_model=semantic_model, **kwargs)
+        load_seconds = time.perf_counter() - start
+        provenance = {str(k): str(v) for k, v in dict(encoder.provenance).items()}
+        if settings.is_random:
+            provenance["weights"] = RANDOM_LABEL
+            provenance["model_requested"] = RANDOM_MODEL
+        label = RANDOM_LABEL if settings.is_random else settings.model
+        loaded = LoadedEncoder(
+            encoder=encoder, settings=settings, provenance=provenance, device=str(encoder.device),
+            model_label=label, load_seconds=load_seconds,
+        )
+        _CACHE[settings] = loaded
+        return loaded
+
+
+class EncoderResource(dg.ConfigurableResource):
+    """The neucodec encoder; unset fields come from NEUCODEC_MODEL, NEUCODEC_SEMANTIC_MODEL, NEUCODEC_DEVICE,
+    NEUCODEC_PRECISION, NEUCODEC_BATCH_SECONDS, NEUCODEC_MAX_CLIP_SECONDS and NEUCODEC_CHUNKING.
+
+    ``model="random"`` (``NEUCODEC_MODEL=random``) uses a cached randomly initialized model of the real
+    architecture; provenance and outputs label it as random.
+    """
+
+    model: str | None = Field(default=None, description="hub id, local folder, or 'random' (NEUCODEC_MODEL)")
+    semantic_model: str | None = Field(default=None, description="wav2vec2-bert hub id or folder")
+    device: str | None = Field(default=None, description="auto, cpu, cuda, cuda:N (NEUCODEC_DEVICE)")
+    precision: str | None = Field(default=None, description="fp32 (exact), bf16, fp16 (NEUCODEC_PRECISION)")
+    batch_seconds: float | None = Field(default=None, description="audio seconds per batch (NEUCODEC_BATCH_SECONDS)")
+    max_clip_seconds: float | None = Field(
+        default=None, description="whole-clip limit before chunking (NEUCODEC_MAX_CLIP_SECONDS)"
+    )
+    chunking: str | None = Field(default=None, description="chunking mode for long clips (NEUCODEC_CHUNKING)")
+
+    def settings(self) -> EncoderSettings:
+        return EncoderSettings(
+            model=self.model or _env("NEUCODEC_MODEL") or DEFAULT_MODEL,
+            semantic_model=self.semantic_model or _env("NEUCODEC_SEMANTIC_MODEL") or DEFAULT_SEMANTIC_MODEL,
+            device=self.device or _env("NEUCODEC_DEVICE") or "auto",
+            precision=self.precision or _env("NEUCODEC_PRECISION") or "fp32",
+            batch_seconds=self.batch_seconds if self.batch_seconds is not None
+            else _env_float("NEUCODEC_BATCH_SECONDS"),
+            max_clip_seconds=self.max_clip_seconds if self.max_clip_seconds is not None
+            else _env_float("NEUCODEC_MAX_CLIP_SECONDS"),
+            chunking=self.chunking or _env("NEUCODEC_CHUNKING"),
+        )
+
+    def load(self) -> LoadedEncoder:
+        """The encoder for these settings, loaded once per process."""
+        return load_encoder(self.settings())
+
+    def describe(self) -> dict[str, str]:
+        """The settings as strings, for logs and metadata (no credentials live here)."""
+        return {k: "" if v is None else str(v) for k, v in asdict(self.settings()).items()}
