@@ -5,7 +5,12 @@ import polars as pl
 import pytest
 
 from neucodec_assets.sft.card import CardInputs, render_card
-from neucodec_assets.sft.charts import duration_histogram_png, hours_per_language_png, markdown_image
+from neucodec_assets.sft.charts import (
+    duration_histogram,
+    duration_histogram_png,
+    hours_per_language_png,
+    markdown_image,
+)
 from neucodec_assets.sft.packing import PackingStats, blocks_to_arrow, pack_documents
 from neucodec_assets.sft.split import TRAIN, VALIDATION, assign_split, is_validation, split_key
 from neucodec_assets.sft.stats import overall_totals, totals_by
@@ -98,7 +103,9 @@ def test_card_and_charts_render():
     by_language = totals_by(frame, "language")
     png = hours_per_language_png(by_language)
     assert png.startswith(b"\x89PNG")
-    assert duration_histogram_png(frame.get_column("audio_seconds")).startswith(b"\x89PNG")
+    counts = duration_histogram(np.array([0.5, 10.0, 5.0, 59.9, 61.0, 3600.0]))
+    assert counts.sum() == 6 and counts[0] == 1 and counts[5] == 1 and counts[10] == 1 and counts[-1] == 2
+    assert duration_histogram_png(counts + duration_histogram(np.array([1.0]))).startswith(b"\x89PNG")
     assert markdown_image(png, "hours").startswith("![hours](data:image/png;base64,iVBOR")
     card = render_card(
         CardInputs(

@@ -33,14 +33,25 @@ def hours_per_language_png(by_language: pl.DataFrame) -> bytes:
     return _png(figure)
 
 
-def duration_histogram_png(audio_seconds: pl.Series, bins: int = 40) -> bytes:
-    """Histogram of clip durations in seconds."""
-    values = audio_seconds.drop_nulls().to_numpy()
+DURATION_BIN_EDGES = np.concatenate([np.arange(0.0, 60.0, 1.0), [60.0, np.inf]])  # 1 s bins, last: 60 s and up
+
+
+def duration_histogram(audio_seconds: np.ndarray) -> np.ndarray:
+    """Counts per DURATION_BIN_EDGES bin; counts of several shards add up."""
+    counts, _ = np.histogram(np.asarray(audio_seconds, dtype=np.float64), bins=DURATION_BIN_EDGES)
+    return counts.astype(np.int64)
+
+
+def duration_histogram_png(counts: np.ndarray) -> bytes:
+    """Bars of clip-duration counts in the DURATION_BIN_EDGES bins."""
+    counts = np.asarray(counts, dtype=np.int64)
+    widths = np.diff(DURATION_BIN_EDGES[:-1])
     figure, axis = plt.subplots(figsize=(7, 3.5))
-    axis.hist(values if values.size else np.zeros(0), bins=bins, color="#d8823b")
-    axis.set_xlabel("clip duration (s)")
+    axis.bar(DURATION_BIN_EDGES[:-2], counts[:-1], width=widths, align="edge", color="#d8823b")
+    axis.bar([DURATION_BIN_EDGES[-2]], [counts[-1]], width=2.0, align="edge", color="#8a4b16")
+    axis.set_xlabel("clip duration (s); last bar: 60 s and longer")
     axis.set_ylabel("segments")
-    axis.set_title(f"Clip durations ({values.size:,} segments)")
+    axis.set_title(f"Clip durations ({int(counts.sum()):,} segments)")
     return _png(figure)
 
 

@@ -55,32 +55,57 @@ def _block(documents: list[np.ndarray]) -> PackedBlock:
     )
 
 
+class Packer:
+    """Push documents in, get closed blocks out; `finish()` returns the last, partly filled block."""
+
+    def __init__(self, block_size: int = DEFAULT_BLOCK_SIZE) -> None:
+        if block_size <= 0:
+            raise ValueError(f"block size must be positive, got {block_size}")
+        self.block_size = block_size
+        self.stats = PackingStats()
+        self._pending: list[np.ndarray] = []
+        self._filled = 0
+
+    def add(self, document: np.ndarray) -> PackedBlock | None:
+        """Queue one document; returns the block it closed, if any. Empty documents hold no token: skipped."""
+        n = len(document)
+        if n == 0:
+            return None
+        self.stats.documents += 1
+        self.stats.tokens += n
+        if n > self.block_size:
+            self.stats.oversized_documents += 1
+        closed = None
+        if self._pending and self._filled + n > self.block_size:
+            closed = self._close()
+        self._pending.append(np.asarray(document))
+        self._filled += n
+        return closed
+
+    def finish(self) -> PackedBlock | None:
+        return self._close() if self._pending else None
+
+    def _close(self) -> PackedBlock:
+        block = _block(self._pending)
+        self._pending, self._filled = [], 0
+        self.stats.blocks += 1
+        return block
+
+
 def pack_documents(
     documents: Iterable[np.ndarray], block_size: int = DEFAULT_BLOCK_SIZE, stats: PackingStats | None = None
 ) -> Iterator[PackedBlock]:
-    """Blocks of whole documents in input order; empty documents are skipped (they hold no token)."""
-    if block_size <= 0:
-        raise ValueError(f"block size must be positive, got {block_size}")
-    stats = stats if stats is not None else PackingStats()
-    pending: list[np.ndarray] = []
-    filled = 0
+    """Blocks of whole documents in input order (see the module doc)."""
+    packer = Packer(block_size)
+    if stats is not None:
+        packer.stats = stats
     for document in documents:
-        n = len(document)
-        if n == 0:
-            continue
-        stats.documents += 1
-        stats.tokens += n
-        if n > block_size:
-            stats.oversized_documents += 1
-        if pending and filled + n > block_size:
-            stats.blocks += 1
-            yield _block(pending)
-            pending, filled = [], 0
-        pending.append(np.asarray(document))
-        filled += n
-    if pending:
-        stats.blocks += 1
-        yield _block(pending)
+        block = packer.add(document)
+        if block is not None:
+            yield block
+    last = packer.finish()
+    if last is not None:
+        yield last
 
 
 def blocks_to_arrow(blocks: list[PackedBlock]) -> pa.Table:

@@ -12,14 +12,14 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
+from resources.bucket.base import DEFAULT_SHARD_LAYOUT, UNKNOWN as UNKNOWN_LABEL, ShardLayout
+
 SAMPLE_RATE = 16_000
 HOP_SAMPLES = 320
 TOKENS_PER_SECOND = SAMPLE_RATE / HOP_SAMPLES  # 50 neucodec frames per second of 16 kHz audio
 
 TEXT_COLUMN_CANDIDATES = ("text", "transcript", "transcription", "sentence", "normalized_text")
 SPEAKER_COLUMN_CANDIDATES = ("speaker", "speaker_id")
-DEFAULT_SHARD_LAYOUT = "{dataset}/{language}/{shard}"
-UNKNOWN_LABEL = "unknown"
 
 # Drop reasons, in the order they are tested: a segment is counted under the first that applies.
 NO_METADATA_ROW = "no_metadata_row"
@@ -88,20 +88,9 @@ class PairingResult:
 
 
 def shard_labels(shard: str, layout: str = DEFAULT_SHARD_LAYOUT) -> dict[str, str]:
-    """Read `dataset` and `language` from a shard key laid out as `layout` (unknown parts -> "unknown").
-
-    The layout's parts are matched from the END of the key, so a bucket-level prefix in front
-    (`raw/{dataset}/{language}/{shard}`) does not shift them.
-    """
-    parts = [p for p in layout.strip("/").split("/")]
-    key_parts = shard.strip("/").split("/")
-    labels = {"dataset": UNKNOWN_LABEL, "language": UNKNOWN_LABEL}
-    if len(key_parts) < len(parts):
-        return labels
-    for name, value in zip(reversed(parts), reversed(key_parts)):
-        if name.startswith("{") and name.endswith("}") and name[1:-1] in labels and value:
-            labels[name[1:-1]] = value
-    return labels
+    """`dataset` and `language` of a shard key laid out as `layout` (matched from the key's end; missing -> unknown)."""
+    parsed = ShardLayout(layout).parse(shard)
+    return {"dataset": parsed.get("dataset", UNKNOWN_LABEL), "language": parsed.get("language", UNKNOWN_LABEL)}
 
 
 def pick_text_column(columns: list[str], configured: str | None) -> str:

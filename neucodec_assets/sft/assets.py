@@ -1,0 +1,154 @@
+"""Dagster assets of the SFT dataset: `sft_pairs` (one partition per shard) and `sft_dataset` (all shards).
+
+Both write their files themselves through the bucket resource (partition keys contain '/', which path-based
+IO managers would turn into folders) and return a MaterializeResult with the numbers a training team needs.
+"""
+
+import functools
+
+import dagster as dg
+import polars as pl
+
+from neucodec_assets.partitions import shards_partitions
+from neucodec_assets.sft.charts import markdown_image
+from neucodec_assets.sft.dataset_build import DURATION_CHART, HOURS_CHART, DatasetSettings, build_dataset
+from neucodec_assets.sft.pairing import DROP_REASONS
+from neucodec_assets.sft.settings import SftResource
+from neucodec_assets.sft.shard_records import write_shard_records
+from neucodec_assets.sft.training_ids import TrainingIdsBuilder, load_tokenizer
+from neucodec_assets.tokens_metadata import TOKENS_ASSET_KEY
+from resources.dagster_resources import BucketResource
+
+GROUP = "sft"
+PREVIEW_ROWS = 5
+
+
+@functools.lru_cache(maxsize=2)
+def training_ids_builder(source: str, unknown_speaker: str) -> TrainingIdsBuilder:
+    """One tokenizer per process and source: loading a Qwen3 tokenizer and adding 65,537 tokens takes seconds."""
+    return TrainingIdsBuilder(load_tokenizer(source), unknown_speaker=unknown_speaker)
+
+
+def _md_table(frame: pl.DataFrame) -> str:
+    header = "| " + " | ".join(frame.columns) + " |\n|" + "|".join("---" for _ in frame.columns) + "|\n"
+    lines = []
+    for row in frame.iter_rows():
+        cells = [f"{v:,.2f}" if isinstance(v, float) else f"{v:,}" if isinstance(v, int) else str(v) for v in row]
+        lines.append("| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |")
+    return header + "\n".join(lines)
+
+
+@dg.asset(
+    partitions_def=shards_partitions,
+    deps=[TOKENS_ASSET_KEY],
+    group_name=GROUP,
+    kinds={"parquet", "polars"},
+    description="Tokens paired with transcripts for one shard: `{prefix}/{shard}.parquet` (DESIGN.md, SFT records), "
+    "with input_ids for the target model when a tokenizer is configured. Dropped segments are counted by reason.",
+)
+def sft_pairs(context: dg.AssetExecutionContext, bucket: BucketResource, sft: SftResource) -> dg.MaterializeResult:
+    shard = context.partition_key
+    store = bucket.open()
+    source = sft.tokenizer_source()
+    builder = training_ids_builder(source, sft.unknown_speaker) if source else None
+    try:
+        outcome = write_shard_records(store, shard, sft.layout(), sft.pairing_config(), builder, source)
+    except (FileNotFoundError, ValueError) as exc:
+        raise dg.Failure(description=f"sft_pairs for shard {shard!r}: {exc}") from exc
+    result = outcome.pairing
+    where = f"-> {store.url}/{outcome.records_key}" if outcome.records_key else "(no records file: all dropped)"
+    context.log.info(
+        f"{shard}: {result.kept} records of {result.token_rows} token rows and {result.metadata_rows} metadata rows "
+        + where
+    )
+    drops = pl.DataFrame(
+        {
+            "reason": list(DROP_REASONS),
+            "segments": [result.dropped.get(r, 0) for r in DROP_REASONS],
+            "examples": [", ".join(result.dropped_examples.get(r, [])) for r in DROP_REASONS],
+        }
+    )
+    preview = result.records.head(PREVIEW_ROWS).select(
+        "segment_id", "speaker", pl.col("text").str.slice(0, 80), "audio_seconds", "token_count"
+    )
+    metadata: dict[str, dg.RawMetadataValue] = {
+        "dagster/row_count": result.kept,
+        "shard": shard,
+        "records": result.kept,
+        "token_rows": result.token_rows,
+        "metadata_rows": result.metadata_rows,
+        "had_metadata": outcome.had_metadata,
+        "dropped_total": sum(result.dropped.values()),
+        **{f"dropped/{reason}": result.dropped.get(reason, 0) for reason in DROP_REASONS},
+        "dropped": dg.MetadataValue.md(_md_table(drops)),
+        "hours": round(outcome.hours, 4),
+        "speech_tokens": outcome.speech_tokens,
+        "languages": dg.MetadataValue.json(outcome.by_language),
+        "datasets": dg.MetadataValue.json(outcome.by_dataset),
+        "tokenizer": source or "none (no input_ids)",
+        "records_key": outcome.records_key or "none (every segment dropped)",
+        "records_bytes": outcome.records_bytes,
+        "preview": dg.MetadataValue.md(_md_table(preview)),
+        "seconds": round(outcome.seconds, 3),
+    }
+    if outcome.records_key:
+        metadata["records_url"] = dg.MetadataValue.url(f"{store.url}/{outcome.records_key}")
+    if outcome.training_tokens is not None:
+        metadata["training_tokens"] = outcome.training_tokens
+    return dg.MaterializeResult(metadata=metadata)
+
+
+@dg.asset(
+    deps=[sft_pairs],
+    group_name=GROUP,
+    kinds={"parquet", "huggingface"},
+    description="The SFT dataset over every paired shard: manifest, deterministic train/validation split, totals "
+    "per language and dataset, charts, a dataset card (README.md) beside the data, and optional packed blocks.",
+)
+def sft_dataset(context: dg.AssetExecutionContext, bucket: BucketResource, sft: SftResource) -> dg.MaterializeResult:
+    store = bucket.open()
+    layout = sft.layout()
+    settings = DatasetSettings(
+        validation_fraction=sft.fraction(),
+        split_seed=sft.split_seed,
+        pack=sft.packing(),
+        block_size=sft.packing_block_size(),
+    )
+    try:
+        outcome = build_dataset(store, layout, settings, log=context.log.info)
+    except (FileNotFoundError, ValueError) as exc:
+        raise dg.Failure(description=f"sft_dataset: {exc}") from exc
+    totals = outcome.totals
+    by_split = {row["split"]: row for row in outcome.by_split.iter_rows(named=True)}
+    metadata: dict[str, dg.RawMetadataValue] = {
+        "dagster/row_count": int(totals["segments"]),
+        "shards": outcome.shards,
+        "segments": int(totals["segments"]),
+        "hours": round(float(totals["hours"]), 4),
+        "speech_tokens": int(totals["speech_tokens"]),
+        "train_segments": int(by_split.get("train", {}).get("segments", 0)),
+        "validation_segments": int(by_split.get("validation", {}).get("segments", 0)),
+        "validation_hours": round(float(by_split.get("validation", {}).get("hours", 0.0)), 4),
+        "validation_fraction": settings.validation_fraction,
+        "by_language": dg.MetadataValue.md(_md_table(outcome.by_language)),
+        "by_dataset": dg.MetadataValue.md(_md_table(outcome.by_dataset)),
+        "by_split": dg.MetadataValue.md(_md_table(outcome.by_split)),
+        "dropped": dg.MetadataValue.json(outcome.dropped),
+        "tokenizers": dg.MetadataValue.json([t or "none" for t in outcome.tokenizers]),
+        "hours_per_language_chart": dg.MetadataValue.md(markdown_image(outcome.charts[HOURS_CHART], "hours per language")),
+        "clip_duration_chart": dg.MetadataValue.md(markdown_image(outcome.charts[DURATION_CHART], "clip durations")),
+        "card": dg.MetadataValue.md(outcome.card),
+        "card_url": dg.MetadataValue.url(f"{store.url}/{outcome.keys['card']}"),
+        "manifest_key": outcome.keys["manifest"],
+        "split_key": outcome.keys["split"],
+        "seconds": round(outcome.seconds, 3),
+    }
+    if "training_tokens" in totals:
+        metadata["training_tokens"] = int(totals["training_tokens"])
+    if outcome.packed is not None:
+        metadata["packed"] = dg.MetadataValue.json(outcome.packed)
+        metadata["packed_parts"] = dg.MetadataValue.json(outcome.packed_parts)
+    return dg.MaterializeResult(metadata=metadata)
+
+
+sft_assets = [sft_pairs, sft_dataset]

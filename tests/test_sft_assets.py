@@ -1,0 +1,171 @@
+"""sft_pairs and sft_dataset materialized by Dagster on a local-folder bucket and on S3 (moto over HTTP)."""
+
+import datasets
+import numpy as np
+import polars as pl
+import pytest
+
+import dagster as dg
+from neucodec_assets.partitions import SHARDS_PARTITION_NAME
+from neucodec_assets.sft import SftResource, sft_dataset, sft_pairs
+from neucodec_assets.sft.dataset_build import DURATION_CHART, HOURS_CHART
+from neucodec_assets.sft.layout import SftLayout
+from neucodec_assets.sft.parquet_io import read_provenance
+from neucodec_assets.sft.training_ids import TrainingIdsBuilder, load_tokenizer, render_training_text
+from resources.bucket import open_bucket
+from resources.dagster_resources import BucketResource
+from tests.fixtures.sft_data import random_codes, tokens_frame
+
+WORDS = ["hello", "world", "selamat", "pagi", "dunia", "quick", "brown", "fox"]
+
+
+def _write_shard(bucket, shard: str, rng: np.random.Generator, n: int, metadata: bool = True,
+                 speakers: bool = True) -> dict[str, dict]:
+    """A shard's tokens file and metadata; returns the expected records by segment id."""
+    codes = {f"{shard.replace('/', '_')}_{i}": random_codes(rng, float(rng.uniform(1.0, 6.0))) for i in range(n)}
+    bucket.put_bytes(f"{shard}/neucodec_tokens.parquet", _parquet_bytes(tokens_frame(codes)))
+    texts = {sid: " ".join(rng.choice(WORDS, size=int(rng.integers(2, 6)))) for sid in codes}
+    texts[next(iter(codes))] = "  "  # one empty transcript per shard
+    if metadata:
+        frame = pl.DataFrame(
+            {
+                "segment_id": list(codes) + ["only_in_metadata"],
+                "text": list(texts.values()) + ["no audio"],
+                "speaker": [f"spk{i % 3}" if speakers else None for i in range(n + 1)],
+            }
+        )
+        bucket.put_bytes(f"{shard}/metadata.parquet", _parquet_bytes(frame))
+    kept = list(codes)[1:] if metadata else []
+    return {sid: {"codes": codes[sid], "text": texts[sid]} for sid in kept}
+
+
+def _parquet_bytes(frame: pl.DataFrame) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    frame.write_parquet(buffer)
+    return buffer.getvalue()
+
+
+def _materialize(assets, instance, resources, partition_key=None) -> dg.ExecuteInProcessResult:
+    return dg.materialize(assets, instance=instance, resources=resources, partition_key=partition_key)
+
+
+def _metadata(result: dg.ExecuteInProcessResult) -> dict:
+    (event,) = result.get_asset_materialization_events()
+    return {k: v.value for k, v in event.materialization.metadata.items()}
+
+
+@pytest.fixture
+def instance():
+    with dg.DagsterInstance.ephemeral() as inst:
+        yield inst
+
+
+def test_pairs_and_dataset_on_a_local_bucket(tmp_path, tiny_qwen_tokenizer_dir, instance):
+    root = tmp_path / "bucket"
+    bucket = open_bucket(root.as_uri())
+    rng = np.random.default_rng(11)
+    shards = ["ds1/ms/shard_0", "ds1/en/shard_1", "ds2/ta/shard_2"]
+    expected = _write_shard(bucket, shards[0], rng, 12)
+    expected |= _write_shard(bucket, shards[1], rng, 8, speakers=False)
+    _write_shard(bucket, shards[2], rng, 5, metadata=False)
+    instance.add_dynamic_partitions(SHARDS_PARTITION_NAME, shards)
+    resources = {
+        "bucket": BucketResource(url=root.as_uri()),
+        "sft": SftResource(tokenizer=str(tiny_qwen_tokenizer_dir), validation_fraction=0.3, pack=True, block_size=700),
+    }
+
+    for shard in shards:
+        result = _materialize([sft_pairs], instance, resources, partition_key=shard)
+        assert result.success
+    meta = _metadata(result)
+    assert meta["records"] == 0 and meta["dropped/no_metadata_row"] == 5 and meta["had_metadata"] is False
+    meta0 = _metadata(_materialize([sft_pairs], instance, resources, partition_key=shards[0]))
+    assert meta0["records"] == 11 and meta0["dropped/empty_transcript"] == 1
+    assert meta0["dropped/no_audio_or_tokens"] == 1 and meta0["token_rows"] == 12
+
+    layout = SftLayout()
+    builder = TrainingIdsBuilder(load_tokenizer(tiny_qwen_tokenizer_dir))
+    assert not (root / layout.records_key(shards[2])).exists()  # all dropped: no (empty) file
+    records = pl.concat([pl.read_parquet(root / layout.records_key(s)) for s in shards[:2]])
+    assert records.height == len(expected) == 18
+    for row in records.iter_rows(named=True):
+        want = expected[row["segment_id"]]
+        assert row["neucodec_tokens"] == want["codes"] and row["text"] == want["text"].strip()
+        speaker = row["speaker"] or "unknown"
+        assert builder.tokenizer.decode(row["input_ids"]) == render_training_text(speaker, row["text"], want["codes"])
+    by_hf = datasets.load_dataset(
+        "parquet", data_files=[str(root / layout.records_key(s)) for s in shards[:2]], split="train"
+    )
+    assert by_hf.num_rows == 18 and by_hf[0]["neucodec_tokens"] == records.row(0, named=True)["neucodec_tokens"]
+
+    result = _materialize([sft_dataset], instance, resources)
+    assert result.success
+    meta = _metadata(result)
+    assert meta["shards"] == 3 and meta["segments"] == 18
+    assert meta["speech_tokens"] == int(records.get_column("token_count").sum())
+    assert meta["hours"] == pytest.approx(records.get_column("token_count").sum() / 50 / 3600, abs=1e-4)
+    assert meta["training_tokens"] == int(records.get_column("input_ids").list.len().sum())
+    assert meta["train_segments"] + meta["validation_segments"] == 18
+    assert meta["dropped"]["empty_transcript"] == 2 and meta["dropped"]["no_metadata_row"] == 5
+    assert meta["hours_per_language_chart"].startswith("![hours per language](data:image/png;base64,")
+    assert (root / layout.chart_key(HOURS_CHART)).read_bytes().startswith(b"\x89PNG")
+    assert (root / layout.chart_key(DURATION_CHART)).read_bytes().startswith(b"\x89PNG")
+    packed = meta["packed"]
+    assert packed["tokens"] == meta["training_tokens"] and packed["documents"] == 18
+
+    split = pl.read_parquet(root / layout.meta_key("split.parquet"))
+    assert split.height == 18 and set(split.get_column("split")) <= {"train", "validation"}
+    speaker_sides = split.join(records.select("segment_id", "speaker"), on="segment_id").drop_nulls("speaker")
+    assert speaker_sides.group_by("speaker").agg(pl.col("split").n_unique()).get_column("split").max() == 1
+    manifest = pl.read_parquet(root / layout.meta_key("manifest.parquet"))
+    assert manifest.get_column("shard").to_list() == sorted(shards)
+    assert manifest.get_column("segments").sum() == 18
+
+    card_dir = root / layout.prefix
+    card = (card_dir / "README.md").read_text()
+    assert "- segments: 18" in card and "config_name: packed" in card
+    # the card's configs work as written: records only (not the platform's own parquet files), and packed splits
+    as_records = datasets.load_dataset(str(card_dir), "records", split="train")
+    assert as_records.num_rows == 18
+    packed_hf = datasets.load_dataset(str(card_dir), "packed")
+    blocks = pl.concat([pl.from_arrow(packed_hf[s].data.table) for s in packed_hf])
+    assert blocks.get_column("input_ids").list.len().sum() == meta["training_tokens"]
+    assert (blocks.get_column("attention_mask").list.sum() == blocks.get_column("input_ids").list.len()).all()
+    # every document survives packing unchanged: the multiset of documents is the records' input_ids
+    docs = []
+    for ids, lengths in zip(blocks.get_column("input_ids").to_list(), blocks.get_column("attention_mask").to_list()):
+        bounds = np.cumsum([0, *lengths])
+        docs += [tuple(ids[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+    assert sorted(docs) == sorted(tuple(x) for x in records.get_column("input_ids").to_list())
+
+    # rerun: the split is identical
+    _materialize([sft_dataset], instance, resources)
+    assert pl.read_parquet(root / layout.meta_key("split.parquet")).equals(split)
+
+
+def test_pairs_and_dataset_on_s3_without_tokenizer(s3_env, instance):
+    url = f"s3://{s3_env['bucket']}"
+    bucket = open_bucket(url)
+    rng = np.random.default_rng(12)
+    expected = _write_shard(bucket, "emilia/ms/s0", rng, 6)
+    instance.add_dynamic_partitions(SHARDS_PARTITION_NAME, ["emilia/ms/s0", "emilia/ms/missing"])
+    resources = {"bucket": BucketResource(url=url), "sft": SftResource(prefix="out/sft", tokenizer="none")}
+    assert _materialize([sft_pairs], instance, resources, partition_key="emilia/ms/s0").success
+    key = SftLayout("out/sft").records_key("emilia/ms/s0")
+    frame = pl.read_parquet(bucket.read_bytes(key))
+    assert "input_ids" not in frame.columns and set(frame.get_column("segment_id")) == set(expected)
+    assert frame.schema["neucodec_tokens"] == pl.List(pl.UInt16)
+    provenance = read_provenance(bucket.read_bytes(key))
+    assert provenance["shard"] == "emilia/ms/s0" and provenance["tokenizer"] is None
+    assert provenance["dropped"]["empty_transcript"] == 1 and provenance["kept"] == 5
+
+    with pytest.raises(dg.Failure, match="no tokens file"):
+        _materialize([sft_pairs], instance, resources, partition_key="emilia/ms/missing")
+    meta = _metadata(_materialize([sft_dataset], instance, resources))
+    assert meta["segments"] == 5 and "training_tokens" not in meta and "packed" not in meta
+    assert bucket.exists("out/sft/README.md")
+    packing = {**resources, "sft": SftResource(prefix="out/sft", tokenizer="none", pack=True)}
+    with pytest.raises(dg.Failure, match="packing needs input_ids"):
+        _materialize([sft_dataset], instance, packing)
