@@ -167,6 +167,13 @@ def test_dropped_download_resumes_with_range(flaky_s3: FlakyProxy, s3_env: dict[
     assert [f for _, f in gets] == ["cut", "cut", None]
     assert len(gets) == 3  # each cut resumed where it stopped instead of starting over
 
+    bucket.download_part_bytes = 1 << 20  # 5 parts, fetched in parallel byte ranges
+    flaky_s3.log.clear()
+    flaky_s3.fail_next("cut", "drop", "cut", 503, method="GET")
+    assert bucket.download_to("big.bin", tmp_path / "parts.bin").read_bytes() == payload
+    ranged = [f for method, _, f in flaky_s3.log if method == "GET"]
+    assert len(ranged) == 5 + 4 and ranged.count(None) == 5
+
 
 def test_failed_upload_leaves_no_object(flaky_s3: FlakyProxy, s3_env: dict[str, str], tmp_path: Path) -> None:
     bucket = open_bucket(f"s3://{s3_env['bucket']}", retry=RetryPolicy(max_attempts=3, base_delay_s=0.01))

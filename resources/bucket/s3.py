@@ -14,6 +14,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -103,6 +104,8 @@ class S3Bucket(Bucket):
         self.layout = layout or ShardLayout.from_env()
         self.retry = retry or RetryPolicy()
         self.list_page_size = 1000  # S3's maximum; listing is paginated with continuation tokens
+        self.download_part_bytes = 64 * 1024**2  # objects of two parts or more download in parallel ranges
+        self.download_workers = 4
         self.client = client if client is not None else make_client()
 
     def full_key(self, key: str) -> str:
@@ -158,17 +161,43 @@ class S3Bucket(Bucket):
         return io.BufferedReader(raw, buffer_size=STREAM_BUFFER_BYTES)  # type: ignore[return-value]
 
     def download_to(self, key: str, local_path: str | os.PathLike[str]) -> Path:
+        """Stream the object to ``local_path``; large objects come in parallel ranged parts, each resumable."""
         dest = Path(local_path)
         dest.parent.mkdir(parents=True, exist_ok=True)
+        head = self._head(key)
+        size, etag = int(head["ContentLength"]), head.get("ETag")
         fd, tmp = tempfile.mkstemp(prefix=".tmp-download-", dir=dest.parent)
         try:
-            with os.fdopen(fd, "wb") as out, self.open_stream(key) as stream:
-                shutil.copyfileobj(stream, out, length=8 << 20)
+            if size < 2 * self.download_part_bytes or self.download_workers < 2:
+                with os.fdopen(fd, "wb") as out, self.open_stream(key) as stream:
+                    shutil.copyfileobj(stream, out, length=8 << 20)
+            else:
+                os.ftruncate(fd, size)
+                parts = [(start, min(start + self.download_part_bytes, size))
+                         for start in range(0, size, self.download_part_bytes)]
+                with ThreadPoolExecutor(self.download_workers, thread_name_prefix="s3-download") as pool:
+                    for _ in pool.map(lambda part: self._download_part(key, etag, fd, *part), parts):
+                        pass
+                os.close(fd)
             os.replace(tmp, dest)
         except BaseException:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
             Path(tmp).unlink(missing_ok=True)
             raise
         return dest
+
+    def _download_part(self, key: str, etag: str | None, fd: int, start: int, end: int) -> None:
+        raw = ResumableObjectStream(self, key, start=start, end=end, etag=etag)
+        with io.BufferedReader(raw, buffer_size=STREAM_BUFFER_BYTES) as stream:
+            pos = start
+            while chunk := stream.read(8 << 20):
+                os.pwrite(fd, chunk, pos)
+                pos += len(chunk)
+        if pos != end:
+            raise BucketError(f"download of {self.url}/{key} stopped at byte {pos} of part {start}-{end}")
 
     def upload_file(self, local_path: str | os.PathLike[str], key: str) -> None:
         src = Path(local_path)
@@ -195,19 +224,21 @@ class S3Bucket(Bucket):
 
 
 class ResumableObjectStream(io.RawIOBase):
-    """Reads one object sequentially; a dropped connection resumes at the current offset with ``Range``.
+    """Reads one object (or the byte range ``start``..``end``) sequentially; a dropped connection resumes at
+    the current offset with ``Range``.
 
-    The resumed request is pinned to the first response's ETag, so a concurrently replaced object fails loudly
+    Resumed requests are pinned to the first response's ETag, so a concurrently replaced object fails loudly
     instead of splicing two versions together.
     """
 
-    def __init__(self, bucket: S3Bucket, key: str):
+    def __init__(self, bucket: S3Bucket, key: str, start: int = 0, end: int | None = None,
+                 etag: str | None = None):
         self._bucket = bucket
         self._key = key
         self._full = bucket.full_key(key)
-        self._pos = 0
-        self._size: int | None = None
-        self._etag: str | None = None
+        self._pos = start
+        self._end = end
+        self._etag = etag
         self._body = None
 
     def readable(self) -> bool:
@@ -215,18 +246,20 @@ class ResumableObjectStream(io.RawIOBase):
 
     def open(self) -> None:
         kwargs: dict[str, Any] = {"Bucket": self._bucket.bucket, "Key": self._full}
-        if self._pos:
-            kwargs["Range"] = f"bytes={self._pos}-"
+        if self._pos or self._end is not None:
+            last = str(self._end - 1) if self._end is not None else ""
+            kwargs["Range"] = f"bytes={self._pos}-{last}"
         if self._etag:
             kwargs["IfMatch"] = self._etag
         resp = self._bucket._call(f"get {self._key}", lambda: self._bucket.client.get_object(**kwargs))
         self._body = resp["Body"]
         if self._etag is None:
             self._etag = resp.get("ETag")
-            self._size = int(resp["ContentLength"])
+        if self._end is None:
+            self._end = self._pos + int(resp["ContentLength"])
 
     def readinto(self, buffer) -> int:  # type: ignore[override]
-        if self._size is not None and self._pos >= self._size:
+        if self._end is not None and self._pos >= self._end:
             return 0
         view = memoryview(buffer).cast("B")
         attempt = 1
@@ -234,11 +267,12 @@ class ResumableObjectStream(io.RawIOBase):
             try:
                 if self._body is None:
                     self.open()
-                    if self._size is not None and self._pos >= self._size:
+                    if self._end is not None and self._pos >= self._end:
                         return 0
-                data = self._body.read(len(view))
+                want = len(view) if self._end is None else min(len(view), self._end - self._pos)
+                data = self._body.read(want)
                 if not data:
-                    raise ConnectionError(f"stream ended at byte {self._pos} of {self._size}")
+                    raise ConnectionError(f"stream ended at byte {self._pos} of {self._end}")
                 view[: len(data)] = data
                 self._pos += len(data)
                 return len(data)
