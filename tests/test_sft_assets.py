@@ -1,5 +1,8 @@
 """sft_pairs and sft_dataset materialized by Dagster on a local-folder bucket and on S3 (moto over HTTP)."""
 
+import tempfile
+from pathlib import Path
+
 import datasets
 import numpy as np
 import polars as pl
@@ -14,7 +17,8 @@ from neucodec_assets.sft.parquet_io import read_provenance
 from neucodec_assets.sft.training_ids import TrainingIdsBuilder, load_tokenizer, render_training_text
 from resources.bucket import open_bucket
 from resources.dagster_resources import BucketResource
-from tests.fixtures.sft_data import random_codes, tokens_frame
+from resources.tokens_file import TOKENS_FILENAME, TokensFileWriter
+from tests.fixtures.sft_data import random_codes
 
 WORDS = ["hello", "world", "selamat", "pagi", "dunia", "quick", "brown", "fox"]
 
@@ -23,7 +27,11 @@ def _write_shard(bucket, shard: str, rng: np.random.Generator, n: int, metadata:
                  speakers: bool = True) -> dict[str, dict]:
     """A shard's tokens file and metadata; returns the expected records by segment id."""
     codes = {f"{shard.replace('/', '_')}_{i}": random_codes(rng, float(rng.uniform(1.0, 6.0))) for i in range(n)}
-    bucket.put_bytes(f"{shard}/neucodec_tokens.parquet", _parquet_bytes(tokens_frame(codes)))
+    with tempfile.TemporaryDirectory() as tmp:  # the platform's own tokens-file writer (DESIGN.md contract)
+        writer = TokensFileWriter(Path(tmp) / TOKENS_FILENAME, {"model": "test"})
+        for segment_id, segment_codes in codes.items():
+            writer.add(segment_id, np.asarray(segment_codes, dtype=np.uint16))
+        bucket.upload_file(writer.close(), f"{shard}/{TOKENS_FILENAME}")
     texts = {sid: " ".join(rng.choice(WORDS, size=int(rng.integers(2, 6)))) for sid in codes}
     texts[next(iter(codes))] = "  "  # one empty transcript per shard
     if metadata:
@@ -169,3 +177,24 @@ def test_pairs_and_dataset_on_s3_without_tokenizer(s3_env, instance):
     packing = {**resources, "sft": SftResource(prefix="out/sft", tokenizer="none", pack=True)}
     with pytest.raises(dg.Failure, match="packing needs input_ids"):
         _materialize([sft_dataset], instance, packing)
+
+
+def test_settings_fall_back_to_environment(monkeypatch):
+    monkeypatch.setenv("NEUCODEC_SFT_PREFIX", "/train/sft/")
+    monkeypatch.setenv("NEUCODEC_SFT_TOKENIZER", "Scicom-intl/Multilingual-TTS-1.7B-Base")
+    monkeypatch.setenv("NEUCODEC_SFT_MIN_CPS", "0")
+    monkeypatch.setenv("NEUCODEC_SFT_VALIDATION_FRACTION", "0.05")
+    monkeypatch.setenv("NEUCODEC_SFT_PACK", "true")
+    monkeypatch.setenv("NEUCODEC_SFT_BLOCK_SIZE", "4096")
+    settings = SftResource()
+    assert settings.layout().records_key("a/b/c") == "train/sft/a/b/c.parquet"
+    assert settings.tokenizer_source() == "Scicom-intl/Multilingual-TTS-1.7B-Base"
+    assert settings.pairing_config().min_chars_per_second == 0.0
+    assert settings.pairing_config().max_chars_per_second == 40.0
+    assert settings.fraction() == 0.05 and settings.packing() and settings.packing_block_size() == 4096
+    explicit = SftResource(prefix="x", tokenizer="none", validation_fraction=0.0, pack=False, block_size=10)
+    assert explicit.layout().prefix == "x" and explicit.tokenizer_source() is None
+    assert explicit.fraction() == 0.0 and not explicit.packing() and explicit.packing_block_size() == 10
+    monkeypatch.setenv("NEUCODEC_SFT_BLOCK_SIZE", "big")
+    with pytest.raises(ValueError, match="NEUCODEC_SFT_BLOCK_SIZE"):
+        settings.packing_block_size()

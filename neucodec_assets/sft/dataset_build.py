@@ -26,10 +26,10 @@ from neucodec_assets.sft.charts import (
     hours_per_language_png,
 )
 from neucodec_assets.sft.layout import SftLayout
-from neucodec_assets.sft.packing import PackedBlock, Packer, blocks_to_arrow
+from neucodec_assets.sft.packing import DEFAULT_BLOCK_SIZE, PackedBlock, Packer, blocks_to_arrow
 from neucodec_assets.sft.pairing import DROP_REASONS
 from neucodec_assets.sft.parquet_io import read_frame, read_provenance
-from neucodec_assets.sft.split import TRAIN, VALIDATION, assign_split
+from neucodec_assets.sft.split import DEFAULT_VALIDATION_FRACTION, TRAIN, VALIDATION, assign_split
 from neucodec_assets.sft.stats import combine_overall, combine_totals, partial_totals
 from resources.bucket.base import Bucket
 
@@ -42,10 +42,10 @@ DURATION_CHART = "clip_duration_histogram.png"
 
 @dataclass
 class DatasetSettings:
-    validation_fraction: float = 0.01
+    validation_fraction: float = DEFAULT_VALIDATION_FRACTION
     split_seed: str = ""
     pack: bool = False
-    block_size: int = 10_240
+    block_size: int = DEFAULT_BLOCK_SIZE
     blocks_per_part: int = BLOCKS_PER_PART
 
 

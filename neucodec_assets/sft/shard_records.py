@@ -21,6 +21,7 @@ from neucodec_assets.sft.parquet_io import read_frame, write_parquet
 from neucodec_assets.sft.training_ids import TrainingIdsBuilder
 from neucodec_assets.tokens_metadata import tokens_key
 from resources.bucket.base import METADATA_PARQUET, Bucket
+from resources.tokens_file import TokensFileError, read_tokens_file
 
 INDEX_COLUMNS = ("segment_id", "dataset", "language", "speaker", "audio_seconds", "token_count", "input_ids_count")
 
@@ -60,11 +61,13 @@ def read_shard_inputs(bucket: Bucket, shard: str) -> tuple[pl.DataFrame, pl.Data
     """The shard's tokens frame and its metadata frame (None when the shard has no metadata.parquet)."""
     key = tokens_key(shard)
     try:
-        tokens = read_frame(bucket.read_bytes(key))
+        tokens, _ = read_tokens_file(bucket.read_bytes(key))
     except FileNotFoundError as exc:
         raise FileNotFoundError(
             f"shard {shard!r} has no tokens file at {bucket.url}/{key}: materialize neucodec_tokens for it first"
         ) from exc
+    except TokensFileError as exc:
+        raise ValueError(f"tokens file {bucket.url}/{key} is unreadable: {exc}") from exc
     metadata_key = f"{shard.rstrip('/')}/{METADATA_PARQUET}"
     metadata = read_frame(bucket.read_bytes(metadata_key)) if bucket.exists(metadata_key) else None
     return tokens, metadata
