@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from pathlib import Path
 
 
 def _cmd_sample_bucket(args: argparse.Namespace) -> int:
@@ -16,6 +18,78 @@ def _cmd_sample_bucket(args: argparse.Namespace) -> int:
     for shard in report.shards:
         print(f"{shard.prefix}\t{shard.segment_count} segments\t{shard.audio_seconds:.1f} s")
     print(f"wrote {len(report.shards)} shards to {args.dest}")
+    return 0
+
+
+def _instance():
+    """The Dagster instance of DAGSTER_HOME (its dagster.yaml picks Postgres or the SQLite default)."""
+    import dagster as dg
+
+    home = os.environ.get("DAGSTER_HOME", "").strip()
+    if not home:
+        raise CliError("DAGSTER_HOME is not set: point it at the Dagster instance folder (its dagster.yaml "
+                       "chooses Postgres; an empty folder means SQLite storage in it)")
+    if not Path(home).is_dir():
+        raise CliError(f"DAGSTER_HOME={home} is not a folder")
+    return dg.DagsterInstance.get()
+
+
+class CliError(RuntimeError):
+    """A problem the user can fix; printed without a traceback."""
+
+
+def _cmd_discover(args: argparse.Namespace) -> int:
+    from neucodec_assets.adoption import adopt_existing
+    from neucodec_assets.discovery import add_shard_partitions, plan_discovery
+    from neucodec_assets.partitions import shards_partitions
+    from resources.bucket import open_bucket
+
+    bucket = open_bucket(args.bucket)
+    with _instance() as instance:
+        plan = plan_discovery(bucket, instance.get_dynamic_partitions(shards_partitions.name), args.prefix)
+        added = add_shard_partitions(instance, plan.new_keys)
+        with_tokens = sum(1 for s in plan.listed if s.has_tokens)
+        print(f"{bucket.url}: {len(plan.listed)} shards ({with_tokens} with a tokens file); "
+              f"added {len(added)} partitions to '{shards_partitions.name}'")
+        if args.adopt:
+            report = adopt_existing(instance, bucket, plan.listed, force=args.force, log=print)
+            print(f"adopted {len(report.adopted)} shards; {len(report.already_materialized)} already materialized; "
+                  f"{len(report.invalid)} tokens files did not validate")
+            for prefix, reason in report.invalid:
+                print(f"  not adopted {prefix}: {reason}")
+    return 0
+
+
+def _cmd_import_legacy(args: argparse.Namespace) -> int:
+    from neucodec_assets.legacy_import import import_legacy, redact_dsn
+
+    dsn = args.dsn or os.environ.get("NEUCODEC_LEGACY_DSN", "")
+    if not dsn:
+        raise CliError("give the legacy database as --dsn postgresql://USER:PASSWORD@HOST:PORT/DB "
+                       "or in NEUCODEC_LEGACY_DSN")
+    with _instance() as instance:
+        report = import_legacy(instance, dsn, table=args.table, completed_status=args.status, force=args.force)
+    print(f"{redact_dsn(dsn)} {args.table}: {report.rows} rows, {report.completed} '{args.status}'; "
+          f"added {len(report.partitions_added)} partitions, recorded {len(report.recorded)} materializations, "
+          f"{len(report.already_materialized)} already materialized")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from neucodec_assets.demo import DemoError, run_demo
+
+    try:
+        summary = run_demo(args.model, shards=args.shards, segments=args.segments, root=Path(args.dir))
+    except DemoError as exc:
+        raise CliError(str(exc)) from exc
+    print()
+    print(f"model: {summary.model}")
+    print(f"bucket: {summary.bucket}   DAGSTER_HOME: {summary.dagster_home}   runs: {len(summary.runs)}")
+    if summary.downstream:
+        print(f"downstream assets materialized: {', '.join(summary.downstream)}")
+    print(summary.table())
+    print(f"demo finished in {summary.wall_seconds:.1f} s; browse it with "
+          f"`DAGSTER_HOME={summary.dagster_home} dagster dev -w workspace.yaml`")
     return 0
 
 
@@ -39,12 +113,53 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--segments", type=int, default=6, help="segments per shard (default 6)")
     p.add_argument("--seed", type=int, default=0, help="random seed; the same seed writes the same shards")
     p.set_defaults(func=_cmd_sample_bucket)
+
+    p = sub.add_parser(
+        "discover",
+        help="add every shard of NEUCODEC_BUCKET as a partition of the instance in DAGSTER_HOME",
+    )
+    p.add_argument("--bucket", default=None, help="bucket URL (default: NEUCODEC_BUCKET)")
+    p.add_argument("--prefix", default="", help="only shards under this key prefix")
+    p.add_argument("--adopt", action="store_true",
+                   help="also record shards whose tokens file exists and validates as materialized (no encoding)")
+    p.add_argument("--force", action="store_true", help="with --adopt: record even already materialized shards")
+    p.set_defaults(func=_cmd_discover)
+
+    p = sub.add_parser(
+        "import-legacy",
+        help="record the completed rows of the old fleet's neucodec_shards table as materialized partitions",
+    )
+    p.add_argument("--dsn", default=None,
+                   help="legacy Postgres URL (default: NEUCODEC_LEGACY_DSN; prefer the variable for passwords)")
+    p.add_argument("--table", default="neucodec_shards", help="table name (default neucodec_shards)")
+    p.add_argument("--status", default="completed", help="status of finished rows (default completed)")
+    p.add_argument("--force", action="store_true", help="record rows even where the partition is materialized")
+    p.set_defaults(func=_cmd_import_legacy)
+
+    p = sub.add_parser(
+        "demo",
+        help="sample bucket -> discover -> encode every shard -> downstream assets -> summary (under .demo/)",
+    )
+    p.add_argument("--model", choices=("hub", "random"), default="hub",
+                   help="hub: neuphonic/neucodec from the Hugging Face hub (or NEUCODEC_MODEL); "
+                   "random: a randomly initialized model of the real architecture, offline")
+    p.add_argument("--shards", type=int, default=3, help="sample shards (default 3)")
+    p.add_argument("--segments", type=int, default=6, help="segments per shard (default 6)")
+    p.add_argument("--dir", default=".demo", help="folder for the bucket and DAGSTER_HOME (default .demo)")
+    p.set_defaults(func=_cmd_demo)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    from neucodec_assets.legacy_import import LegacyImportError
+    from resources.bucket import BucketError
+
+    try:
+        return args.func(args)
+    except (CliError, BucketError, LegacyImportError) as exc:
+        print(f"neucodec-platform {args.command}: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

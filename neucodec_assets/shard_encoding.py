@@ -149,7 +149,9 @@ def existing_result(bucket: Bucket, prefix: str, report: TokensFileReport, *, st
     """Figures read from an existing tokens file (no encoding) and its checks. ``with_completeness`` reads the
     tar's member names (headers only in a local folder; a full stream from S3)."""
     provenance = {str(k): str(v) for k, v in (report.provenance or {}).items()}
-    failures = [(str(f.get("segment_id", "")), str(f.get("reason", ""))) for f in report.failures]
+    # Files of the old fleet carry no provenance and no failure list: their failures are unknown, not zero.
+    failures = [(str(f.get("segment_id", "")), str(f.get("reason", ""))) for f in report.failures] \
+        if (report.provenance or report.failures) else None
     dataset, language = shard_labels(bucket, prefix)
     figures = ShardFigures(
         prefix=prefix, status=status, dataset=dataset, language=language, segment_count=report.rows,
