@@ -116,7 +116,9 @@ def render_card(inputs: CardInputs) -> str:
         "",
         f"Validation fraction {inputs.validation_fraction:g} (seed {inputs.split_seed!r}): all segments of a speaker "
         "(per dataset) are on one side; segments without a speaker are assigned by a hash of their segment id. "
-        f"The assignment of every segment is in `{inputs.split_path}` (columns shard, segment_id, split).",
+        f"The assignment of every segment is in `{inputs.split_path}` (columns shard, segment_id, split); the "
+        "`records` config lists every segment under `train`, so join with that file to hold validation out"
+        + (", or use the `packed` config, which is split already." if inputs.packed_paths else "."),
         "",
     ]
     if inputs.packed:
