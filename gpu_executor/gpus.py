@@ -1,0 +1,97 @@
+"""Which GPUs a host has, and which one the current run worker was given.
+
+The GPU run launcher hands each run worker one device through `CUDA_VISIBLE_DEVICES` and names its slot in
+`NEUCODEC_GPU_SLOT`; asset code calls `current_gpu_slot()` to record that in its metadata. No Dagster import here:
+the encoder engine and notebooks can use it too.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+from collections.abc import Mapping, Sequence
+
+#: Set by the GPU run launcher in every run worker: the GPU id (as in `CUDA_VISIBLE_DEVICES`) or `cpuN`.
+GPU_SLOT_ENV = "NEUCODEC_GPU_SLOT"
+#: Set by the GPU run launcher in every run worker: the launcher's host name.
+WORKER_HOST_ENV = "NEUCODEC_WORKER_HOST"
+
+# Values of CUDA_VISIBLE_DEVICES that mean "no GPU at all".
+_NO_DEVICE_VALUES = {"", "-1", "nodevfiles", "none", "void"}
+
+
+def parse_gpu_list(value: str | int | Sequence[str | int] | None) -> list[str]:
+    """Normalize `"0,1"`, `[0, 1]`, `"GPU-uuid,..."` to a list of device id strings (no empty items)."""
+    if value is None:
+        return []
+    if isinstance(value, int):
+        return [str(value)]
+    items = value.split(",") if isinstance(value, str) else [str(v) for v in value]
+    out = [item.strip() for item in items if item.strip()]
+    if len(set(out)) != len(out):
+        raise ValueError(f"GPU list {value!r} names a device twice")
+    return out
+
+
+def gpus_from_nvidia_smi(timeout_s: float = 20.0) -> list[str] | None:
+    """GPU indices reported by `nvidia-smi`, or None when the tool is absent or fails."""
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return None
+    try:
+        out = subprocess.run(
+            [exe, "--query-gpu=index", "--format=csv,noheader"],
+            capture_output=True, text=True, timeout=timeout_s, check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return parse_gpu_list(",".join(out.split()))
+
+
+def gpus_from_torch() -> list[str] | None:
+    """GPU indices torch sees (`torch.cuda.device_count()`), or None when torch has no CUDA."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    if not torch.cuda.is_available():
+        return None
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def detect_gpus(
+    configured: str | int | Sequence[str | int] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> tuple[list[str], str]:
+    """The GPU ids to hand out and where they came from.
+
+    Order: the configured list; the launcher's own `CUDA_VISIBLE_DEVICES` (set to `""` or `-1` it means no GPU);
+    `nvidia-smi`; `torch.cuda`. An empty list means a host without GPUs (the launcher then uses CPU slots).
+    """
+    env = os.environ if env is None else env
+    if configured is not None:
+        return parse_gpu_list(configured), "config"
+    visible = env.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        if visible.strip().lower() in _NO_DEVICE_VALUES:
+            return [], "CUDA_VISIBLE_DEVICES"
+        return parse_gpu_list(visible), "CUDA_VISIBLE_DEVICES"
+    found = gpus_from_nvidia_smi()
+    if found is not None:
+        return found, "nvidia-smi"
+    found = gpus_from_torch()
+    if found is not None:
+        return found, "torch"
+    return [], "none found"
+
+
+def current_gpu_slot(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """What this process was given, for materialization metadata: slot, visible devices, host."""
+    env = os.environ if env is None else env
+    return {
+        "gpu_slot": env.get(GPU_SLOT_ENV, "unassigned"),
+        "cuda_visible_devices": env.get("CUDA_VISIBLE_DEVICES", "unset"),
+        "host": env.get(WORKER_HOST_ENV, socket.gethostname()),
+    }
