@@ -200,3 +200,9 @@ def test_local_failed_upload_leaves_no_object(tmp_path: Path) -> None:
     assert not bucket.exists("s/neucodec_tokens.parquet")
     bucket.put_bytes("s/x", b"1")
     assert sorted(p.name for p in (tmp_path / "b" / "s").iterdir()) == ["x"]  # no temporary files remain
+
+
+def test_sample_shards_uploaded_to_s3(s3_sample_bucket: dict[str, str], sample_bucket_report) -> None:
+    shards = open_bucket(s3_sample_bucket["url"]).list_shards()
+    assert [(s.prefix, s.dataset, s.language, s.has_tokens) for s in shards] == sorted(
+        (s.prefix, s.dataset, s.language, False) for s in sample_bucket_report.shards)
