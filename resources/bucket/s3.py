@@ -168,23 +168,19 @@ class S3Bucket(Bucket):
         size, etag = int(head["ContentLength"]), head.get("ETag")
         fd, tmp = tempfile.mkstemp(prefix=".tmp-download-", dir=dest.parent)
         try:
-            if size < 2 * self.download_part_bytes or self.download_workers < 2:
-                with os.fdopen(fd, "wb") as out, self.open_stream(key) as stream:
-                    shutil.copyfileobj(stream, out, length=8 << 20)
-            else:
-                os.ftruncate(fd, size)
-                parts = [(start, min(start + self.download_part_bytes, size))
-                         for start in range(0, size, self.download_part_bytes)]
-                with ThreadPoolExecutor(self.download_workers, thread_name_prefix="s3-download") as pool:
-                    for _ in pool.map(lambda part: self._download_part(key, etag, fd, *part), parts):
-                        pass
-                os.close(fd)
+            with os.fdopen(fd, "wb") as out:
+                if size < 2 * self.download_part_bytes or self.download_workers < 2:
+                    with self.open_stream(key) as stream:
+                        shutil.copyfileobj(stream, out, length=8 << 20)
+                else:
+                    out.truncate(size)
+                    parts = [(start, min(start + self.download_part_bytes, size))
+                             for start in range(0, size, self.download_part_bytes)]
+                    with ThreadPoolExecutor(self.download_workers, thread_name_prefix="s3-download") as pool:
+                        for _ in pool.map(lambda part: self._download_part(key, etag, fd, *part), parts):
+                            pass
             os.replace(tmp, dest)
         except BaseException:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
             Path(tmp).unlink(missing_ok=True)
             raise
         return dest
