@@ -11,13 +11,14 @@ import dagster as dg
 
 from neucodec_assets.jobs import neucodec_tokens_job
 from neucodec_assets.sensors import shard_discovery_sensor
+from neucodec_assets.sft import SftResource, sft_assets
 from neucodec_assets.tokens_asset import neucodec_tokens
 from resources.dagster_resources import BucketResource, EncoderResource
 
 defs = dg.Definitions(
-    assets=[neucodec_tokens],
+    assets=[neucodec_tokens, *sft_assets],
     jobs=[neucodec_tokens_job],
     sensors=[shard_discovery_sensor],
-    resources={"bucket": BucketResource(), "encoder": EncoderResource()},
+    resources={"bucket": BucketResource(), "encoder": EncoderResource(), "sft": SftResource()},
     executor=dg.in_process_executor,
 )

@@ -18,7 +18,6 @@ import dagster as dg
 
 from neucodec_assets.discovery import add_shard_partitions, plan_discovery
 from neucodec_assets.partitions import shards_partitions
-from neucodec_assets.tokens_asset import shards_per_run
 from neucodec_assets.tokens_metadata import TOKENS_ASSET_KEY, metadata_value
 from resources.bucket import LocalBucket
 from resources.dagster_resources import DEFAULT_MODEL, RANDOM_LABEL, RANDOM_MODEL, BucketResource, \
@@ -100,6 +99,13 @@ def _contiguous_ranges(all_keys: Sequence[str], wanted: set[str], size: int) -> 
     return ranges
 
 
+def _partitions_per_run(policy: dg.BackfillPolicy | None, total: int) -> int:
+    """Shards per run as a backfill would group them: no policy means one run per partition."""
+    if policy is None:
+        return 1
+    return policy.max_partitions_per_run or max(total, 1)
+
+
 def _materialize(assets: Sequence, resources: dict, instance: dg.DagsterInstance, keys: Sequence[dg.AssetKey],
                  tags: dict[str, str]) -> dg.ExecuteInProcessResult:
     """One in-process run of the selected assets (and their checks), recorded in ``instance``."""
@@ -178,23 +184,23 @@ def run_demo(model: str = "hub", *, shards: int = 3, segments: int = 6, root: Pa
         wanted = {s.prefix for s in plan.listed}
 
         graph = demo_defs.resolve_asset_graph()
-        partitioned = [k for k in graph.materializable_asset_keys
-                       if graph.get(k).partitions_def == shards_partitions]
-        unpartitioned = [k for k in graph.materializable_asset_keys if graph.get(k).partitions_def is None]
-        stages: list[list[dg.AssetKey]] = [[TOKENS_ASSET_KEY]]
+        keys = [k for k in graph.toposorted_asset_keys if k in graph.materializable_asset_keys]
+        partitioned = [k for k in keys if graph.get(k).partitions_def == shards_partitions]
+        unpartitioned = [k for k in keys if graph.get(k).partitions_def is None]
         downstream = [k for k in partitioned if k != TOKENS_ASSET_KEY]
-        if downstream:
-            stages.append(downstream)
         summary.downstream = [k.to_user_string() for k in downstream + unpartitioned]
 
-        for stage in stages:
-            for first, last in _contiguous_ranges(all_keys, wanted, shards_per_run()):
-                names = ", ".join(k.to_user_string() for k in stage)
-                log(f"materializing {names} for shards {first} .. {last}")
-                result = _materialize(assets, resources, instance, stage, {RANGE_START_TAG: first, RANGE_END_TAG: last})
+        # Partitioned assets in dependency order, each in runs grouped as its backfill policy groups them.
+        for asset_key in [TOKENS_ASSET_KEY, *downstream]:
+            per_run = _partitions_per_run(graph.get(asset_key).backfill_policy, len(wanted))
+            for first, last in _contiguous_ranges(all_keys, wanted, per_run):
+                name = asset_key.to_user_string()
+                log(f"materializing {name} for shards {first} .. {last}")
+                tags = {RANGE_START_TAG: first, RANGE_END_TAG: last}
+                result = _materialize(assets, resources, instance, [asset_key], tags)
                 summary.runs.append(result.run_id)
                 if not result.success:
-                    raise DemoError(f"run {result.run_id} ({names}, {first} .. {last}) failed; "
+                    raise DemoError(f"run {result.run_id} ({name}, {first} .. {last}) failed; "
                                     f"see `DAGSTER_HOME={home} dagster dev -w workspace.yaml`")
         if unpartitioned:
             names = ", ".join(k.to_user_string() for k in unpartitioned)

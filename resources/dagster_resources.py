@@ -65,6 +65,7 @@ class EncoderSettings:
     batch_seconds: float | None
     max_clip_seconds: float | None
     chunking: str | None
+    stream_buffer_seconds: float | None = None
 
     @property
     def is_random(self) -> bool:
@@ -105,7 +106,7 @@ def load_encoder(settings: EncoderSettings) -> LoadedEncoder:
             dirs = cached_random_model()
             model, semantic_model = str(dirs.model_dir), str(dirs.semantic_model_dir)
         kwargs: dict[str, Any] = {"device": settings.device, "precision": settings.precision}
-        for name in ("batch_seconds", "max_clip_seconds", "chunking"):
+        for name in ("batch_seconds", "max_clip_seconds", "chunking", "stream_buffer_seconds"):
             value = getattr(settings, name)
             if value is not None:
                 kwargs[name] = value
@@ -127,7 +128,8 @@ def load_encoder(settings: EncoderSettings) -> LoadedEncoder:
 
 class EncoderResource(dg.ConfigurableResource):
     """The neucodec encoder; unset fields come from NEUCODEC_MODEL, NEUCODEC_SEMANTIC_MODEL, NEUCODEC_DEVICE,
-    NEUCODEC_PRECISION, NEUCODEC_BATCH_SECONDS, NEUCODEC_MAX_CLIP_SECONDS and NEUCODEC_CHUNKING.
+    NEUCODEC_PRECISION, NEUCODEC_BATCH_SECONDS, NEUCODEC_MAX_CLIP_SECONDS, NEUCODEC_CHUNKING and
+    NEUCODEC_STREAM_BUFFER_SECONDS.
 
     ``model="random"`` (``NEUCODEC_MODEL=random``) uses a cached randomly initialized model of the real
     architecture; provenance and outputs label it as random.
@@ -142,6 +144,10 @@ class EncoderResource(dg.ConfigurableResource):
         default=None, description="whole-clip limit before chunking (NEUCODEC_MAX_CLIP_SECONDS)"
     )
     chunking: str | None = Field(default=None, description="chunking mode for long clips (NEUCODEC_CHUNKING)")
+    stream_buffer_seconds: float | None = Field(
+        default=None, description="audio seconds held per encode call while streaming a shard "
+        "(NEUCODEC_STREAM_BUFFER_SECONDS; also how often progress can be reported)",
+    )
 
     def settings(self) -> EncoderSettings:
         return EncoderSettings(
@@ -154,6 +160,8 @@ class EncoderResource(dg.ConfigurableResource):
             max_clip_seconds=self.max_clip_seconds if self.max_clip_seconds is not None
             else _env_float("NEUCODEC_MAX_CLIP_SECONDS"),
             chunking=self.chunking or _env("NEUCODEC_CHUNKING"),
+            stream_buffer_seconds=self.stream_buffer_seconds if self.stream_buffer_seconds is not None
+            else _env_float("NEUCODEC_STREAM_BUFFER_SECONDS"),
         )
 
     def load(self) -> LoadedEncoder:
