@@ -4,4 +4,5 @@ pytest_plugins = [
     "tests.fixtures.services",
     "tests.fixtures.shards",
     "tests.fixtures.sft_data",
+    "tests.fixtures.platform",
 ]
