@@ -113,13 +113,19 @@ def load_encoder(settings: EncoderSettings) -> LoadedEncoder:
         start = time.perf_counter()
         encoder = NeucodecEncoder.from_pretrained(model=model, semantic_model=semantic_model, **kwargs)
         load_seconds = time.perf_counter() - start
+        device = str(encoder.device)
+        if device.startswith("cuda"):
+            import torch
+
+            index = torch.device(device).index
+            device = f"{device} ({torch.cuda.get_device_name(index if index is not None else 0)})"
         provenance = {str(k): str(v) for k, v in dict(encoder.provenance).items()}
         if settings.is_random:
             provenance["weights"] = RANDOM_LABEL
             provenance["model_requested"] = RANDOM_MODEL
         label = RANDOM_LABEL if settings.is_random else settings.model
         loaded = LoadedEncoder(
-            encoder=encoder, settings=settings, provenance=provenance, device=str(encoder.device),
+            encoder=encoder, settings=settings, provenance=provenance, device=device,
             model_label=label, load_seconds=load_seconds,
         )
         _CACHE[settings] = loaded
