@@ -53,6 +53,7 @@ WORKER_LOG_TAG = "neucodec/worker_log"
 # Runs in these states hold their slot (while their worker process is alive).
 _ACTIVE = [dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]
 _LOG_TAIL_BYTES = 4000
+_MAX_CHILDREN_KEPT = 512
 
 logger = logging.getLogger(__name__)
 
@@ -245,7 +246,7 @@ class GpuRunLauncher(RunLauncher, ConfigurableClass):
             self._instance.add_run_tags(
                 run.run_id, {PID_TAG: str(proc.pid), PID_CREATE_TIME_TAG: repr(_create_time(proc.pid) or 0.0)}
             )
-        self._children[run.run_id] = proc
+        self._remember(run.run_id, proc)
         # Reap the child as soon as it exits, so no zombie outlives a run (and liveness checks stay truthful).
         threading.Thread(target=proc.wait, name=f"reap-{proc.pid}", daemon=True).start()
 
@@ -266,6 +267,13 @@ class GpuRunLauncher(RunLauncher, ConfigurableClass):
             cls=self.__class__,
         )
 
+    def _remember(self, run_id: str, proc: subprocess.Popen[bytes]) -> None:
+        """Keeps the Popen for exit codes in health messages; forgets the oldest finished ones past a bound."""
+        self._children[run_id] = proc
+        finished = [rid for rid, p in self._children.items() if p.returncode is not None]
+        for rid in finished[: max(0, len(self._children) - _MAX_CHILDREN_KEPT)]:
+            del self._children[rid]
+
     # Worker liveness ---------------------------------------------------------------------------------------
     def _worker_alive(self, run: dg.DagsterRun) -> bool | None:
         """True/False for a worker of this host; None when the run has no worker here to look at."""
@@ -276,9 +284,13 @@ class GpuRunLauncher(RunLauncher, ConfigurableClass):
 
     def _exit_description(self, run: dg.DagsterRun) -> str:
         proc = self._children.get(run.run_id)
-        code = proc.poll() if proc is not None else None
-        if code is None:
+        if proc is None:
             return "exit status unknown (not a child of this process)"
+        try:
+            # The reaper thread may be between waitpid and recording the code; the process is already gone.
+            code = proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            return "exit status not yet known"
         if code < 0:
             return f"killed by signal {signal.Signals(-code).name}"
         return f"exit code {code}"

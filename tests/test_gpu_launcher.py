@@ -30,6 +30,7 @@ from dagster._daemon.auto_run_reexecution.auto_run_reexecution import consume_ne
 from dagster._daemon.monitoring.run_monitoring import execute_run_monitoring_iteration
 from dagster._daemon.run_coordinator.queued_run_coordinator_daemon import QueuedRunCoordinatorDaemon
 
+from gpu_executor.gpus import current_gpu_slot, detect_gpus
 from gpu_executor.launcher import GPU_TAG, HOST_TAG, PID_TAG, GpuRunLauncher
 
 JOBS_FILE = Path(__file__).with_name("launcher_jobs.py")
@@ -232,6 +233,10 @@ def test_kill_terminate_restart_and_retry(postgres_db, tmp_path: Path, out_dir: 
             # Terminate from that other process-like object: SIGTERM, Dagster turns it into a cancel.
             assert webserver_launcher.terminate(runs["cancel"]) is True
             assert status(instance, runs["cancel"]) == dg.DagsterRunStatus.CANCELED
+            # The worker itself turned SIGTERM into an interrupt and reported the cancel (no SIGKILL needed).
+            cancel_messages = [e.message for e in instance.all_logs(runs["cancel"])]
+            assert 'Execution of run for "device_job" canceled.' in cancel_messages, cancel_messages
+            assert not any("sent SIGKILL" in m for m in cancel_messages), cancel_messages
 
             # SIGKILL the worker of another run: health FAILED, seen by the new launcher and by the parent.
             kill_pid = int(tags["kill"][PID_TAG])
@@ -269,6 +274,50 @@ def test_kill_terminate_restart_and_retry(postgres_db, tmp_path: Path, out_dir: 
         assert retried.tags[HOST_TAG] == instance.run_launcher.host
         assert retried.tags[PID_TAG] != tags["kill"][PID_TAG]
         instance.run_launcher.join()
+
+
+def test_host_without_gpus_runs_on_cpu_slots(postgres_db, tmp_path: Path, out_dir: Path) -> None:
+    """No GPU: each run gets its own CPU slot and sees no CUDA device at all."""
+    home = tmp_path / "home"
+    write_instance(home, postgres_db["url"], {"gpus": [], "cpu_slots": 2, "log_dir": str(tmp_path / "logs")},
+                   pools=False)
+    with dg.DagsterInstance.from_config(str(home)) as instance, workspace_for(instance) as context:
+        workspace = context.create_request_context()
+        run_ids = [create_run(workspace, out_dir).run_id for _ in range(2)]
+        for run_id in run_ids:
+            instance.launch_run(run_id, workspace)
+        wait_for("both runs to hold a CPU slot", lambda: all(started_record(out_dir, r) for r in run_ids),
+                 explain=explain_runs(instance, run_ids))
+        assert sorted(instance.get_run_by_id(r).tags[GPU_TAG] for r in run_ids) == ["cpu0", "cpu1"]
+        (out_dir / "release").touch()
+        wait_for("both runs to finish", lambda: all(instance.get_run_by_id(r).is_finished for r in run_ids),
+                 explain=explain_runs(instance, run_ids))
+        for run_id in run_ids:
+            run = instance.get_run_by_id(run_id)
+            assert run.status == dg.DagsterRunStatus.SUCCESS, instance.run_launcher.get_run_worker_debug_info(run)
+            record = end_record(out_dir, run_id)
+            assert record["cuda_visible_devices"] == "" and record["gpu_slot"] == run.tags[GPU_TAG]
+        instance.run_launcher.join()
+
+
+def test_gpu_detection_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Config list, then the launcher's CUDA_VISIBLE_DEVICES, then nvidia-smi, then torch."""
+    assert detect_gpus([0, "1"], env={"CUDA_VISIBLE_DEVICES": "5"}) == (["0", "1"], "config")
+    assert detect_gpus(None, env={"CUDA_VISIBLE_DEVICES": "GPU-a1b2, GPU-c3d4"}) == (
+        ["GPU-a1b2", "GPU-c3d4"], "CUDA_VISIBLE_DEVICES")
+    for hidden in ("", "-1", "NoDevFiles"):
+        assert detect_gpus(None, env={"CUDA_VISIBLE_DEVICES": hidden}) == ([], "CUDA_VISIBLE_DEVICES")
+    # This box has no GPU and no nvidia-smi: a stand-in prints what `nvidia-smi --query-gpu=index
+    # --format=csv,noheader` prints on a two-GPU host.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "nvidia-smi"
+    fake.write_text('#!/bin/sh\n[ "$1" = "--query-gpu=index" ] || exit 2\nprintf "0\\n1\\n"\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    assert detect_gpus(None, env={}) == (["0", "1"], "nvidia-smi")
+    slot = current_gpu_slot({"NEUCODEC_GPU_SLOT": "1", "CUDA_VISIBLE_DEVICES": "1", "NEUCODEC_WORKER_HOST": "h"})
+    assert slot == {"gpu_slot": "1", "cuda_visible_devices": "1", "host": "h"}
 
 
 def test_cpu_slots_and_config_errors(tmp_path: Path) -> None:
