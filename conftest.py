@@ -2,6 +2,7 @@
 
 pytest_plugins = [
     "tests.fixtures.services",
+    "tests.fixtures.model",
     "tests.fixtures.shards",
     "tests.fixtures.sft_data",
     "tests.fixtures.platform",
