@@ -5,6 +5,7 @@ Loaded by file path into run worker processes, so it imports nothing from the te
 
 import json
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -15,13 +16,19 @@ HOLD_LIMIT_S = 120.0
 
 @dg.op(
     pool="gpu",
-    config_schema={"out_dir": str, "hold": dg.Field(bool, default_value=True)},
+    config_schema={
+        "out_dir": str,
+        "hold": dg.Field(bool, default_value=True),
+        "ignore_sigterm": dg.Field(bool, default_value=False),
+    },
 )
 def record_device(context: dg.OpExecutionContext) -> None:
     """Writes `<run_id>.start.json` with its CUDA_VISIBLE_DEVICES, holds until `release` exists, writes the end.
 
     Holding on a file instead of sleeping makes the tests independent of machine speed.
     """
+    if context.op_config["ignore_sigterm"]:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a stuck worker: only SIGKILL stops it
     out = Path(context.op_config["out_dir"])
     record = {
         "run_id": context.run_id,

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
+import psutil
 import pytest
 import yaml
 from dagster._core.launcher.base import WorkerStatus
@@ -87,12 +88,13 @@ def workspace_for(instance: dg.DagsterInstance) -> Iterator[WorkspaceProcessCont
         yield context
 
 
-def create_run(workspace: WorkspaceRequestContext, out_dir: Path) -> dg.DagsterRun:
+def create_run(workspace: WorkspaceRequestContext, out_dir: Path, ignore_sigterm: bool = False) -> dg.DagsterRun:
     """Creates a run of device_job the way the webserver does (snapshots, plan, origins)."""
     instance = workspace.instance
     location = workspace.get_code_location(LOCATION)
     remote_job = location.get_repository("__repository__").get_full_job("device_job")
-    run_config = {"ops": {"record_device": {"config": {"out_dir": str(out_dir)}}}}
+    op_config = {"out_dir": str(out_dir), "ignore_sigterm": ignore_sigterm}
+    run_config = {"ops": {"record_device": {"config": op_config}}}
     plan = location.get_execution_plan(
         remote_job, run_config, step_keys_to_execute=None, known_state=None, instance=instance
     )
@@ -247,9 +249,9 @@ def test_kill_terminate_restart_and_retry(postgres_db, tmp_path: Path, out_dir: 
             parent_view = instance.run_launcher.check_run_worker_health(killed)
             assert "killed by signal SIGKILL" in (parent_view.msg or ""), parent_view
             assert webserver_launcher.check_run_worker_health(killed).status == WorkerStatus.FAILED
-            assert dict(webserver_launcher.occupancy()) == {"0": 1, "1": 0} or dict(
-                webserver_launcher.occupancy()
-            ) == {"0": 0, "1": 1}
+            # Launched in order cancel, kill, extra: GPUs 0, 1, 0. Only "extra" still holds one.
+            assert [tags[name][GPU_TAG] for name in ("cancel", "kill", "extra")] == ["0", "1", "0"]
+            assert dict(webserver_launcher.occupancy()) == {"0": 1, "1": 0}
 
         # Dagster's run monitoring marks it failed; run retries re-execute it through the launcher.
         list(execute_run_monitoring_iteration(context, log))
@@ -277,18 +279,27 @@ def test_kill_terminate_restart_and_retry(postgres_db, tmp_path: Path, out_dir: 
 
 
 def test_host_without_gpus_runs_on_cpu_slots(postgres_db, tmp_path: Path, out_dir: Path) -> None:
-    """No GPU: each run gets its own CPU slot and sees no CUDA device at all."""
+    """No GPU: each run gets its own CPU slot and sees no CUDA device; a worker deaf to SIGTERM gets SIGKILL."""
     home = tmp_path / "home"
-    write_instance(home, postgres_db["url"], {"gpus": [], "cpu_slots": 2, "log_dir": str(tmp_path / "logs")},
-                   pools=False)
+    config = {"gpus": [], "cpu_slots": 2, "log_dir": str(tmp_path / "logs"), "terminate_grace_seconds": 2.0}
+    write_instance(home, postgres_db["url"], config, pools=False)
     with dg.DagsterInstance.from_config(str(home)) as instance, workspace_for(instance) as context:
         workspace = context.create_request_context()
         run_ids = [create_run(workspace, out_dir).run_id for _ in range(2)]
-        for run_id in run_ids:
+        stuck = create_run(workspace, out_dir, ignore_sigterm=True).run_id
+        for run_id in [*run_ids, stuck]:
             instance.launch_run(run_id, workspace)
-        wait_for("both runs to hold a CPU slot", lambda: all(started_record(out_dir, r) for r in run_ids),
-                 explain=explain_runs(instance, run_ids))
-        assert sorted(instance.get_run_by_id(r).tags[GPU_TAG] for r in run_ids) == ["cpu0", "cpu1"]
+        wait_for("three runs to hold a CPU slot", lambda: all(started_record(out_dir, r) for r in [*run_ids, stuck]),
+                 explain=explain_runs(instance, [*run_ids, stuck]))
+        assert sorted(instance.get_run_by_id(r).tags[GPU_TAG] for r in [*run_ids, stuck]) == ["cpu0", "cpu0", "cpu1"]
+
+        stuck_pid = int(instance.get_run_by_id(stuck).tags[PID_TAG])
+        assert instance.run_launcher.terminate(stuck) is True
+        assert status(instance, stuck) == dg.DagsterRunStatus.CANCELED
+        messages = [e.message for e in instance.all_logs(stuck)]
+        assert any("ignored SIGTERM" in m and "sent SIGKILL" in m for m in messages), messages
+        assert not psutil.pid_exists(stuck_pid) or psutil.Process(stuck_pid).status() == psutil.STATUS_ZOMBIE
+
         (out_dir / "release").touch()
         wait_for("both runs to finish", lambda: all(instance.get_run_by_id(r).is_finished for r in run_ids),
                  explain=explain_runs(instance, run_ids))
