@@ -95,3 +95,18 @@ def current_gpu_slot(env: Mapping[str, str] | None = None) -> dict[str, str]:
         "cuda_visible_devices": env.get("CUDA_VISIBLE_DEVICES", "unset"),
         "host": env.get(WORKER_HOST_ENV, socket.gethostname()),
     }
+
+
+def main() -> None:
+    """`python -m gpu_executor.gpus [RUNS_PER_GPU]`: the GPUs this host would hand out and the pool limit to set."""
+    import sys
+
+    runs_per_gpu = int(sys.argv[1]) if len(sys.argv) > 1 else 1
+    gpus, source = detect_gpus()
+    limit = len(gpus) * runs_per_gpu if gpus else 1
+    print(f"GPUs: {','.join(gpus) or 'none'} (from {source})")
+    print(f"pool limit: dagster instance concurrency set gpu {limit}")
+
+
+if __name__ == "__main__":
+    main()
