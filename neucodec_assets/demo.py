@@ -156,9 +156,6 @@ def run_demo(model: str = "hub", *, shards: int = 3, segments: int = 6, root: Pa
     settings = encoder.settings()
     label = RANDOM_LABEL if settings.is_random else settings.model
     log(f"model: {label}")
-    log(f"writing {shards} sample shards ({segments} segments each) to {bucket_dir}")
-    write_sample_bucket(bucket_url, shards=shards, segments_per_shard=segments, seed=0)
-
     log("loading the encoder (once; every run of the demo reuses it)")
     try:
         loaded = encoder.load()
@@ -171,6 +168,8 @@ def run_demo(model: str = "hub", *, shards: int = 3, segments: int = 6, root: Pa
             ) from exc
         raise DemoError(f"cannot load the neucodec model {settings.model!r}: {exc}") from exc
     log(f"encoder ready on {loaded.device} in {loaded.load_seconds:.1f} s")
+    log(f"writing {shards} sample shards ({segments} segments each) to {bucket_dir}")
+    write_sample_bucket(bucket_url, shards=shards, segments_per_shard=segments, seed=0)
 
     assets = list(defs.assets or [])
     resources = {**(defs.resources or {}), "bucket": BucketResource(url=bucket_url), "encoder": encoder}

@@ -12,6 +12,7 @@ import os
 
 import dagster as dg
 
+from gpu_executor.k8s import gpu_run_tags
 from neucodec_assets.discovery import plan_discovery
 from neucodec_assets.partitions import shards_partitions
 from neucodec_assets.tokens_metadata import TOKENS_ASSET_KEY
@@ -50,7 +51,8 @@ def tokens_backfill_request(keys: list[str]) -> dg.RunRequest:
     subset = AssetGraphSubset(
         partitions_subsets_by_asset_key={TOKENS_ASSET_KEY: shards_partitions.subset_with_partition_keys(keys)}
     )
-    return dg.RunRequest.for_asset_graph_subset(subset, tags={"neucodec/requested_by": "shard_discovery_sensor"})
+    tags = {"neucodec/requested_by": "shard_discovery_sensor", **gpu_run_tags()}
+    return dg.RunRequest.for_asset_graph_subset(subset, tags=tags)
 
 
 @dg.sensor(

@@ -44,6 +44,25 @@ def test_definitions_validate_with_only_env(pg_dagster_home, tmp_path):
     assert "Validation successful for code location neucodec_assets" in proc.stdout + proc.stderr
 
 
+def test_production_instance_config(pg_instance):
+    """The repository's dagster.yaml: Postgres storage, queued runs, the gpu pool per run, run monitoring that
+    frees the slots of dead runs, run retries for crashed workers, and the GPU run launcher."""
+    from dagster._core.run_coordinator import QueuedRunCoordinator
+    from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage
+
+    from gpu_executor.launcher import GpuRunLauncher
+
+    assert isinstance(pg_instance.run_storage, PostgresRunStorage)
+    assert isinstance(pg_instance.event_log_storage, PostgresEventLogStorage)
+    assert isinstance(pg_instance.run_coordinator, QueuedRunCoordinator)
+    assert isinstance(pg_instance.run_launcher, GpuRunLauncher)
+    assert pg_instance.get_concurrency_config().pool_config.pool_granularity.value == "run"
+    monitoring = pg_instance.run_monitoring_settings
+    assert monitoring["enabled"] and monitoring["free_slots_after_run_end_seconds"] > 0
+    assert pg_instance.run_retries_enabled and pg_instance.run_retries_max_retries >= 1
+    assert not pg_instance.run_retries_retry_on_asset_or_op_failure
+
+
 def _lines(proc: subprocess.Popen) -> queue.Queue:
     out: queue.Queue = queue.Queue()
 
@@ -91,8 +110,11 @@ def test_materialize_killed_mid_shard_then_rerun(pg_dagster_home, pg_instance, t
     assert len(runs) == 1 and runs[0].status == dg.DagsterRunStatus.STARTED
     assert shard.prefix not in pg_instance.get_materialized_partitions(TOKENS_ASSET_KEY)
 
-    # The rerun (what run retries do after run monitoring marks the dead run failed) completes the shard.
-    done = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    # The rerun (what run retries do after run monitoring marks the dead run failed) completes the shard; this time
+    # with DESIGN.md's form of the command (`-m neucodec_assets`).
+    rerun = [DAGSTER, "asset", "materialize", "-m", "neucodec_assets", "--select", "neucodec_tokens",
+             "--partition", shard.prefix]
+    done = subprocess.run(rerun, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     data = bucket.read_bytes(tokens_key(shard.prefix))
     assert validate_tokens_file(data).ok

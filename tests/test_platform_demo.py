@@ -1,0 +1,63 @@
+"""`neucodec-platform demo` (what `make demo` runs): the whole pipeline on the embedded defaults, and the clear stop
+when the hub model cannot be had."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import dagster as dg
+from neucodec_assets import cli
+from neucodec_assets.partitions import shards_partitions
+from neucodec_assets.tokens_metadata import TOKENS_ASSET_KEY
+from resources.bucket import LocalBucket
+from resources.dagster_resources import RANDOM_LABEL
+from resources.tokens_file import validate_tokens_file
+from tests.fixtures.platform import REPO_ROOT
+
+
+def test_demo_random_model_end_to_end(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("NEUCODEC_DEVICE", "cpu")  # the same encoder settings as the other platform tests
+    monkeypatch.setenv("NEUCODEC_PRECISION", "fp32")
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    demo_dir = tmp_path / "demo"
+    assert cli.main(["demo", "--model", "random", "--shards", "2", "--segments", "1", "--dir", str(demo_dir)]) == 0
+    out = capsys.readouterr().out
+    assert f"model: {RANDOM_LABEL}" in out
+    assert "downstream assets materialized: sft_pairs, sft_dataset" in out
+    table = out[out.index("shard  "):].splitlines()
+    assert table[0].split() == ["shard", "status", "segments", "failed", "hours", "tokens", "real-time", "factor"]
+    rows = [line.split() for line in table[2:4]]
+    assert [r[1:4] for r in rows] == [["encoded", "1", "0"], ["encoded", "1", "0"]]
+    total = table[5].split()
+    assert total[:3] == ["total", "(2", "shards)"] and total[3] == "2"
+    assert int(total[6]) == sum(int(r[5]) for r in rows) > 0
+
+    # Everything lives under the demo folder: SQLite DAGSTER_HOME and the bucket folder with tokens and SFT files.
+    bucket = LocalBucket(demo_dir / "bucket")
+    shards = bucket.list_shards()
+    assert len(shards) == 2 and all(s.has_tokens for s in shards)
+    for shard in shards:
+        assert validate_tokens_file(bucket.read_bytes(f"{shard.prefix}/neucodec_tokens.parquet")).ok
+        assert bucket.exists(f"sft/{shard.prefix}.parquet")
+    with dg.DagsterInstance.from_config(str(demo_dir / "dagster_home")) as instance:
+        assert "Sqlite" in type(instance.run_storage).__name__  # the embedded default
+        keys = set(instance.get_dynamic_partitions(shards_partitions.name))
+        assert keys == {s.prefix for s in shards}
+        assert instance.get_materialized_partitions(TOKENS_ASSET_KEY) == keys
+        assert instance.get_latest_materialization_event(dg.AssetKey("sft_dataset")) is not None
+
+
+def test_demo_without_hub_access_names_the_offline_option(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NEUCODEC_", "HF_"))}
+    env.update({"HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_OFFLINE": "1"})  # an empty hub cache, no network
+    proc = subprocess.run(
+        [sys.executable, "-m", "neucodec_assets.cli", "demo", "--model", "hub", "--dir", str(tmp_path / "demo")],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 2
+    assert "cannot load the neucodec model 'neuphonic/neucodec'" in proc.stderr
+    assert "make demo MODEL=random" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "demo" / "bucket").exists()  # it stopped before doing any work
