@@ -20,8 +20,10 @@ def padded_length(num_samples: int) -> int:
     return num_samples + HOP - num_samples % HOP
 
 
-def plan_batches(lengths: list[int], budget_samples: int, max_batch: int = 64) -> list[list[int]]:
-    """Indices of clips grouped longest first so that ``len(batch) * longest <= budget`` (a clip alone may exceed)."""
+def plan_batches(lengths: list[int], budget_samples: int, max_batch: int = 64,
+                 min_fill: float = 0.0) -> list[list[int]]:
+    """Indices of clips grouped longest first so that ``len(batch) * longest <= budget`` (a clip alone may exceed)
+    and every clip is at least ``min_fill`` of its batch's longest (padding is compute spent on nothing)."""
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
     batches: list[list[int]] = []
     current: list[int] = []
@@ -29,7 +31,8 @@ def plan_batches(lengths: list[int], budget_samples: int, max_batch: int = 64) -
     for i in order:
         n = lengths[i]
         new_longest = max(longest, n)
-        if current and ((len(current) + 1) * new_longest > budget_samples or len(current) >= max_batch):
+        if current and ((len(current) + 1) * new_longest > budget_samples or len(current) >= max_batch
+                        or n < min_fill * longest):
             batches.append(current)
             current, longest = [], 0
             new_longest = n
@@ -50,18 +53,21 @@ class Chunk:
     keep_to: int  # one past the last frame to keep
 
 
-def plan_chunks(num_samples: int, mode: str, chunk_samples: int, context_samples: int) -> list[Chunk]:
+def plan_chunks(num_samples: int, mode: str, chunk_samples: int, context_samples: int,
+                seed_chunk_samples: int = SEED_CHUNK_SAMPLES) -> list[Chunk]:
     """Windows covering a long clip.
 
-    ``seed``: hard splits every 30 s, each encoded on its own and concatenated (the old fleet's tokens).
+    ``seed``: hard splits every ``seed_chunk_samples`` (30 s, as the old fleet), each encoded on its own and
+    concatenated (the old fleet's tokens).
     ``overlap``: cores of ``chunk_samples`` (a multiple of 320) with ``context_samples`` of audio on each side
     that is encoded and then dropped, so that tokens near the cuts see context.
     """
     total_frames = num_samples // HOP
     if mode == "seed":
+        step = seed_chunk_samples
         return [
-            Chunk(s, min(s + SEED_CHUNK_SAMPLES, num_samples), 0, (min(s + SEED_CHUNK_SAMPLES, num_samples) - s) // HOP)
-            for s in range(0, num_samples, SEED_CHUNK_SAMPLES)
+            Chunk(s, min(s + step, num_samples), 0, (min(s + step, num_samples) - s) // HOP)
+            for s in range(0, num_samples, step)
         ]
     if mode != "overlap":
         raise ValueError(f"unknown chunking mode {mode!r}: use 'overlap' or 'seed'")

@@ -46,14 +46,16 @@ class NeucodecEncoder:
     Build it with :meth:`from_pretrained` (hub ids or local folders) or :meth:`from_model` (a live
     ``neucodec.NeuCodec``). In ``fp32`` (default) the codes equal the package's ``encode_code`` per clip; ``bf16``
     and ``fp16`` run the semantic model (and, on CUDA, the acoustic encoder) in that precision, the quantizer
-    always in fp32. Clips longer than ``max_clip_seconds`` are chunked (``chunking``: ``overlap`` or ``seed``) and
-    their ids are listed in :attr:`chunked_ids`.
+    always in fp32. Clips longer than ``max_clip_seconds`` are chunked and their ids are listed in
+    :attr:`chunked_ids`: ``overlap`` encodes ``chunk_seconds`` cores with ``chunk_context_seconds`` of context on
+    each side (dropped after encoding); ``seed`` splits every clip longer than ``seed_chunk_seconds`` (30 s) into
+    hard splits encoded on their own, reproducing the old fleet's tokens.
     """
 
     def __init__(self, parts: EncoderParts, *, device: str | torch.device = "auto", precision: str = "fp32",
                  batch_seconds: float | None = None, max_clip_seconds: float = 120.0, chunking: str = "overlap",
-                 chunk_seconds: float = 60.0, chunk_context_seconds: float = 10.0,
-                 stream_buffer_seconds: float | None = None) -> None:
+                 chunk_seconds: float = 60.0, chunk_context_seconds: float = 10.0, seed_chunk_seconds: float = 30.0,
+                 stream_buffer_seconds: float | None = None, min_batch_fill: float | None = None) -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"precision {precision!r}: choose one of {sorted(PRECISIONS)}")
         if chunking not in CHUNKING_MODES:
@@ -64,10 +66,15 @@ class NeucodecEncoder:
         self.precision = precision
         self.dtype = PRECISIONS[precision]
         self.chunking = chunking
-        self.max_clip_seconds = float(max_clip_seconds)
+        # In seed mode the old fleet's rule decides: every clip longer than one split is split.
+        self.max_clip_seconds = float(seed_chunk_seconds if chunking == "seed" else max_clip_seconds)
         self.chunk_seconds = min(float(chunk_seconds), self.max_clip_seconds)
         self.chunk_context_seconds = float(chunk_context_seconds)
+        self.seed_chunk_seconds = float(seed_chunk_seconds)
         self.batch_seconds = float(batch_seconds) if batch_seconds else default_batch_seconds(self._device)
+        # CPUs gain little from batching, so they batch only near-equal lengths; GPUs trade some padding for width.
+        self.min_batch_fill = float(min_batch_fill if min_batch_fill is not None
+                                    else (0.5 if self._device.type == "cuda" else 0.85))
         self.stream_buffer_seconds = float(stream_buffer_seconds or max(4 * self.batch_seconds, 120.0))
         self.chunked_ids: list[str] = []
         if self._device.type == "cuda" and precision == "fp32":
@@ -121,7 +128,8 @@ class NeucodecEncoder:
             elif len(w) > limit:
                 self.chunked_ids.append(names[i])
                 for c in plan_chunks(len(w), self.chunking, int(self.chunk_seconds * SAMPLE_RATE),
-                                     int(self.chunk_context_seconds * SAMPLE_RATE)):
+                                     int(self.chunk_context_seconds * SAMPLE_RATE),
+                                     int(self.seed_chunk_seconds * SAMPLE_RATE)):
                     pieces.append(w[c.start:c.stop])
                     owners.append((i, c.keep_from, c.keep_to))
             else:
@@ -168,7 +176,7 @@ class NeucodecEncoder:
         lengths = [padded_length(len(p)) for p in pieces]
         results: list[np.ndarray | None] = [None] * len(pieces)
         budget = int(self.batch_seconds * SAMPLE_RATE)
-        for batch in plan_batches(lengths, budget):
+        for batch in plan_batches(lengths, budget, min_fill=self.min_batch_fill):
             codes = self._encode_batch([pieces[i] for i in batch], [lengths[i] for i in batch])
             for i, c in zip(batch, codes):
                 results[i] = c
