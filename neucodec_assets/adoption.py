@@ -2,7 +2,9 @@
 
 A shard is adopted when its tokens file exists and validates per the contract; its materialization metadata is
 read from the file (rows, tokens, provenance, failures where the file lists them) and nothing is encoded. The
-`tokens_file_valid` check is recorded with it. Completeness is not evaluated here: it needs each shard's tar
+`tokens_file_valid` check is recorded with it (including whether token counts agree with the durations in
+metadata.parquet: a disagreement fails the check but does not stop adoption, since those durations are the
+dataset's own, possibly rounded, figures). Completeness is not evaluated here: it needs each shard's tar
 (a full read per shard from R2); a checks-only run of `neucodec_tokens` evaluates it on demand.
 """
 
@@ -13,10 +15,9 @@ from dataclasses import dataclass, field
 
 import dagster as dg
 
-from neucodec_assets.shard_encoding import durations_from_metadata, existing_result
+from neucodec_assets.shard_encoding import existing_result, validate_existing
 from neucodec_assets.tokens_metadata import STATUS_ADOPTED, TOKENS_ASSET_KEY, tokens_key
 from resources.bucket import Bucket, BucketError, ShardInfo
-from resources.tokens_file import validate_tokens_file
 
 
 @dataclass
@@ -51,10 +52,10 @@ def adopt_existing(
         except (FileNotFoundError, BucketError) as exc:
             report.invalid.append((shard.prefix, f"cannot read {key}: {exc}"))
             continue
-        validation = validate_tokens_file(data, durations_from_metadata(bucket, shard.prefix))
+        structural, validation = validate_existing(bucket, shard.prefix, data)
         del data
-        if not validation.ok:
-            reason = "; ".join(validation.problems)
+        if not structural.ok:
+            reason = "; ".join(structural.problems)
             report.invalid.append((shard.prefix, reason))
             log(f"not adopted {shard.prefix}: {reason}")
             continue

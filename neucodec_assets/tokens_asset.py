@@ -20,12 +20,13 @@ from neucodec_assets.checks import TOKENS_CHECK_SPECS, complete_evaluation, comp
     valid_evaluation
 from neucodec_assets.partitions import shards_partitions
 from neucodec_assets.prefetch import ShardPrefetcher
-from neucodec_assets.shard_encoding import ShardResult, encode_shard, existing_result, existing_tokens
+from neucodec_assets.shard_encoding import ShardResult, encode_shard, existing_result, existing_tokens, \
+    validate_existing
 from neucodec_assets.tokens_metadata import TOKENS_ASSET_KEY, tokens_key
 from resources.bucket import Bucket, BucketError
 from resources.dagster_resources import BucketResource, EncoderResource
 from resources.shard_reader import SPOOL_ENV, ShardError, read_shard
-from resources.tokens_file import TokensFileError, TokensFileReport, validate_tokens_file
+from resources.tokens_file import TokensFileError, TokensFileReport
 
 SHARDS_PER_RUN_ENV = "NEUCODEC_SHARDS_PER_RUN"
 DEFAULT_SHARDS_PER_RUN = 8
@@ -81,14 +82,12 @@ def _failed_shards_table(failed: list[tuple[str, str]]) -> dg.TableMetadataValue
 
 def _check_only_evaluations(store: Bucket, key: str) -> list[dg.AssetCheckEvaluation]:
     """Re-read a shard's tokens file from the bucket and evaluate both checks (no encoding)."""
-    from neucodec_assets.shard_encoding import durations_from_metadata
-
     try:
         data = store.read_bytes(tokens_key(key))
     except FileNotFoundError:
         report = TokensFileReport(problems=[f"no tokens file at {tokens_key(key)}"])
         return [valid_evaluation(key, report)]
-    report = validate_tokens_file(data, durations_from_metadata(store, key))
+    _, report = validate_existing(store, key, data)
     evaluations = [valid_evaluation(key, report)]
     try:
         evaluations.append(complete_evaluation(key, completeness_of(tar_audio_ids(store, key), report)))
