@@ -19,6 +19,7 @@ from neucodec_assets.partitions import shards_partitions
 from neucodec_assets.tokens_metadata import TOKENS_ASSET_KEY
 from resources.audio import member_kind, segment_id_of
 from resources.bucket import AUDIO_TAR, Bucket, LocalBucket
+from resources.shard_reader import ShardError
 from resources.tokens_file import TokensFileReport
 
 VALID_CHECK = "tokens_file_valid"
@@ -123,15 +124,18 @@ def tar_audio_ids(bucket: Bucket, prefix: str) -> Counter:
     the bucket is a local folder; streamed through otherwise)."""
     key = f"{prefix.rstrip('/')}/{AUDIO_TAR}"
     ids: Counter = Counter()
-    if isinstance(bucket, LocalBucket):
-        tar = tarfile.open(bucket.path(key), mode="r:")
-    else:
-        stream = bucket.open_stream(key)
-        tar = tarfile.open(fileobj=stream, mode="r|")
-    with tar:
-        for member in tar:
-            if member.isfile() and member_kind(member.name) != "other":
-                ids[segment_id_of(member.name)] += 1
+    stream = None if isinstance(bucket, LocalBucket) else bucket.open_stream(key)
+    try:
+        tar = tarfile.open(bucket.path(key), mode="r:") if stream is None else tarfile.open(fileobj=stream, mode="r|")
+        with tar:
+            for member in tar:
+                if member.isfile() and member_kind(member.name) != "other":
+                    ids[segment_id_of(member.name)] += 1
+    except (tarfile.TarError, EOFError) as exc:
+        raise ShardError(f"{AUDIO_TAR} of shard {prefix} cannot be listed: {exc}") from exc
+    finally:
+        if stream is not None:
+            stream.close()
     return ids
 
 

@@ -91,7 +91,7 @@ def _check_only_evaluations(store: Bucket, key: str) -> list[dg.AssetCheckEvalua
     evaluations = [valid_evaluation(key, report)]
     try:
         evaluations.append(complete_evaluation(key, completeness_of(tar_audio_ids(store, key), report)))
-    except (OSError, BucketError) as exc:
+    except (OSError, BucketError, ShardError) as exc:
         evaluations.append(dg.AssetCheckEvaluation(
             asset_key=TOKENS_ASSET_KEY, check_name="tokens_file_complete", passed=False, partition=key,
             description=f"cannot read the shard's audio.tar: {exc}", severity=dg.AssetCheckSeverity.ERROR,
