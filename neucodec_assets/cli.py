@@ -88,6 +88,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if summary.downstream:
         print(f"downstream assets materialized: {', '.join(summary.downstream)}")
     print(summary.table())
+    if summary.sft:
+        print(summary.sft)
     print(f"demo finished in {summary.wall_seconds:.1f} s; browse it with "
           f"`DAGSTER_HOME={summary.dagster_home} dagster dev -w workspace.yaml`")
     return 0

@@ -27,6 +27,7 @@ MODEL_CHOICES = ("hub", "random")
 OFFLINE_HINT = "make demo MODEL=random"
 RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"
+SFT_DATASET_KEY = dg.AssetKey("sft_dataset")
 
 
 class DemoError(RuntimeError):
@@ -52,6 +53,7 @@ class DemoSummary:
     rows: list[ShardRow] = field(default_factory=list)
     runs: list[str] = field(default_factory=list)
     downstream: list[str] = field(default_factory=list)
+    sft: str | None = None  # one line about the SFT dataset, when that asset exists
     wall_seconds: float = 0.0
 
     @property
@@ -134,6 +136,16 @@ def _summary_rows(instance: dg.DagsterInstance, keys: Sequence[str]) -> list[Sha
     return rows
 
 
+def _sft_line(instance: dg.DagsterInstance) -> str | None:
+    event = instance.get_latest_materialization_event(SFT_DATASET_KEY)
+    if event is None or event.asset_materialization is None:
+        return None
+    meta = event.asset_materialization.metadata
+    return (f"SFT dataset: {metadata_value(meta, 'segments')} records ({metadata_value(meta, 'train_segments')} "
+            f"train, {metadata_value(meta, 'validation_segments')} validation), {metadata_value(meta, 'hours')} h, "
+            f"{metadata_value(meta, 'speech_tokens')} speech tokens; card: {metadata_value(meta, 'card_url')}")
+
+
 def run_demo(model: str = "hub", *, shards: int = 3, segments: int = 6, root: Path = Path(".demo"),
              log: Callable[[str], None] = print) -> DemoSummary:
     """Run the whole demo; raises DemoError with the way out when the model cannot be had."""
@@ -208,6 +220,7 @@ def run_demo(model: str = "hub", *, shards: int = 3, segments: int = 6, root: Pa
             summary.runs.append(result.run_id)
             if not result.success:
                 raise DemoError(f"run {result.run_id} ({names}) failed")
+        summary.sft = _sft_line(instance)
         summary.rows = _summary_rows(instance, [k for k in all_keys if k in wanted])
     summary.wall_seconds = time.perf_counter() - start
     return summary

@@ -6,7 +6,6 @@ point leaves either no tokens file or a complete one. Every segment ends up in t
 
 from __future__ import annotations
 
-import logging
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -239,7 +238,3 @@ def encode_shard(
         output_uri=f"{target.url}/{key}", extra=extra,
     )
     return ShardResult(figures, [valid_evaluation(prefix, report), complete_evaluation(prefix, completeness)])
-
-
-def null_log(_message: str) -> None:
-    logging.getLogger(__name__).debug(_message)

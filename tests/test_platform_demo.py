@@ -33,6 +33,7 @@ def test_demo_random_model_end_to_end(tmp_path, monkeypatch, capsys):
     total = table[5].split()
     assert total[:3] == ["total", "(2", "shards)"] and total[3] == "2"
     assert int(total[6]) == sum(int(r[5]) for r in rows) > 0
+    assert "SFT dataset: 2 records" in out
 
     # Everything lives under the demo folder: SQLite DAGSTER_HOME and the bucket folder with tokens and SFT files.
     bucket = LocalBucket(demo_dir / "bucket")
