@@ -22,23 +22,25 @@ def test_demo_random_model_end_to_end(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("NEUCODEC_PRECISION", "fp32")
     monkeypatch.delenv("DAGSTER_HOME", raising=False)
     demo_dir = tmp_path / "demo"
-    assert cli.main(["demo", "--model", "random", "--shards", "2", "--segments", "1", "--dir", str(demo_dir)]) == 0
+    # One shard of one ~2 s segment: the full-size model is slow on these CPUs; test_platform_tokens.py covers
+    # several shards per run.
+    assert cli.main(["demo", "--model", "random", "--shards", "1", "--segments", "1", "--dir", str(demo_dir)]) == 0
     out = capsys.readouterr().out
     assert f"model: {RANDOM_LABEL}" in out
     assert "downstream assets materialized: sft_pairs, sft_dataset" in out
     table = out[out.index("shard  "):].splitlines()
     assert table[0].split() == ["shard", "status", "segments", "failed", "hours", "tokens", "real-time", "factor"]
-    rows = [line.split() for line in table[2:4]]
-    assert [r[1:4] for r in rows] == [["encoded", "1", "0"], ["encoded", "1", "0"]]
-    total = table[5].split()
-    assert total[:3] == ["total", "(2", "shards)"] and total[3] == "2"
-    assert int(total[6]) == sum(int(r[5]) for r in rows) > 0
-    assert "SFT dataset: 2 records" in out
+    row = table[2].split()
+    assert row[1:4] == ["encoded", "1", "0"] and row[-1].endswith("x")
+    total = table[4].split()
+    assert total[:3] == ["total", "(1", "shards)"] and total[3] == "1"
+    assert int(total[6]) == int(row[5]) > 0
+    assert "SFT dataset: 1 records" in out
 
     # Everything lives under the demo folder: SQLite DAGSTER_HOME and the bucket folder with tokens and SFT files.
     bucket = LocalBucket(demo_dir / "bucket")
     shards = bucket.list_shards()
-    assert len(shards) == 2 and all(s.has_tokens for s in shards)
+    assert len(shards) == 1 and all(s.has_tokens for s in shards)
     for shard in shards:
         assert validate_tokens_file(bucket.read_bytes(f"{shard.prefix}/neucodec_tokens.parquet")).ok
         assert bucket.exists(f"sft/{shard.prefix}.parquet")
