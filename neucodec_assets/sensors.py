@@ -7,6 +7,8 @@ Settings (environment of the code location):
   groups shards into runs and each run loads the model once.
 """
 
+# No `from __future__ import annotations`: Dagster reads the config and resource types from the runtime
+# annotations of the decorated function.
 
 import os
 

@@ -7,6 +7,8 @@ as existing without encoding, unless the run config says ``force: true``. A shar
 the others of the run are still recorded, then the run fails naming it.
 """
 
+# No `from __future__ import annotations`: Dagster reads the config and resource types from the runtime
+# annotations of the decorated function.
 
 import os
 import tempfile
