@@ -37,7 +37,8 @@ def test_cache_is_reused_and_complete(random_model_dirs):
 
 def test_codes_vary_through_the_real_loading_path(random_encoder, speech_clips):
     assert random_encoder.provenance["random_weights"] == "true"
-    codes = random_encoder.encode([speech_clips[5].wave])[0]
-    assert len(codes) == len(speech_clips[5].wave) // 320
+    wave = speech_clips[2].wave
+    codes = random_encoder.encode([wave])[0]
+    assert len(codes) == len(wave) // 320
     assert np.count_nonzero(codes == 43690) < len(codes) / 10
     assert_diverse([codes])

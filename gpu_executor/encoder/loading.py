@@ -162,7 +162,11 @@ def _load_strict(module: nn.Module, prefix: str, state: dict[str, torch.Tensor],
 def _load_semantic(folder: ResolvedFolder, overrides: dict[str, torch.Tensor]):
     import_neucodec()  # transformers imports torchaudio: make it importable first
     from transformers import SeamlessM4TFeatureExtractor, Wav2Vec2BertModel
+    from transformers.utils import logging as hf_logging
 
+    # Layers 17-24 of the checkpoint are left out on purpose: keep transformers' report of them quiet.
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
     try:
         model, info = Wav2Vec2BertModel.from_pretrained(
             folder.path, num_hidden_layers=SEMANTIC_LAYERS, output_loading_info=True, dtype=torch.float32
@@ -171,6 +175,8 @@ def _load_semantic(folder: ResolvedFolder, overrides: dict[str, torch.Tensor]):
         raise ModelLoadError(
             f"cannot load wav2vec2-bert from {folder.source} ({folder.path}): {type(error).__name__}: {error}"
         ) from error
+    finally:
+        hf_logging.set_verbosity(verbosity)
     missing = [k for k in info.get("missing_keys", []) if k not in overrides and k != "masked_spec_embed"]
     if missing or info.get("mismatched_keys"):
         raise ModelLoadError(

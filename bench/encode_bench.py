@@ -1,0 +1,159 @@
+#!/usr/bin/env python
+"""Benchmark: the package's ``NeuCodec.encode_code`` (one clip at a time) vs ``NeucodecEncoder.encode``.
+
+Same weights, same machine, one process. Prints audio-seconds per wall-second for both, their ratio, token
+agreement with the reference, and peak resident memory. Without --model it uses the cached random full-size
+model (the hub is not needed); clips are synthesized speech (espeak-ng), a mix of 0.5-25 s.
+
+    .venv/bin/python bench/encode_bench.py --seconds 60                # quick
+    .venv/bin/python bench/encode_bench.py                             # the issue's spec: ~8 min, ~60 clips
+    .venv/bin/python bench/encode_bench.py --precision bf16 --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def rss_mib() -> float:
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**20
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def make_clips(total_seconds: float, seed: int) -> list[np.ndarray]:
+    """About one clip per 8 s of audio, durations log-uniform in 0.5-25 s, synthesized speech."""
+    from gpu_executor.random_model import default_cache_root
+    from tests.fixtures.model import speech_of_duration
+
+    cache = default_cache_root() / "speech-v1"
+    cache.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    clips, total = [], 0.0
+    while total < total_seconds:
+        d = float(np.exp(rng.uniform(np.log(0.5), np.log(25.0))))
+        d = min(d, max(0.5, total_seconds - total + 0.5))
+        clips.append(speech_of_duration(d, int(rng.integers(0, 1000)), cache))
+        total += d
+    return clips
+
+
+def load_reference(model: str, semantic: str, device: str):
+    """The package's NeuCodec; local folders are served to its from_pretrained through an offline hub cache."""
+    from gpu_executor.neucodec_compat import import_neucodec
+    from tests.fixtures.model import link_hub_repo, offline_hub
+
+    neucodec = import_neucodec()
+    if Path(model).is_dir() or Path(semantic).is_dir():
+        cache = Path(tempfile.mkdtemp(prefix="bench-hub-"))
+        link_hub_repo(cache, "neuphonic/neucodec", Path(model))
+        link_hub_repo(cache, "facebook/w2v-bert-2.0", Path(semantic))
+        with offline_hub(cache):
+            codec = neucodec.NeuCodec.from_pretrained("neuphonic/neucodec")
+    else:
+        codec = neucodec.NeuCodec.from_pretrained(model)
+    return codec.eval().to(device)
+
+
+def sync(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seconds", type=float, default=480.0, help="total audio (default 480 s, ~60 clips)")
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--model", default=None, help="neucodec hub id or folder (default: the cached random model)")
+    ap.add_argument("--semantic-model", default=None, help="w2v-bert hub id or folder")
+    ap.add_argument("--batch-seconds", type=float, default=None)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--skip-reference", action="store_true", help="time ours only (no agreement figure)")
+    args = ap.parse_args()
+
+    import torch
+
+    from gpu_executor.encoder import NeucodecEncoder
+    from gpu_executor.random_model import cached_random_model
+
+    if args.model is None:
+        dirs = cached_random_model()
+        model, semantic = str(dirs.model_dir), str(dirs.semantic_model_dir)
+    else:
+        model, semantic = args.model, args.semantic_model or "facebook/w2v-bert-2.0"
+
+    clips = make_clips(args.seconds, args.seed)
+    audio_s = sum(len(c) for c in clips) / 16000
+    print(f"{len(clips)} clips, {audio_s:.1f} s of audio ({min(map(len, clips)) / 16000:.2f}-"
+          f"{max(map(len, clips)) / 16000:.2f} s); torch {torch.__version__}, threads {torch.get_num_threads()}")
+
+    base_rss = rss_mib()
+    t0 = time.perf_counter()
+    enc = NeucodecEncoder.from_pretrained(model, semantic, device=args.device, precision=args.precision,
+                                          batch_seconds=args.batch_seconds)
+    load_s = time.perf_counter() - t0
+    loaded_rss = rss_mib()
+    device = enc.device
+    enc.encode([clips[0][:16000]])  # warm-up: touches every (memory-mapped) weight
+    sync(device)
+    warm_rss = rss_mib()
+    t0 = time.perf_counter()
+    ours = enc.encode(clips)
+    sync(device)
+    ours_s = time.perf_counter() - t0
+    ours_peak = peak_rss_mib()
+    ours_gpu = torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else 0.0
+
+    rows = [("ours " + args.precision, ours_s, ours_peak)]
+    agreement = None
+    ref_s = None
+    if not args.skip_reference:
+        del enc
+        ref = load_reference(model, semantic, device)
+        with torch.inference_mode():
+            ref.encode_code(torch.from_numpy(clips[0][:16000])[None, None].to(device))  # warm-up
+            sync(device)
+            t0 = time.perf_counter()
+            refs = [ref.encode_code(torch.from_numpy(c)[None, None].to(device))[0, 0].cpu().numpy() for c in clips]
+            sync(device)
+            ref_s = time.perf_counter() - t0
+        rows.insert(0, ("package encode_code", ref_s, peak_rss_mib()))
+        same = sum(int(np.sum(a.astype(np.int64) == b.astype(np.int64))) for a, b in zip(ours, refs))
+        total = sum(len(b) for b in refs)
+        agreement = same / total
+        distinct = np.unique(np.concatenate(refs)).size
+
+    print(f"\ndevice {device}; encoder load {load_s:.1f} s; RSS before load {base_rss:.0f} MiB, "
+          f"after loading ours {loaded_rss:.0f} MiB, after a 1 s warm-up {warm_rss:.0f} MiB "
+          f"(encoder resident: +{warm_rss - base_rss:.0f} MiB)"
+          + (f"; GPU peak {ours_gpu:.0f} MiB" if ours_gpu else ""))
+    print(f"\n| run | wall s | audio s / wall s | vs reference | peak RSS MiB (process, cumulative) |")
+    print("|---|---:|---:|---:|---:|")
+    for name, wall, peak in rows:
+        ratio = f"{ref_s / wall:.2f}x" if ref_s else "-"
+        print(f"| {name} | {wall:.1f} | {audio_s / wall:.2f} | {ratio} | {peak:.0f} |")
+    if agreement is not None:
+        print(f"\ntoken agreement with encode_code: {agreement * 100:.3f}% of {total} tokens "
+              f"({distinct} distinct reference codes)")
+    print("note: CPU timings on a shared machine are noisy; compare runs made close together.")
+
+
+if __name__ == "__main__":
+    main()
