@@ -145,6 +145,7 @@ def test_local_bucket_several_shards_idempotent_and_forced(
 def test_s3_bucket_prefetch_and_a_broken_shard(pg_instance, tiny_shards_dir, s3_env, monkeypatch, encoder_env):
     url = f"s3://{s3_env['bucket']}/corpus"
     monkeypatch.setenv("NEUCODEC_BUCKET", url)
+    monkeypatch.setenv("NEUCODEC_GPU_SLOT", "3")  # what GpuRunLauncher gives its run worker
     bucket = open_bucket()
     shards = copy_tiny_shards(tiny_shards_dir, bucket, count=2)
     broken = "zz_broken/xx/shard_999999"
@@ -163,6 +164,7 @@ def test_s3_bucket_prefetch_and_a_broken_shard(pg_instance, tiny_shards_dir, s3_
         assert_encoded(pg_instance, bucket, shard, meta)
         assert meta["output_uri"] == f"{url}/{tokens_key(shard.prefix)}"
         assert meta["download_seconds"] >= 0  # fetched by the prefetcher, not streamed twice
+        assert meta["gpu"].startswith("slot 3, CUDA_VISIBLE_DEVICES=")
     assert not bucket.exists(tokens_key(broken))
     assert {(name, key) for (name, key), ok in check_results(result).items() if ok} == {
         (name, s.prefix) for name in (VALID_CHECK, COMPLETE_CHECK) for s in shards}
