@@ -155,7 +155,7 @@ def test_gpu_run_tags_read_defaults_from_env() -> None:
 def _pg_env(monkeypatch: pytest.MonkeyPatch, db: dict[str, str]) -> None:
     monkeypatch.setenv("DAGSTER_PG_HOST", db["host"])
     monkeypatch.setenv("DAGSTER_PG_PORT", db["port"])
-    monkeypatch.setenv("DAGSTER_PG_USER", db["user"])
+    monkeypatch.setenv("DAGSTER_PG_USERNAME", db["user"])
     monkeypatch.setenv("DAGSTER_PG_PASSWORD", "unused-with-trust-auth")
     monkeypatch.setenv("DAGSTER_PG_DB", db["db"])
 
