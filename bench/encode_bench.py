@@ -144,7 +144,7 @@ def main() -> None:
           f"after loading ours {loaded_rss:.0f} MiB, after a 1 s warm-up {warm_rss:.0f} MiB "
           f"(encoder resident: +{warm_rss - base_rss:.0f} MiB)"
           + (f"; GPU peak {ours_gpu:.0f} MiB" if ours_gpu else ""))
-    print(f"\n| run | wall s | audio s / wall s | vs reference | peak RSS MiB (process, cumulative) |")
+    print("\n| run | wall s | audio s / wall s | vs reference | peak RSS MiB (process, cumulative) |")
     print("|---|---:|---:|---:|---:|")
     for name, wall, peak in rows:
         ratio = f"{ref_s / wall:.2f}x" if ref_s else "-"

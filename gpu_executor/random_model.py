@@ -3,8 +3,8 @@
 The hub cannot be reached from test and CI machines, yet the real loading code (hub layout folders, checkpoint
 key names, transformers configs) must be exercised. This module writes:
 
-- ``model_dir``: the ``neuphonic/neucodec`` layout (``pytorch_model.bin``, ``meta.yaml``, ``config.json``), holding the encoder
-  and decoder weights the package's checkpoint holds, randomly initialized;
+- ``model_dir``: the ``neuphonic/neucodec`` layout (``pytorch_model.bin``, ``meta.yaml``, ``config.json``),
+  holding the encoder and decoder weights the package's checkpoint holds, randomly initialized;
 - ``semantic_model_dir``: a transformers folder for ``facebook/w2v-bert-2.0`` (config, safetensors weights,
   ``preprocessor_config.json`` for ``SeamlessM4TFeatureExtractor``).
 

@@ -20,7 +20,9 @@ def _compare(encoder, clips, reference, order, batch_seconds, min_fill):
         assert codes.dtype == np.uint16
         assert len(codes) == len(clip.wave) // 320 == len(ref), clip.clip_id
         mismatch = np.flatnonzero(codes != ref)
-        assert mismatch.size == 0, f"{clip.clip_id}: {mismatch.size} of {len(ref)} tokens differ (first at {mismatch[:5]})"
+        assert mismatch.size == 0, (
+            f"{clip.clip_id}: {mismatch.size} of {len(ref)} tokens differ (first at {mismatch[:5]})"
+        )
     assert_diverse(ours)
 
 

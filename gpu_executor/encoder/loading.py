@@ -77,7 +77,9 @@ def resolve_folder(name: str | os.PathLike, patterns: list[str], what: str) -> R
         return ResolvedFolder(Path(name).expanduser().resolve(), str(name), "local")
     name = str(name)
     if name.count("/") != 1 or name.startswith(("/", ".", "~")):
-        raise ModelLoadError(f"{what} {name!r} is neither an existing local folder nor a hub id of the form 'owner/name'")
+        raise ModelLoadError(
+            f"{what} {name!r} is neither an existing local folder nor a hub id of the form 'owner/name'"
+        )
     from huggingface_hub import snapshot_download
 
     try:
