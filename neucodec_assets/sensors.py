@@ -19,6 +19,7 @@ from neucodec_assets.discovery import plan_discovery
 from neucodec_assets.partitions import shards_partitions
 from neucodec_assets.tokens_metadata import TOKENS_ASSET_KEY
 from resources.dagster_resources import BucketResource
+from resources.env_settings import env_number
 
 INTERVAL_ENV = "NEUCODEC_DISCOVERY_INTERVAL_SECONDS"
 LAUNCH_ENV = "NEUCODEC_DISCOVERY_LAUNCH"
@@ -27,16 +28,7 @@ LAUNCH_MODES = ("none", "backfill")
 
 
 def discovery_interval_seconds() -> int:
-    raw = os.environ.get(INTERVAL_ENV, "").strip()
-    if not raw:
-        return DEFAULT_INTERVAL_SECONDS
-    try:
-        value = int(raw)
-    except ValueError as exc:
-        raise ValueError(f"{INTERVAL_ENV}={raw!r} is not a whole number of seconds") from exc
-    if value < 1:
-        raise ValueError(f"{INTERVAL_ENV} must be at least 1 second, got {value}")
-    return value
+    return env_number(INTERVAL_ENV, int, default=DEFAULT_INTERVAL_SECONDS, minimum=1)
 
 
 def discovery_launch_mode() -> str:

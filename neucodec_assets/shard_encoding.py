@@ -6,7 +6,6 @@ point leaves either no tokens file or a complete one. Every segment ends up in t
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from neucodec_assets.tokens_metadata import STATUS_ENCODED, STATUS_EXISTING, Sha
     audio_seconds_from_tokens, tokens_key
 from resources.bucket import METADATA_PARQUET, Bucket
 from resources.dagster_resources import LoadedEncoder
+from resources.env_settings import env_number
 from resources.shard_reader import ShardReader
 from resources.tokens_file import TOKENS_FILENAME, TokensFileError, TokensFileReport, TokensFileWriter, \
     read_tokens_metadata, validate_tokens_file
@@ -39,11 +39,7 @@ Log = Callable[[str], None]
 
 
 def progress_interval_seconds() -> float:
-    raw = os.environ.get(PROGRESS_ENV, "").strip()
-    try:
-        return float(raw) if raw else DEFAULT_PROGRESS_SECONDS
-    except ValueError as exc:
-        raise ValueError(f"{PROGRESS_ENV}={raw!r} is not a number of seconds") from exc
+    return env_number(PROGRESS_ENV, float, default=DEFAULT_PROGRESS_SECONDS)
 
 
 def encoding_identity(provenance: Mapping[str, object]) -> dict[str, str]:

@@ -27,6 +27,7 @@ from neucodec_assets.shard_encoding import ShardResult, encode_shard, existing_r
 from neucodec_assets.tokens_metadata import TOKENS_ASSET_KEY, tokens_key
 from resources.bucket import Bucket, BucketError
 from resources.dagster_resources import BucketResource, EncoderResource
+from resources.env_settings import env_number
 from resources.shard_reader import SPOOL_ENV, ShardError, read_shard
 from resources.tokens_file import TokensFileError, TokensFileReport
 
@@ -39,22 +40,9 @@ GPU_POOL = "gpu"
 SHARD_ERRORS = (ShardError, TokensFileError, BucketError, FileNotFoundError)
 
 
-def _int_env(name: str, default: int) -> int:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError as exc:
-        raise ValueError(f"{name}={raw!r} is not a whole number") from exc
-    if value < 1:
-        raise ValueError(f"{name} must be at least 1, got {value}")
-    return value
-
-
 def shards_per_run() -> int:
     """How many shards a backfill puts into one run (one model load per run)."""
-    return _int_env(SHARDS_PER_RUN_ENV, DEFAULT_SHARDS_PER_RUN)
+    return env_number(SHARDS_PER_RUN_ENV, int, default=DEFAULT_SHARDS_PER_RUN, minimum=1)
 
 
 class TokensConfig(dg.Config):
@@ -172,7 +160,7 @@ def neucodec_tokens(
                     continue
                 try:
                     with read_shard(fetched.source, fetched.prefix,
-                                    workers=_int_env(DECODE_WORKERS_ENV, 2)) as reader:
+                                    workers=env_number(DECODE_WORKERS_ENV, int, default=2, minimum=1)) as reader:
                         result = encode_shard(
                             reader, store, loaded, Path(work), context.log.info, gpu=gpu,
                             extra_provenance={"dagster_run_id": context.run_id},

@@ -8,13 +8,14 @@ so a run that encodes many shards loads it once and a run that only re-checks fi
 
 from __future__ import annotations
 
-import os
 import threading
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 from pydantic import Field
+
+from resources.env_settings import env_number, env_str
 
 if TYPE_CHECKING:
     from resources.bucket import Bucket
@@ -37,21 +38,6 @@ class BucketResource(dg.ConfigurableResource):
         from resources.bucket import open_bucket
 
         return open_bucket(self.url or None)
-
-
-def _env(name: str) -> str | None:
-    value = os.environ.get(name, "").strip()
-    return value or None
-
-
-def _env_float(name: str) -> float | None:
-    raw = _env(name)
-    if raw is None:
-        return None
-    try:
-        return float(raw)
-    except ValueError as exc:
-        raise ValueError(f"{name}={raw!r} is not a number") from exc
 
 
 @dataclass(frozen=True)
@@ -157,17 +143,17 @@ class EncoderResource(dg.ConfigurableResource):
 
     def settings(self) -> EncoderSettings:
         return EncoderSettings(
-            model=self.model or _env("NEUCODEC_MODEL") or DEFAULT_MODEL,
-            semantic_model=self.semantic_model or _env("NEUCODEC_SEMANTIC_MODEL") or DEFAULT_SEMANTIC_MODEL,
-            device=self.device or _env("NEUCODEC_DEVICE") or "auto",
-            precision=self.precision or _env("NEUCODEC_PRECISION") or "fp32",
+            model=self.model or env_str("NEUCODEC_MODEL") or DEFAULT_MODEL,
+            semantic_model=self.semantic_model or env_str("NEUCODEC_SEMANTIC_MODEL") or DEFAULT_SEMANTIC_MODEL,
+            device=self.device or env_str("NEUCODEC_DEVICE") or "auto",
+            precision=self.precision or env_str("NEUCODEC_PRECISION") or "fp32",
             batch_seconds=self.batch_seconds if self.batch_seconds is not None
-            else _env_float("NEUCODEC_BATCH_SECONDS"),
+            else env_number("NEUCODEC_BATCH_SECONDS"),
             max_clip_seconds=self.max_clip_seconds if self.max_clip_seconds is not None
-            else _env_float("NEUCODEC_MAX_CLIP_SECONDS"),
-            chunking=self.chunking or _env("NEUCODEC_CHUNKING"),
+            else env_number("NEUCODEC_MAX_CLIP_SECONDS"),
+            chunking=self.chunking or env_str("NEUCODEC_CHUNKING"),
             stream_buffer_seconds=self.stream_buffer_seconds if self.stream_buffer_seconds is not None
-            else _env_float("NEUCODEC_STREAM_BUFFER_SECONDS"),
+            else env_number("NEUCODEC_STREAM_BUFFER_SECONDS"),
         )
 
     def load(self) -> LoadedEncoder:

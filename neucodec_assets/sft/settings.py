@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 
 import dagster as dg
 from pydantic import Field
@@ -12,31 +11,16 @@ from neucodec_assets.sft.packing import DEFAULT_BLOCK_SIZE
 from neucodec_assets.sft.pairing import PairingConfig
 from neucodec_assets.sft.split import DEFAULT_VALIDATION_FRACTION
 from resources.bucket.base import ShardLayout
+from resources.env_settings import env_number, env_str
 
 DEFAULTS = PairingConfig()
-
-
-def _env(name: str) -> str | None:
-    value = os.environ.get(name, "").strip()
-    return value or None
-
-
-def _number(name: str, kind: type[int] | type[float]) -> int | float | None:
-    raw = _env(name)
-    if raw is None:
-        return None
-    try:
-        return kind(raw)
-    except ValueError as exc:
-        raise ValueError(f"{name}={raw!r} is not a {kind.__name__}") from exc
 
 
 def _pick(value: int | float | None, env: str, kind: type[int] | type[float], default: int | float) -> int | float:
     """The configured value, else the environment variable, else the default."""
     if value is not None:
         return value
-    from_env = _number(env, kind)
-    return default if from_env is None else from_env
+    return env_number(env, kind, default=default)
 
 
 class SftResource(dg.ConfigurableResource):
@@ -63,15 +47,15 @@ class SftResource(dg.ConfigurableResource):
     block_size: int | None = Field(default=None, description="tokens per packed block (NEUCODEC_SFT_BLOCK_SIZE)")
 
     def layout(self) -> SftLayout:
-        return SftLayout(self.prefix or _env("NEUCODEC_SFT_PREFIX") or DEFAULT_PREFIX)
+        return SftLayout(self.prefix or env_str("NEUCODEC_SFT_PREFIX") or DEFAULT_PREFIX)
 
     def tokenizer_source(self) -> str | None:
-        source = self.tokenizer or _env("NEUCODEC_SFT_TOKENIZER")
+        source = self.tokenizer or env_str("NEUCODEC_SFT_TOKENIZER")
         return None if source is None or source.lower() == "none" else source
 
     def pairing_config(self) -> PairingConfig:
         return PairingConfig(
-            text_column=self.text_column or _env("NEUCODEC_SFT_TEXT_COLUMN"),
+            text_column=self.text_column or env_str("NEUCODEC_SFT_TEXT_COLUMN"),
             shard_layout=ShardLayout.from_env().template,
             min_chars_per_second=float(
                 _pick(self.min_chars_per_second, "NEUCODEC_SFT_MIN_CPS", float, DEFAULTS.min_chars_per_second)
@@ -89,7 +73,7 @@ class SftResource(dg.ConfigurableResource):
     def packing(self) -> bool:
         if self.pack is not None:
             return self.pack
-        return (_env("NEUCODEC_SFT_PACK") or "0").lower() in ("1", "true", "yes", "on")
+        return (env_str("NEUCODEC_SFT_PACK") or "0").lower() in ("1", "true", "yes", "on")
 
     def packing_block_size(self) -> int:
         return int(_pick(self.block_size, "NEUCODEC_SFT_BLOCK_SIZE", int, DEFAULT_BLOCK_SIZE))
