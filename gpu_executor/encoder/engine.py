@@ -55,7 +55,8 @@ class NeucodecEncoder:
     def __init__(self, parts: EncoderParts, *, device: str | torch.device = "auto", precision: str = "fp32",
                  batch_seconds: float | None = None, max_clip_seconds: float = 120.0, chunking: str = "overlap",
                  chunk_seconds: float = 60.0, chunk_context_seconds: float = 10.0, seed_chunk_seconds: float = 30.0,
-                 stream_buffer_seconds: float | None = None, min_batch_fill: float | None = None) -> None:
+                 stream_buffer_seconds: float | None = None, min_batch_fill: float | None = None,
+                 acoustic_per_clip: bool | None = None) -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"precision {precision!r}: choose one of {sorted(PRECISIONS)}")
         if chunking not in CHUNKING_MODES:
@@ -75,6 +76,9 @@ class NeucodecEncoder:
         # CPUs gain little from batching, so they batch only near-equal lengths; GPUs trade some padding for width.
         self.min_batch_fill = float(min_batch_fill if min_batch_fill is not None
                                     else (0.5 if self._device.type == "cuda" else 0.85))
+        # On CPUs the convolutional encoder runs faster clip by clip (its activations at 32 kHz outgrow the caches
+        # when batched); GPUs run it batched with per-clip tail handling.
+        self.acoustic_per_clip = bool(self._device.type == "cpu" if acoustic_per_clip is None else acoustic_per_clip)
         self.stream_buffer_seconds = float(stream_buffer_seconds or max(4 * self.batch_seconds, 120.0))
         self.chunked_ids: list[str] = []
         if self._device.type == "cuda" and precision == "fp32":
@@ -203,8 +207,14 @@ class NeucodecEncoder:
         with self._autocast():
             hidden = self._semantic(features, sem_frames)  # [B, S, 1024]
         semantic = self._semantic_encode(hidden.float().transpose(1, 2), sem_frames)  # [B, 1024, S]
-        acoustic, _ = self._acoustic(batch[:, None, :], lengths)  # [B, F, 1024]
-        acoustic = acoustic.float().transpose(1, 2)
+        if self.acoustic_per_clip and b > 1:
+            acoustic = torch.zeros((b, 1024, nmax // HOP), dtype=torch.float32)
+            for i, n in enumerate(lengths):
+                emb, _ = self._acoustic(batch[i : i + 1, None, :n].clone(), [n])
+                acoustic[i, :, : emb.shape[1]] = emb[0].float().t()
+        else:
+            acoustic, _ = self._acoustic(batch[:, None, :], lengths)  # [B, F, 1024]
+            acoustic = acoustic.float().transpose(1, 2)
         n = min(semantic.shape[-1], acoustic.shape[-1])
         concat = torch.cat([semantic[..., :n], acoustic[..., :n]], dim=1)
         concat = self._fc_prior(concat.transpose(1, 2))  # [B, n, 2048]
