@@ -36,6 +36,8 @@ class BatchedCodecEnc:
         self.dtype = dtype
         self.weights: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
         self.snake: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.up_filters: dict[int, torch.Tensor] = {}
+        self.down_filters: dict[int, torch.Tensor] = {}
         for m in codec_enc.modules():
             if isinstance(m, nn.Conv1d):
                 bias = None if m.bias is None else m.bias.detach().to(dtype)
@@ -47,6 +49,16 @@ class BatchedCodecEnc:
                     alpha, beta = torch.exp(alpha), torch.exp(beta)
                 inv_beta = 1.0 / (beta + m.no_div_by_zero)
                 self.snake[id(m)] = (alpha[None, :, None].to(dtype), inv_beta[None, :, None].to(dtype))
+            elif type(m).__name__ == "Activation1d":
+                up, lp = m.upsample, m.downsample.lowpass
+                if lp.padding and lp.padding_mode != "replicate":
+                    raise TypeError(f"unexpected low-pass padding mode {lp.padding_mode!r} in CodecEnc")
+                if up.ratio <= 0 or up.ratio & (up.ratio - 1):
+                    raise TypeError(f"up-sampling ratio {up.ratio} is not a power of two: scaling would round")
+                channels = m.act.alpha.shape[0]
+                up_filter = up.filter.detach().to(dtype) * up.ratio
+                self.up_filters[id(m)] = up_filter.expand(channels, -1, -1).contiguous()
+                self.down_filters[id(m)] = lp.filter.detach().to(dtype).expand(channels, -1, -1).contiguous()
 
     # -- tail handling -------------------------------------------------------------------------------------
     @staticmethod
@@ -74,27 +86,55 @@ class BatchedCodecEnc:
         k, s, p, d = conv.kernel_size[0], conv.stride[0], conv.padding[0], conv.dilation[0]
         return y, [(n + 2 * p - d * (k - 1) - 1) // s + 1 for n in lengths]
 
-    def _snake(self, act: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    def _snake_into(self, act: nn.Module, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """``out = x + 1/beta * sin(alpha x)^2`` in place, bit-identical to the package's expression.
+
+        Same rounding steps as ``x + inv_beta * pow(sin(x * alpha), 2)``: ``pow(t, 2)`` is ``t * t`` in ATen, and
+        IEEE products and sums are commutative, so only temporaries and their page faults are saved.
+        """
         alpha, inv_beta = self.snake[id(act)]
-        # x + 1/beta * sin(alpha x)^2, in the package's order of operations.
-        return x + inv_beta * torch.pow(torch.sin(x * alpha), 2)
+        torch.mul(x, alpha, out=out)
+        out.sin_()
+        out.mul_(out)
+        out.mul_(inv_beta)
+        return out.add_(x)
+
+    @staticmethod
+    def _padded(x: torch.Tensor, left: int, right: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """An uninitialized buffer ``[B, C, left + T + right]`` and its middle view, for replicate padding."""
+        b, c, t = x.shape
+        buf = torch.empty((b, c, left + t + right), dtype=x.dtype, device=x.device)
+        return buf, buf[..., left : left + t]
+
+    @staticmethod
+    def _fill_edges(buf: torch.Tensor, left: int, right: int) -> torch.Tensor:
+        """Replicate padding of a filled middle: plain copies, the same values ``F.pad(mode="replicate")`` gives."""
+        t = buf.shape[-1] - left - right
+        if left:
+            buf[..., :left] = buf[..., left : left + 1]
+        if right:
+            buf[..., left + t :] = buf[..., left + t - 1 : left + t]
+        return buf
 
     def _activation1d(self, m: nn.Module, x: torch.Tensor, lengths: list[int], ragged: bool) -> torch.Tensor:
         if ragged:
             x = self._edge_tail(x, lengths)
         up = m.upsample
         c = x.shape[1]
-        x = F.pad(x, (up.pad, up.pad), mode="replicate")
-        x = up.ratio * F.conv_transpose1d(x, up.filter.to(x.dtype).expand(c, -1, -1), stride=up.stride, groups=c)
+        buf, mid = self._padded(x, up.pad, up.pad)
+        mid.copy_(x)
+        x = self._fill_edges(buf, up.pad, up.pad)
+        # ratio * conv_transpose(x, f) == conv_transpose(x, ratio * f) bit for bit: the ratio is a power of two.
+        x = F.conv_transpose1d(x, self.up_filters[id(m)], stride=up.stride, groups=c)
         x = x[..., up.pad_left : -up.pad_right]
-        x = self._snake(m.act, x)
-        up_lengths = [n * up.ratio for n in lengths]
-        if ragged:
-            x = self._edge_tail(x, up_lengths)
         lp = m.downsample.lowpass
-        if lp.padding:
-            x = F.pad(x, (lp.pad_left, lp.pad_right), mode=lp.padding_mode)
-        return F.conv1d(x, lp.filter.to(x.dtype).expand(c, -1, -1), stride=lp.stride, groups=c)
+        left, right = (lp.pad_left, lp.pad_right) if lp.padding else (0, 0)
+        buf, mid = self._padded(x, left, right)
+        self._snake_into(m.act, x, mid)
+        if ragged:
+            self._edge_tail(mid, [n * up.ratio for n in lengths])
+        x = self._fill_edges(buf, left, right)
+        return F.conv1d(x, self.down_filters[id(m)], stride=lp.stride, groups=c)
 
     def _run(self, m: nn.Module, x: torch.Tensor, lengths: list[int], ragged: bool):
         name = type(m).__name__
