@@ -100,10 +100,18 @@ class BatchedCodecEnc:
         return out.add_(x)
 
     @staticmethod
-    def _padded(x: torch.Tensor, left: int, right: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """An uninitialized buffer ``[B, C, left + T + right]`` and its middle view, for replicate padding."""
+    def _padded(x: torch.Tensor, left: int, right: int, scratch: list[torch.Tensor], slot: int
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """An uninitialized buffer ``[B, C, left + T + right]`` and its middle view, for replicate padding.
+
+        It lives in ``scratch[slot]``, reused across the layers of one call: the buffers shrink layer by layer, so
+        only the first layer pays for fresh pages. Slot 0 feeds the up-sampler, slot 1 the low-pass filter.
+        """
         b, c, t = x.shape
-        buf = torch.empty((b, c, left + t + right), dtype=x.dtype, device=x.device)
+        n = b * c * (left + t + right)
+        if scratch[slot].numel() < n:
+            scratch[slot] = torch.empty(n, dtype=x.dtype, device=x.device)
+        buf = scratch[slot][:n].view(b, c, left + t + right)
         return buf, buf[..., left : left + t]
 
     @staticmethod
@@ -116,12 +124,13 @@ class BatchedCodecEnc:
             buf[..., left + t :] = buf[..., left + t - 1 : left + t]
         return buf
 
-    def _activation1d(self, m: nn.Module, x: torch.Tensor, lengths: list[int], ragged: bool) -> torch.Tensor:
+    def _activation1d(self, m: nn.Module, x: torch.Tensor, lengths: list[int], ragged: bool,
+                      scratch: list[torch.Tensor]) -> torch.Tensor:
         if ragged:
             x = self._edge_tail(x, lengths)
         up = m.upsample
         c = x.shape[1]
-        buf, mid = self._padded(x, up.pad, up.pad)
+        buf, mid = self._padded(x, up.pad, up.pad, scratch, 0)
         mid.copy_(x)
         x = self._fill_edges(buf, up.pad, up.pad)
         # ratio * conv_transpose(x, f) == conv_transpose(x, ratio * f) bit for bit: the ratio is a power of two.
@@ -129,33 +138,34 @@ class BatchedCodecEnc:
         x = x[..., up.pad_left : -up.pad_right]
         lp = m.downsample.lowpass
         left, right = (lp.pad_left, lp.pad_right) if lp.padding else (0, 0)
-        buf, mid = self._padded(x, left, right)
+        buf, mid = self._padded(x, left, right, scratch, 1)
         self._snake_into(m.act, x, mid)
         if ragged:
             self._edge_tail(mid, [n * up.ratio for n in lengths])
         x = self._fill_edges(buf, left, right)
         return F.conv1d(x, self.down_filters[id(m)], stride=lp.stride, groups=c)
 
-    def _run(self, m: nn.Module, x: torch.Tensor, lengths: list[int], ragged: bool):
+    def _run(self, m: nn.Module, x: torch.Tensor, lengths: list[int], ragged: bool, scratch: list[torch.Tensor]):
         name = type(m).__name__
         if isinstance(m, nn.Conv1d):
             return self._conv(m, x, lengths, ragged)
         if name == "Activation1d":
-            return self._activation1d(m, x, lengths, ragged), lengths
+            return self._activation1d(m, x, lengths, ragged, scratch), lengths
         if isinstance(m, nn.Sequential):
             for child in m:
-                x, lengths = self._run(child, x, lengths, ragged)
+                x, lengths = self._run(child, x, lengths, ragged, scratch)
             return x, lengths
         if name == "ResidualUnit":
-            y, _ = self._run(m.block, x, lengths, ragged)
+            y, _ = self._run(m.block, x, lengths, ragged, scratch)
             return x + y, lengths
         if name == "EncoderBlock":
-            return self._run(m.block, x, lengths, ragged)
+            return self._run(m.block, x, lengths, ragged, scratch)
         raise TypeError(f"unexpected module {name} in CodecEnc: the engine follows neucodec 0.0.6's encoder")
 
     def __call__(self, waves: torch.Tensor, lengths: list[int]) -> tuple[torch.Tensor, list[int]]:
         ragged = any(n != waves.shape[-1] for n in lengths)
         x = waves.to(self.dtype)
-        x, lengths = self._run(self.module.conv_blocks, x, lengths, ragged)
-        x, lengths = self._run(self.module.conv_final_block, x, lengths, ragged)
+        scratch = [x.new_empty(0), x.new_empty(0)]  # per call: nothing stays allocated between calls
+        x, lengths = self._run(self.module.conv_blocks, x, lengths, ragged, scratch)
+        x, lengths = self._run(self.module.conv_final_block, x, lengths, ragged, scratch)
         return x.transpose(1, 2), lengths
