@@ -9,6 +9,9 @@ the clip's last value before an up- or down-sampling filter. Lengths are tracked
 
 Weight-normalized convolutions are evaluated once (``g * v / ||v||``, the same function the hook calls), and
 the package's modules are never modified, so ``from_model`` can share them with a live ``NeuCodec``.
+
+With ``fused=True`` (CUDA) each anti-aliased activation runs as one Triton kernel (``fused_activation``) that
+clamps reads to each clip's own length, so it needs no tail handling of its own.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from gpu_executor.encoder.fused_activation import RATIO, TAPS, fused_snake_activation
 
 __all__ = ["BatchedCodecEnc"]
 
@@ -28,12 +33,42 @@ def _effective_weight(conv: nn.Conv1d) -> torch.Tensor:
     return conv.weight.detach()
 
 
+def _snake_params(act: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """``alpha`` and ``1 / (beta + eps)`` [C] of a Snake/SnakeBeta, as its forward computes them."""
+    alpha = act.alpha.detach()
+    beta = getattr(act, "beta", act.alpha).detach()
+    if act.alpha_logscale:
+        alpha, beta = torch.exp(alpha), torch.exp(beta)
+    return alpha, 1.0 / (beta + act.no_div_by_zero)
+
+
+class _CallState:
+    """Per-call scratch: two reusable padding buffers and each layer's clip lengths as device tensors.
+
+    The length tensors are made once per distinct set of lengths (a handful per call): creating one per layer from
+    a Python list is a blocking host-to-device copy, which on a GPU kept the CPU from running ahead of the kernels.
+    """
+
+    def __init__(self, like: torch.Tensor) -> None:
+        self.buffers = [like.new_empty(0), like.new_empty(0)]
+        self._lengths: dict[tuple[int, ...], torch.Tensor] = {}
+        self._device = like.device
+
+    def lengths(self, lengths: list[int]) -> torch.Tensor:
+        key = tuple(lengths)
+        if key not in self._lengths:
+            self._lengths[key] = torch.tensor(key, device=self._device)
+        return self._lengths[key]
+
+
 class BatchedCodecEnc:
     """Callable: waves [B, 1, N] (zero-padded) + lengths (multiples of 320) -> embeddings [B, frames, 1024]."""
 
-    def __init__(self, codec_enc: nn.Module, dtype: torch.dtype = torch.float32) -> None:
+    def __init__(self, codec_enc: nn.Module, dtype: torch.dtype = torch.float32, fused: bool = False) -> None:
         self.module = codec_enc
         self.dtype = dtype
+        self.fused = fused
+        self.fused_params: dict[int, tuple[torch.Tensor, ...]] = {}  # fp32 alpha, inv_beta, up and down taps
         self.weights: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
         self.snake: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self.up_filters: dict[int, torch.Tensor] = {}
@@ -43,11 +78,7 @@ class BatchedCodecEnc:
                 bias = None if m.bias is None else m.bias.detach().to(dtype)
                 self.weights[id(m)] = (_effective_weight(m).to(dtype), bias)
             elif type(m).__name__ in {"SnakeBeta", "Snake"}:
-                alpha = m.alpha.detach()
-                beta = getattr(m, "beta", m.alpha).detach()
-                if m.alpha_logscale:
-                    alpha, beta = torch.exp(alpha), torch.exp(beta)
-                inv_beta = 1.0 / (beta + m.no_div_by_zero)
+                alpha, inv_beta = _snake_params(m)
                 self.snake[id(m)] = (alpha[None, :, None].to(dtype), inv_beta[None, :, None].to(dtype))
             elif type(m).__name__ == "Activation1d":
                 up, lp = m.upsample, m.downsample.lowpass
@@ -59,29 +90,40 @@ class BatchedCodecEnc:
                 up_filter = up.filter.detach().to(dtype) * up.ratio
                 self.up_filters[id(m)] = up_filter.expand(channels, -1, -1).contiguous()
                 self.down_filters[id(m)] = lp.filter.detach().to(dtype).expand(channels, -1, -1).contiguous()
+                if fused:
+                    shape = (up.ratio, up.kernel_size, lp.kernel_size, lp.stride, lp.pad_left, lp.pad_right)
+                    if shape != (RATIO, TAPS, TAPS, RATIO, TAPS // 2 - 1, TAPS // 2):
+                        raise TypeError(f"the fused activation assumes ratio-2, 12-tap filters; got {shape}")
+                    self.fused_params[id(m)] = (*(p.float() for p in _snake_params(m.act)),
+                                                up.filter.detach().float().flatten() * up.ratio,
+                                                lp.filter.detach().float().flatten())
 
     # -- tail handling -------------------------------------------------------------------------------------
+    # One masked operation per layer rather than one per clip: on a GPU, per-clip slices meant thousands of tiny
+    # kernel launches per batch. Both write exactly the values the per-clip assignments wrote.
     @staticmethod
-    def _zero_tail(x: torch.Tensor, lengths: list[int]) -> torch.Tensor:
-        t = x.shape[-1]
-        for i, n in enumerate(lengths):
-            if n < t:
-                x[i, :, n:] = 0
-        return x
+    def _past_end(x: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+        return torch.arange(x.shape[-1], device=x.device)[None, None, :] >= n[:, None, None]
 
-    @staticmethod
-    def _edge_tail(x: torch.Tensor, lengths: list[int]) -> torch.Tensor:
-        t = x.shape[-1]
-        for i, n in enumerate(lengths):
-            if n < t:
-                x[i, :, n:] = x[i, :, n - 1 : n]
-        return x
+    @classmethod
+    def _zero_tail(cls, x: torch.Tensor, lengths: list[int], state: _CallState) -> torch.Tensor:
+        if all(n >= x.shape[-1] for n in lengths):
+            return x
+        return x.masked_fill_(cls._past_end(x, state.lengths(lengths)), 0)
+
+    @classmethod
+    def _edge_tail(cls, x: torch.Tensor, lengths: list[int], state: _CallState) -> torch.Tensor:
+        if all(n >= x.shape[-1] for n in lengths):
+            return x
+        n = state.lengths(lengths)
+        last = x.gather(2, (n - 1).view(-1, 1, 1).expand(-1, x.shape[1], 1))
+        return torch.where(cls._past_end(x, n), last, x, out=x)
 
     # -- layers --------------------------------------------------------------------------------------------
-    def _conv(self, conv: nn.Conv1d, x: torch.Tensor, lengths: list[int], ragged: bool):
+    def _conv(self, conv: nn.Conv1d, x: torch.Tensor, lengths: list[int], ragged: bool, state: _CallState):
         weight, bias = self.weights[id(conv)]
         if ragged and (conv.kernel_size[0] > 1 or conv.padding[0] > 0):
-            x = self._zero_tail(x, lengths)
+            x = self._zero_tail(x, lengths, state)
         y = F.conv1d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
         k, s, p, d = conv.kernel_size[0], conv.stride[0], conv.padding[0], conv.dilation[0]
         return y, [(n + 2 * p - d * (k - 1) - 1) // s + 1 for n in lengths]
@@ -125,9 +167,12 @@ class BatchedCodecEnc:
         return buf
 
     def _activation1d(self, m: nn.Module, x: torch.Tensor, lengths: list[int], ragged: bool,
-                      scratch: list[torch.Tensor]) -> torch.Tensor:
+                      state: _CallState) -> torch.Tensor:
+        if self.fused:
+            return fused_snake_activation(x, state.lengths(lengths), *self.fused_params[id(m)])
+        scratch = state.buffers
         if ragged:
-            x = self._edge_tail(x, lengths)
+            x = self._edge_tail(x, lengths, state)
         up = m.upsample
         c = x.shape[1]
         buf, mid = self._padded(x, up.pad, up.pad, scratch, 0)
@@ -141,31 +186,31 @@ class BatchedCodecEnc:
         buf, mid = self._padded(x, left, right, scratch, 1)
         self._snake_into(m.act, x, mid)
         if ragged:
-            self._edge_tail(mid, [n * up.ratio for n in lengths])
+            self._edge_tail(mid, [n * up.ratio for n in lengths], state)
         x = self._fill_edges(buf, left, right)
         return F.conv1d(x, self.down_filters[id(m)], stride=lp.stride, groups=c)
 
-    def _run(self, m: nn.Module, x: torch.Tensor, lengths: list[int], ragged: bool, scratch: list[torch.Tensor]):
+    def _run(self, m: nn.Module, x: torch.Tensor, lengths: list[int], ragged: bool, state: _CallState):
         name = type(m).__name__
         if isinstance(m, nn.Conv1d):
-            return self._conv(m, x, lengths, ragged)
+            return self._conv(m, x, lengths, ragged, state)
         if name == "Activation1d":
-            return self._activation1d(m, x, lengths, ragged, scratch), lengths
+            return self._activation1d(m, x, lengths, ragged, state), lengths
         if isinstance(m, nn.Sequential):
             for child in m:
-                x, lengths = self._run(child, x, lengths, ragged, scratch)
+                x, lengths = self._run(child, x, lengths, ragged, state)
             return x, lengths
         if name == "ResidualUnit":
-            y, _ = self._run(m.block, x, lengths, ragged, scratch)
+            y, _ = self._run(m.block, x, lengths, ragged, state)
             return x + y, lengths
         if name == "EncoderBlock":
-            return self._run(m.block, x, lengths, ragged, scratch)
+            return self._run(m.block, x, lengths, ragged, state)
         raise TypeError(f"unexpected module {name} in CodecEnc: the engine follows neucodec 0.0.6's encoder")
 
     def __call__(self, waves: torch.Tensor, lengths: list[int]) -> tuple[torch.Tensor, list[int]]:
         ragged = any(n != waves.shape[-1] for n in lengths)
         x = waves.to(self.dtype)
-        scratch = [x.new_empty(0), x.new_empty(0)]  # per call: nothing stays allocated between calls
-        x, lengths = self._run(self.module.conv_blocks, x, lengths, ragged, scratch)
-        x, lengths = self._run(self.module.conv_final_block, x, lengths, ragged, scratch)
+        state = _CallState(x)  # per call: nothing stays allocated between calls
+        x, lengths = self._run(self.module.conv_blocks, x, lengths, ragged, state)
+        x, lengths = self._run(self.module.conv_final_block, x, lengths, ragged, state)
         return x.transpose(1, 2), lengths

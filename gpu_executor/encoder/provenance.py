@@ -18,7 +18,7 @@ def package_versions() -> dict[str, str]:
 
 
 def build_provenance(info: dict[str, str], *, semantic_layers: int, precision: str, chunking: str,
-                     max_clip_seconds: float) -> dict[str, str]:
+                     max_clip_seconds: float, fused_activation: bool = False) -> dict[str, str]:
     """All values are strings so that they fit parquet key-value metadata and Dagster metadata alike."""
     prov = {
         "model": info.get("model", "unknown"),
@@ -30,6 +30,7 @@ def build_provenance(info: dict[str, str], *, semantic_layers: int, precision: s
         "precision": precision,
         "chunking": chunking,
         "max_clip_seconds": f"{max_clip_seconds:g}",
+        "acoustic_activation": "fused-triton" if fused_activation else "reference",
         "random_weights": info.get("random_weights", "unknown"),
         "token_rate_hz": "50",
         "sample_rate": "16000",
