@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import dagster as dg
 from pydantic import Field
 
-from resources.env_settings import env_number, env_str
+from resources.env_settings import env_flag, env_number, env_str
 
 if TYPE_CHECKING:
     from resources.bucket import Bucket
@@ -52,6 +52,7 @@ class EncoderSettings:
     max_clip_seconds: float | None
     chunking: str | None
     stream_buffer_seconds: float | None = None
+    fused_activation: bool | None = None
 
     @property
     def is_random(self) -> bool:
@@ -92,7 +93,7 @@ def load_encoder(settings: EncoderSettings) -> LoadedEncoder:
             dirs = cached_random_model()
             model, semantic_model = str(dirs.model_dir), str(dirs.semantic_model_dir)
         kwargs: dict[str, Any] = {"device": settings.device, "precision": settings.precision}
-        for name in ("batch_seconds", "max_clip_seconds", "chunking", "stream_buffer_seconds"):
+        for name in ("batch_seconds", "max_clip_seconds", "chunking", "stream_buffer_seconds", "fused_activation"):
             value = getattr(settings, name)
             if value is not None:
                 kwargs[name] = value
@@ -120,8 +121,8 @@ def load_encoder(settings: EncoderSettings) -> LoadedEncoder:
 
 class EncoderResource(dg.ConfigurableResource):
     """The neucodec encoder; unset fields come from NEUCODEC_MODEL, NEUCODEC_SEMANTIC_MODEL, NEUCODEC_DEVICE,
-    NEUCODEC_PRECISION, NEUCODEC_BATCH_SECONDS, NEUCODEC_MAX_CLIP_SECONDS, NEUCODEC_CHUNKING and
-    NEUCODEC_STREAM_BUFFER_SECONDS.
+    NEUCODEC_PRECISION, NEUCODEC_BATCH_SECONDS, NEUCODEC_MAX_CLIP_SECONDS, NEUCODEC_CHUNKING,
+    NEUCODEC_STREAM_BUFFER_SECONDS and NEUCODEC_FUSED_ACTIVATION.
 
     ``model="random"`` (``NEUCODEC_MODEL=random``) uses a cached randomly initialized model of the real
     architecture; provenance and outputs label it as random.
@@ -140,6 +141,10 @@ class EncoderResource(dg.ConfigurableResource):
         default=None, description="audio seconds held per encode call while streaming a shard "
         "(NEUCODEC_STREAM_BUFFER_SECONDS; also how often progress can be reported)",
     )
+    fused_activation: bool | None = Field(
+        default=None, description="CUDA: run the acoustic encoder's activations as Triton kernels (default: on for "
+        "bf16/fp16, off for fp32; NEUCODEC_FUSED_ACTIVATION)",
+    )
 
     def settings(self) -> EncoderSettings:
         return EncoderSettings(
@@ -154,6 +159,8 @@ class EncoderResource(dg.ConfigurableResource):
             chunking=self.chunking or env_str("NEUCODEC_CHUNKING"),
             stream_buffer_seconds=self.stream_buffer_seconds if self.stream_buffer_seconds is not None
             else env_number("NEUCODEC_STREAM_BUFFER_SECONDS"),
+            fused_activation=self.fused_activation if self.fused_activation is not None
+            else env_flag("NEUCODEC_FUSED_ACTIVATION"),
         )
 
     def load(self) -> LoadedEncoder:

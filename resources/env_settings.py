@@ -27,3 +27,16 @@ def env_number(
     if minimum is not None and value < minimum:
         raise ValueError(f"{name} must be at least {minimum}, got {value}")
     return value
+
+
+def env_flag(name: str) -> bool | None:
+    """The variable as a yes/no switch (1/true/yes/on, 0/false/no/off); None when unset."""
+    raw = env_str(name)
+    if raw is None:
+        return None
+    value = raw.lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{name}={raw!r} is not a yes/no switch (1/true/yes/on or 0/false/no/off)")

@@ -2,7 +2,7 @@
 
 import pytest
 
-from resources.env_settings import env_number, env_str
+from resources.env_settings import env_flag, env_number, env_str
 
 
 def test_blank_or_unset_is_none_and_default(monkeypatch):
@@ -28,3 +28,14 @@ def test_errors_name_the_variable(monkeypatch):
     monkeypatch.setenv("NEUCODEC_X", "0")
     with pytest.raises(ValueError, match="NEUCODEC_X must be at least 1, got 0"):
         env_number("NEUCODEC_X", int, minimum=1)
+
+
+def test_flags(monkeypatch):
+    monkeypatch.delenv("NEUCODEC_X", raising=False)
+    assert env_flag("NEUCODEC_X") is None
+    for raw, value in (("1", True), ("On", True), ("yes", True), ("0", False), ("false", False), ("OFF", False)):
+        monkeypatch.setenv("NEUCODEC_X", raw)
+        assert env_flag("NEUCODEC_X") is value
+    monkeypatch.setenv("NEUCODEC_X", "maybe")
+    with pytest.raises(ValueError, match=r"NEUCODEC_X='maybe' is not a yes/no switch"):
+        env_flag("NEUCODEC_X")
