@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from gpu_executor.encoder import NeucodecEncoder
-from tests.fixtures.model import assert_diverse, reference_codes
+from tests.fixtures.model import TEST_DEVICE, assert_diverse, reference_codes
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +45,7 @@ def test_non_finite_and_multichannel_inputs_are_rejected(random_encoder):
 def test_overlap_chunking_of_a_long_clip(random_model_dirs, reference_codec, speech, speech_reference_codes):
     wave = speech["s3300"]
     enc = NeucodecEncoder.from_pretrained(
-        random_model_dirs.model_dir, random_model_dirs.semantic_model_dir, device="cpu",
+        random_model_dirs.model_dir, random_model_dirs.semantic_model_dir, device=TEST_DEVICE,
         max_clip_seconds=1.5, chunk_seconds=1.0, chunk_context_seconds=0.3, chunking="overlap",
     )
     out = enc.encode([speech["s0900"], wave], ids=["short", "long"])
@@ -71,7 +71,7 @@ def test_overlap_chunking_of_a_long_clip(random_model_dirs, reference_codec, spe
 def test_seed_chunking_reproduces_hard_splits(random_model_dirs, reference_codec, speech):
     wave = speech["s3300"]
     enc = NeucodecEncoder.from_pretrained(
-        random_model_dirs.model_dir, random_model_dirs.semantic_model_dir, device="cpu",
+        random_model_dirs.model_dir, random_model_dirs.semantic_model_dir, device=TEST_DEVICE,
         chunking="seed", seed_chunk_seconds=1.2,
     )
     (codes,) = enc.encode([wave], ids=["long"])
@@ -119,4 +119,21 @@ def test_provenance_names_model_precision_and_versions(random_encoder, random_mo
     assert prov["random_weights"] == "true"
     for pkg in ("neucodec", "torch", "transformers"):
         assert prov[f"{pkg}_version"] not in ("", "not installed")
-    assert random_encoder.device == "cpu"
+    assert random_encoder.device == TEST_DEVICE
+    assert prov["acoustic_activation"] == ("fused-triton" if random_encoder.fused_activation else "reference")
+
+
+def test_cpu_refuses_emulated_half_precision_and_the_gpu_kernel(reference_codec):
+    import torch
+
+    from gpu_executor.encoder.engine import check_cpu_precision
+
+    check_cpu_precision("fp32")
+    for precision, probe in (("bf16", "_is_mkldnn_bf16_supported"), ("fp16", "_is_mkldnn_fp16_supported")):
+        if getattr(torch.ops.mkldnn, probe)():
+            check_cpu_precision(precision)  # native support: allowed
+        else:
+            with pytest.raises(ValueError, match=f"no native {precision} arithmetic"):
+                check_cpu_precision(precision)
+    with pytest.raises(ValueError, match="fused_activation needs a CUDA device"):
+        NeucodecEncoder.from_model(reference_codec, device="cpu", fused_activation=True)
