@@ -7,7 +7,7 @@ model (the hub is not needed); clips are synthesized speech (espeak-ng), a mix o
 
     .venv/bin/python bench/encode_bench.py --seconds 60                # quick
     .venv/bin/python bench/encode_bench.py                             # the issue's spec: ~8 min, ~60 clips
-    .venv/bin/python bench/encode_bench.py --precision bf16 --device cuda
+    .venv/bin/python bench/encode_bench.py --precision fp32,bf16,fp16 --device cuda
 """
 
 from __future__ import annotations
@@ -76,10 +76,47 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def run_ours(args, model: str, semantic: str, clips: list[np.ndarray], audio_s: float, label: str,
+             precision: str, fused: bool | None):
+    """Load the engine in one variant, warm it up, time ``encode`` over all clips."""
+    import torch
+
+    from gpu_executor.encoder import NeucodecEncoder
+
+    base_rss = rss_mib()
+    t0 = time.perf_counter()
+    enc = NeucodecEncoder.from_pretrained(model, semantic, device=args.device, precision=precision,
+                                          batch_seconds=args.batch_seconds, fused_activation=fused)
+    load_s = time.perf_counter() - t0
+    loaded_rss = rss_mib()
+    device = enc.device
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    # Warm-up: touches every (memory-mapped) weight. On a GPU it runs the whole set once, so kernel compilation
+    # and per-shape algorithm choice stay out of the figure (a worker encodes shard after shard).
+    enc.encode(clips if device.startswith("cuda") else [clips[0][:16000]])
+    sync(device)
+    warm_rss = rss_mib()
+    t0 = time.perf_counter()
+    ours = enc.encode(clips)
+    sync(device)
+    ours_s = time.perf_counter() - t0
+    gpu_peak = torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else 0.0
+    if enc.fused_activation and "+" not in label:
+        label += " (fused)"
+    print(f"ours {label} on {device}: {ours_s:.1f} s ({audio_s / ours_s:.1f} audio s per s); load "
+          f"{load_s:.1f} s; RSS before load {base_rss:.0f} MiB, after loading {loaded_rss:.0f} MiB, after the "
+          f"warm-up {warm_rss:.0f} MiB (encoder resident: +{warm_rss - base_rss:.0f} MiB)"
+          + (f"; GPU peak {gpu_peak:.0f} MiB" if gpu_peak else ""), flush=True)
+    return device, f"ours {label}", ours_s, peak_rss_mib(), gpu_peak, ours
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=480.0, help="total audio (default 480 s, ~60 clips)")
-    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    ap.add_argument("--precision", default="fp32",
+                    help="fp32, bf16 or fp16, each optionally +fused or +unfused (the CUDA activation kernel; "
+                    "default: the engine's choice), several separated by commas (one reference pass for all)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--model", default=None, help="neucodec hub id or folder (default: the cached random model)")
     ap.add_argument("--semantic-model", default=None, help="w2v-bert hub id or folder")
@@ -87,10 +124,16 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip-reference", action="store_true", help="time ours only (no agreement figure)")
     args = ap.parse_args()
+    variants = []  # (label, precision, fused_activation)
+    for item in (p.strip() for p in args.precision.split(",")):
+        precision, _, kernel = item.partition("+")
+        if precision not in ("fp32", "bf16", "fp16") or kernel not in ("", "fused", "unfused"):
+            ap.error(f"--precision {item!r}: choose fp32, bf16 or fp16, optionally with +fused or +unfused")
+        variants.append((item, precision, None if not kernel else kernel == "fused"))
 
     import torch
 
-    from gpu_executor.encoder import NeucodecEncoder
+    from gpu_executor.encoder.engine import resolve_device
     from gpu_executor.random_model import cached_random_model
 
     if args.model is None:
@@ -104,29 +147,22 @@ def main() -> None:
     print(f"{len(clips)} clips, {audio_s:.1f} s of audio ({min(map(len, clips)) / 16000:.2f}-"
           f"{max(map(len, clips)) / 16000:.2f} s); torch {torch.__version__}, threads {torch.get_num_threads()}")
 
-    base_rss = rss_mib()
-    t0 = time.perf_counter()
-    enc = NeucodecEncoder.from_pretrained(model, semantic, device=args.device, precision=args.precision,
-                                          batch_seconds=args.batch_seconds)
-    load_s = time.perf_counter() - t0
-    loaded_rss = rss_mib()
-    device = enc.device
-    enc.encode([clips[0][:16000]])  # warm-up: touches every (memory-mapped) weight
-    sync(device)
-    warm_rss = rss_mib()
-    t0 = time.perf_counter()
-    ours = enc.encode(clips)
-    sync(device)
-    ours_s = time.perf_counter() - t0
-    ours_peak = peak_rss_mib()
-    ours_gpu = torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else 0.0
+    rows = []  # (device, name, wall seconds, peak RSS MiB, GPU peak MiB, codes)
+    device = str(resolve_device(args.device))
+    for label, precision, fused in variants:
+        try:
+            rows.append(run_ours(args, model, semantic, clips, audio_s, label, precision, fused))
+        except Exception as exc:  # one failing variant must not hide the others' figures
+            print(f"ours {label}: FAILED: {type(exc).__name__}: {exc}", flush=True)
+        if device.startswith("cuda"):
+            torch.cuda.empty_cache()
+    rows = [row[1:] for row in rows]
 
-    rows = [("ours " + args.precision, ours_s, ours_peak)]
-    agreement = None
-    ref_s = None
+    ref_s = refs = None
     if not args.skip_reference:
-        del enc
         ref = load_reference(model, semantic, device)
+        if device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
         with torch.inference_mode():
             ref.encode_code(torch.from_numpy(clips[0][:16000])[None, None].to(device))  # warm-up
             sync(device)
@@ -134,24 +170,26 @@ def main() -> None:
             refs = [ref.encode_code(torch.from_numpy(c)[None, None].to(device))[0, 0].cpu().numpy() for c in clips]
             sync(device)
             ref_s = time.perf_counter() - t0
-        rows.insert(0, ("package encode_code", ref_s, peak_rss_mib()))
-        same = sum(int(np.sum(a.astype(np.int64) == b.astype(np.int64))) for a, b in zip(ours, refs))
-        total = sum(len(b) for b in refs)
-        agreement = same / total
-        distinct = np.unique(np.concatenate(refs)).size
+        gpu_peak = torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else 0.0
+        rows.insert(0, ("package encode_code", ref_s, peak_rss_mib(), gpu_peak, refs))
+        del ref
 
-    print(f"\ndevice {device}; encoder load {load_s:.1f} s; RSS before load {base_rss:.0f} MiB, "
-          f"after loading ours {loaded_rss:.0f} MiB, after a 1 s warm-up {warm_rss:.0f} MiB "
-          f"(encoder resident: +{warm_rss - base_rss:.0f} MiB)"
-          + (f"; GPU peak {ours_gpu:.0f} MiB" if ours_gpu else ""))
-    print("\n| run | wall s | audio s / wall s | vs reference | peak RSS MiB (process, cumulative) |")
-    print("|---|---:|---:|---:|---:|")
-    for name, wall, peak in rows:
+    print(f"\ndevice {device}" + (f" ({torch.cuda.get_device_name(device)})" if device.startswith("cuda") else ""))
+    print("\n| run | wall s | audio s / wall s | vs reference | token agreement | peak RSS MiB (process, cumulative) |"
+          + (" GPU peak MiB |" if device.startswith("cuda") else ""))
+    print("|---|---:|---:|---:|---:|---:|" + ("---:|" if device.startswith("cuda") else ""))
+    total = sum(len(r) for r in refs) if refs else 0
+    for name, wall, peak, gpu_peak, codes in rows:
         ratio = f"{ref_s / wall:.2f}x" if ref_s else "-"
-        print(f"| {name} | {wall:.1f} | {audio_s / wall:.2f} | {ratio} | {peak:.0f} |")
-    if agreement is not None:
-        print(f"\ntoken agreement with encode_code: {agreement * 100:.3f}% of {total} tokens "
-              f"({distinct} distinct reference codes)")
+        agree = "-"
+        if refs is not None:
+            same = sum(int(np.sum(a.astype(np.int64) == b.astype(np.int64))) for a, b in zip(codes, refs))
+            agree = f"{same / total * 100:.3f}%"
+        print(f"| {name} | {wall:.1f} | {audio_s / wall:.2f} | {ratio} | {agree} | {peak:.0f} |"
+              + (f" {gpu_peak:.0f} |" if device.startswith("cuda") else ""))
+    if refs is not None:
+        print(f"\ntoken agreement counted over {total} reference tokens "
+              f"({np.unique(np.concatenate(refs)).size} distinct codes)")
     print("note: CPU timings on a shared machine are noisy; compare runs made close together.")
 
 
