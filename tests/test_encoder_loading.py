@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from gpu_executor.encoder import ModelLoadError, NeucodecEncoder
-from tests.fixtures.model import HUB_REVISION, assert_diverse, offline_hub
+from tests.fixtures.model import HUB_REVISION, TEST_DEVICE, assert_diverse, offline_hub
 
 
 def test_hub_ids_resolve_from_the_cache_offline(hub_cache, random_encoder, speech_clips, speech_reference_codes):
@@ -53,7 +53,7 @@ def test_checkpoint_missing_an_encoder_weight_is_refused(random_model_dirs, tmp_
 
 
 def test_from_model_wraps_the_package_model(reference_codec, speech_clips, speech_reference_codes):
-    enc = NeucodecEncoder.from_model(reference_codec, device="cpu")
+    enc = NeucodecEncoder.from_model(reference_codec, device=TEST_DEVICE)
     clip = speech_clips[1]
     (a,) = enc.encode([clip.wave])
     np.testing.assert_array_equal(a, speech_reference_codes[clip.clip_id])

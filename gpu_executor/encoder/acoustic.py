@@ -10,8 +10,8 @@ the clip's last value before an up- or down-sampling filter. Lengths are tracked
 Weight-normalized convolutions are evaluated once (``g * v / ||v||``, the same function the hook calls), and
 the package's modules are never modified, so ``from_model`` can share them with a live ``NeuCodec``.
 
-With ``fused=True`` (CUDA) each anti-aliased activation runs as one Triton kernel (``fused_activation``) that
-clamps reads to each clip's own length, so it needs no tail handling of its own.
+With ``fused=True`` (CUDA) each anti-aliased activation runs as two Triton kernels (``fused_activation``) that
+clamp reads to each clip's own length, so they need no tail handling of their own.
 """
 
 from __future__ import annotations
@@ -57,7 +57,10 @@ class _CallState:
     def lengths(self, lengths: list[int]) -> torch.Tensor:
         key = tuple(lengths)
         if key not in self._lengths:
-            self._lengths[key] = torch.tensor(key, device=self._device)
+            host = torch.tensor(key)
+            if self._device.type == "cuda":  # pinned and asynchronous: the host keeps queueing kernels
+                host = host.pin_memory()
+            self._lengths[key] = host.to(self._device, non_blocking=True)
         return self._lengths[key]
 
 
@@ -91,8 +94,9 @@ class BatchedCodecEnc:
                 self.up_filters[id(m)] = up_filter.expand(channels, -1, -1).contiguous()
                 self.down_filters[id(m)] = lp.filter.detach().to(dtype).expand(channels, -1, -1).contiguous()
                 if fused:
-                    shape = (up.ratio, up.kernel_size, lp.kernel_size, lp.stride, lp.pad_left, lp.pad_right)
-                    if shape != (RATIO, TAPS, TAPS, RATIO, TAPS // 2 - 1, TAPS // 2):
+                    shape = (up.ratio, up.stride, up.kernel_size, lp.kernel_size, lp.stride, bool(lp.padding),
+                             lp.pad_left, lp.pad_right)
+                    if shape != (RATIO, RATIO, TAPS, TAPS, RATIO, True, TAPS // 2 - 1, TAPS // 2):
                         raise TypeError(f"the fused activation assumes ratio-2, 12-tap filters; got {shape}")
                     self.fused_params[id(m)] = (*(p.float() for p in _snake_params(m.act)),
                                                 up.filter.detach().float().flatten() * up.ratio,

@@ -1,4 +1,4 @@
-"""``NeucodecEncoder``: exact, batched neucodec encoding (fp32 tokens identical to ``NeuCodec.encode_code``)."""
+"""``NeucodecEncoder``: exact, batched neucodec encoding (fp32 tokens on CPU identical to ``NeuCodec.encode_code``)."""
 
 from __future__ import annotations
 
@@ -65,13 +65,14 @@ class NeucodecEncoder:
     """Encode 16 kHz mono float32 clips into 50 Hz neucodec codes (uint16), batched by length.
 
     Build it with :meth:`from_pretrained` (hub ids or local folders) or :meth:`from_model` (a live
-    ``neucodec.NeuCodec``). In ``fp32`` (default) the codes equal the package's ``encode_code`` per clip; ``bf16``
+    ``neucodec.NeuCodec``). In ``fp32`` (default) on a CPU the codes equal the package's ``encode_code`` per clip
+    (on a GPU, cuDNN rounds a batch and a lone clip differently: measured 99.992% equal); ``bf16``
     and ``fp16`` run the semantic model (and, on CUDA, the acoustic encoder) in that precision, the quantizer
     always in fp32. Clips longer than ``max_clip_seconds`` are chunked and their ids are listed in
     :attr:`chunked_ids`: ``overlap`` encodes ``chunk_seconds`` cores with ``chunk_context_seconds`` of context on
     each side (dropped after encoding); ``seed`` splits every clip longer than ``seed_chunk_seconds`` (30 s) into
     hard splits encoded on their own, reproducing the old fleet's tokens. ``fused_activation`` runs the acoustic
-    encoder's anti-aliased activations as one Triton kernel each (CUDA only; default on for bf16/fp16, off for
+    encoder's anti-aliased activations as two Triton kernels each (CUDA only; default on for bf16/fp16, off for
     fp32, where it changes the last bits of the sums and so a few tokens).
     """
 
@@ -91,7 +92,9 @@ class NeucodecEncoder:
             check_cpu_precision(precision)
         can_fuse = self._device.type == "cuda" and fused_activation_available(self._device)
         if fused_activation and not can_fuse:
-            raise ValueError(f"fused_activation needs a CUDA device with Triton; the encoder runs on {self._device}")
+            why = (f"the encoder runs on {self._device}" if self._device.type != "cuda"
+                   else "Triton cannot be imported (it ships with CUDA builds of torch)")
+            raise ValueError(f"fused_activation (NEUCODEC_FUSED_ACTIVATION) needs a CUDA device with Triton: {why}")
         self.fused_activation = bool(can_fuse and precision != "fp32" if fused_activation is None
                                      else fused_activation)
         self.precision = precision

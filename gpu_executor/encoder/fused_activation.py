@@ -48,13 +48,16 @@ def fused_activation_available(device: torch.device) -> bool:
 if triton is not None:
 
     @triton.jit
-    def _up_snake_kernel(x_ptr, s_ptr, len_ptr, alpha_ptr, inv_beta_ptr, up_ptr, C, T, BLOCK: tl.constexpr):
+    def _up_snake_kernel(x_ptr, s_ptr, len_ptr, alpha_ptr, inv_beta_ptr, up_ptr, C, T, TILES,
+                         BLOCK: tl.constexpr):
         """s[j] for j < 2T: the 2x up-sampled row through the snake, in fp32 (one sine per value)."""
-        row = tl.program_id(0)  # b * C + c
+        # A 1-D grid of (row, tile) pairs: CUDA caps the second grid axis at 65535 tiles (a 524 s row).
+        row = tl.program_id(0) // TILES  # b * C + c
+        tile = tl.program_id(0) % TILES
         n = tl.load(len_ptr + row // C)
         alpha = tl.load(alpha_ptr + row % C).to(tl.float32)
         inv_beta = tl.load(inv_beta_ptr + row % C).to(tl.float32)
-        j = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+        j = tile * BLOCK + tl.arange(0, BLOCK)
         m = j // 2
         odd = j - 2 * m
         x_row = x_ptr + row.to(tl.int64) * T
@@ -67,11 +70,11 @@ if triton is not None:
         tl.store(s_ptr + row.to(tl.int64) * 2 * T + j, u + inv_beta * (sine * sine), mask=j < 2 * T)
 
     @triton.jit
-    def _down_kernel(s_ptr, y_ptr, len_ptr, down_ptr, C, T, BLOCK: tl.constexpr):
+    def _down_kernel(s_ptr, y_ptr, len_ptr, down_ptr, C, T, TILES, BLOCK: tl.constexpr):
         """y[t] = sum_k down[k] * s[clamp(2t + k - 5, 0, 2n - 1)]: the low-pass filter with replicate padding."""
-        row = tl.program_id(0)
+        row = tl.program_id(0) // TILES
         n = tl.load(len_ptr + row // C)
-        t = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+        t = (tl.program_id(0) % TILES) * BLOCK + tl.arange(0, BLOCK)
         s_row = s_ptr + row.to(tl.int64) * 2 * T
         acc = tl.zeros([BLOCK], dtype=tl.float32)
         for k in tl.static_range(12):
@@ -82,7 +85,7 @@ if triton is not None:
 
 def fused_snake_activation(x: torch.Tensor, lengths: torch.Tensor, alpha: torch.Tensor, inv_beta: torch.Tensor,
                            up: torch.Tensor, down: torch.Tensor) -> torch.Tensor:
-    """``Activation1d(SnakeBeta)`` of ``x`` [B, C, T]; row ``b`` is a clip of ``lengths[b]`` samples (>= 1).
+    """``Activation1d(SnakeBeta)`` of ``x`` [B, C, T]; row ``b`` is a clip of ``lengths[b]`` samples (1..T).
 
     ``alpha``/``inv_beta``: per-channel snake parameters [C]; ``up`` (times the ratio) and ``down``: the 12 filter
     taps. Positions past a clip's length hold values of no meaning, as in the unfused batched path.
@@ -91,11 +94,13 @@ def fused_snake_activation(x: torch.Tensor, lengths: torch.Tensor, alpha: torch.
         raise RuntimeError("the fused activation needs Triton (it ships with CUDA builds of torch)")
     b, c, t = x.shape
     x = x.contiguous()
-    n = lengths.to(device=x.device, dtype=torch.int32)
+    n = lengths.to(device=x.device)
     snake = torch.empty((b, c, 2 * t), dtype=torch.float32, device=x.device)
-    _up_snake_kernel[(b * c, triton.cdiv(2 * t, _BLOCK))](
-        x, snake, n, alpha.float().contiguous(), inv_beta.float().contiguous(), up.float().contiguous(), c, t,
+    tiles = triton.cdiv(2 * t, _BLOCK)
+    _up_snake_kernel[(b * c * tiles,)](
+        x, snake, n, alpha.float().contiguous(), inv_beta.float().contiguous(), up.float().contiguous(), c, t, tiles,
         BLOCK=_BLOCK)
     y = torch.empty_like(x)
-    _down_kernel[(b * c, triton.cdiv(t, _BLOCK))](snake, y, n, down.float().contiguous(), c, t, BLOCK=_BLOCK)
+    tiles = triton.cdiv(t, _BLOCK)
+    _down_kernel[(b * c * tiles,)](snake, y, n, down.float().contiguous(), c, t, tiles, BLOCK=_BLOCK)
     return y
