@@ -108,7 +108,7 @@ def run_ours(args, model: str, semantic: str, clips: list[np.ndarray], audio_s: 
           f"{load_s:.1f} s; RSS before load {base_rss:.0f} MiB, after loading {loaded_rss:.0f} MiB, after the "
           f"warm-up {warm_rss:.0f} MiB (encoder resident: +{warm_rss - base_rss:.0f} MiB)"
           + (f"; GPU peak {gpu_peak:.0f} MiB" if gpu_peak else ""), flush=True)
-    return device, f"ours {label}", ours_s, peak_rss_mib(), gpu_peak, ours
+    return f"ours {label}", ours_s, peak_rss_mib(), gpu_peak, ours
 
 
 def main() -> None:
@@ -147,7 +147,7 @@ def main() -> None:
     print(f"{len(clips)} clips, {audio_s:.1f} s of audio ({min(map(len, clips)) / 16000:.2f}-"
           f"{max(map(len, clips)) / 16000:.2f} s); torch {torch.__version__}, threads {torch.get_num_threads()}")
 
-    rows = []  # (device, name, wall seconds, peak RSS MiB, GPU peak MiB, codes)
+    rows = []  # (name, wall seconds, peak RSS MiB, GPU peak MiB, codes)
     device = str(resolve_device(args.device))
     for label, precision, fused in variants:
         try:
@@ -156,7 +156,6 @@ def main() -> None:
             print(f"ours {label}: FAILED: {type(exc).__name__}: {exc}", flush=True)
         if device.startswith("cuda"):
             torch.cuda.empty_cache()
-    rows = [row[1:] for row in rows]
 
     ref_s = refs = None
     if not args.skip_reference:

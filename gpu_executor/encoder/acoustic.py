@@ -22,7 +22,7 @@ from torch import nn
 
 from gpu_executor.encoder.fused_activation import RATIO, TAPS, fused_snake_activation
 
-__all__ = ["BatchedCodecEnc"]
+__all__ = ["BatchedCodecEnc", "past_end"]
 
 
 def _effective_weight(conv: nn.Conv1d) -> torch.Tensor:
@@ -31,6 +31,11 @@ def _effective_weight(conv: nn.Conv1d) -> torch.Tensor:
     if hasattr(conv, "parametrizations") and "weight" in conv.parametrizations:
         return conv.weight.detach()
     return conv.weight.detach()
+
+
+def past_end(x: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+    """[B, 1, T] mask of the positions of ``x`` [B, C, T] at or past each row's length ``n`` [B]."""
+    return torch.arange(x.shape[-1], device=x.device)[None, None, :] >= n[:, None, None]
 
 
 def _snake_params(act: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
@@ -89,11 +94,7 @@ class BatchedCodecEnc:
                     raise TypeError(f"unexpected low-pass padding mode {lp.padding_mode!r} in CodecEnc")
                 if up.ratio <= 0 or up.ratio & (up.ratio - 1):
                     raise TypeError(f"up-sampling ratio {up.ratio} is not a power of two: scaling would round")
-                channels = m.act.alpha.shape[0]
-                up_filter = up.filter.detach().to(dtype) * up.ratio
-                self.up_filters[id(m)] = up_filter.expand(channels, -1, -1).contiguous()
-                self.down_filters[id(m)] = lp.filter.detach().to(dtype).expand(channels, -1, -1).contiguous()
-                if fused:
+                if fused:  # the kernels take fp32 taps and snake parameters; no per-channel filter copies
                     shape = (up.ratio, up.stride, up.kernel_size, lp.kernel_size, lp.stride, bool(lp.padding),
                              lp.pad_left, lp.pad_right)
                     if shape != (RATIO, RATIO, TAPS, TAPS, RATIO, True, TAPS // 2 - 1, TAPS // 2):
@@ -101,27 +102,28 @@ class BatchedCodecEnc:
                     self.fused_params[id(m)] = (*(p.float() for p in _snake_params(m.act)),
                                                 up.filter.detach().float().flatten() * up.ratio,
                                                 lp.filter.detach().float().flatten())
+                    continue
+                channels = m.act.alpha.shape[0]
+                up_filter = up.filter.detach().to(dtype) * up.ratio
+                self.up_filters[id(m)] = up_filter.expand(channels, -1, -1).contiguous()
+                self.down_filters[id(m)] = lp.filter.detach().to(dtype).expand(channels, -1, -1).contiguous()
 
     # -- tail handling -------------------------------------------------------------------------------------
     # One masked operation per layer rather than one per clip: on a GPU, per-clip slices meant thousands of tiny
     # kernel launches per batch. Both write exactly the values the per-clip assignments wrote.
     @staticmethod
-    def _past_end(x: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
-        return torch.arange(x.shape[-1], device=x.device)[None, None, :] >= n[:, None, None]
-
-    @classmethod
-    def _zero_tail(cls, x: torch.Tensor, lengths: list[int], state: _CallState) -> torch.Tensor:
+    def _zero_tail(x: torch.Tensor, lengths: list[int], state: _CallState) -> torch.Tensor:
         if all(n >= x.shape[-1] for n in lengths):
             return x
-        return x.masked_fill_(cls._past_end(x, state.lengths(lengths)), 0)
+        return x.masked_fill_(past_end(x, state.lengths(lengths)), 0)
 
-    @classmethod
-    def _edge_tail(cls, x: torch.Tensor, lengths: list[int], state: _CallState) -> torch.Tensor:
+    @staticmethod
+    def _edge_tail(x: torch.Tensor, lengths: list[int], state: _CallState) -> torch.Tensor:
         if all(n >= x.shape[-1] for n in lengths):
             return x
         n = state.lengths(lengths)
         last = x.gather(2, (n - 1).view(-1, 1, 1).expand(-1, x.shape[1], 1))
-        return torch.where(cls._past_end(x, n), last, x, out=x)
+        return torch.where(past_end(x, n), last, x, out=x)
 
     # -- layers --------------------------------------------------------------------------------------------
     def _conv(self, conv: nn.Conv1d, x: torch.Tensor, lengths: list[int], ragged: bool, state: _CallState):

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from gpu_executor.encoder.acoustic import BatchedCodecEnc
+from gpu_executor.encoder.acoustic import BatchedCodecEnc, past_end
 from gpu_executor.encoder.batching import HOP, SAMPLE_RATE, padded_length, plan_batches, plan_chunks
 from gpu_executor.encoder.fbank import BatchedFbank
 from gpu_executor.encoder.fused_activation import fused_activation_available
@@ -260,8 +260,7 @@ class NeucodecEncoder:
         enc = self._semantic_encoder
         past = None
         if any(f != x.shape[-1] for f in frames):
-            n = torch.tensor(frames, device=x.device)
-            past = torch.arange(x.shape[-1], device=x.device)[None, None, :] >= n[:, None, None]
+            past = past_end(x, torch.tensor(frames, device=x.device))
 
         def mask(t: torch.Tensor) -> torch.Tensor:
             return t if past is None else t.masked_fill_(past, 0)
