@@ -132,6 +132,7 @@ class NeucodecEncoder:
         self.provenance: dict[str, str] = build_provenance(
             parts.info, semantic_layers=SEMANTIC_LAYERS, precision=precision, chunking=chunking,
             max_clip_seconds=self.max_clip_seconds, fused_activation=self.fused_activation,
+            device=self._device,
         )
 
     # -- construction ------------------------------------------------------------------------------------------

@@ -4,7 +4,19 @@ from __future__ import annotations
 
 from importlib import metadata
 
-__all__ = ["package_versions", "build_provenance"]
+__all__ = ["IDENTITY_KEYS", "package_versions", "build_provenance", "device_class"]
+
+# What "made the same way" means: every provenance entry that can change a single token. Two tokens files agree on
+# all of these or were not made the same way (package versions and creation times do not count).
+IDENTITY_KEYS = (
+    "model", "model_revision", "model_sha256", "random_weights", "semantic_model", "semantic_model_revision",
+    "semantic_layers", "precision", "acoustic_activation", "chunking", "max_clip_seconds", "device_class",
+)
+
+
+def device_class(device: object) -> str:
+    """Class "cpu" or "cuda" (of "cuda:1" too): fp32 on CUDA may round a few tokens unlike the CPU oracle (DESIGN)."""
+    return str(device).split(":", 1)[0]
 
 
 def package_versions() -> dict[str, str]:
@@ -18,7 +30,8 @@ def package_versions() -> dict[str, str]:
 
 
 def build_provenance(info: dict[str, str], *, semantic_layers: int, precision: str, chunking: str,
-                     max_clip_seconds: float, fused_activation: bool = False) -> dict[str, str]:
+                     max_clip_seconds: float, fused_activation: bool = False,
+                     device: object = "unknown") -> dict[str, str]:
     """All values are strings so that they fit parquet key-value metadata and Dagster metadata alike."""
     prov = {
         "model": info.get("model", "unknown"),
@@ -31,6 +44,7 @@ def build_provenance(info: dict[str, str], *, semantic_layers: int, precision: s
         "chunking": chunking,
         "max_clip_seconds": f"{max_clip_seconds:g}",
         "acoustic_activation": "fused-triton" if fused_activation else "reference",
+        "device_class": device_class(device),
         "random_weights": info.get("random_weights", "unknown"),
         "token_rate_hz": "50",
         "sample_rate": "16000",
