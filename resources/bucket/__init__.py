@@ -16,6 +16,7 @@ from resources.bucket.base import (
     TOKENS_PARQUET,
     Bucket,
     BucketError,
+    ObjectHead,
     ShardInfo,
     ShardLayout,
 )
@@ -28,7 +29,7 @@ DEFAULT_LOCAL_BUCKET = Path(".data") / "bucket"
 
 __all__ = [
     "AUDIO_TAR", "METADATA_PARQUET", "TOKENS_PARQUET", "BUCKET_ENV", "DEFAULT_LOCAL_BUCKET", "Bucket",
-    "BucketError", "LocalBucket", "RetryPolicy", "S3Bucket", "ShardInfo", "ShardLayout", "bucket_url",
+    "BucketError", "LocalBucket", "ObjectHead", "RetryPolicy", "S3Bucket", "ShardInfo", "ShardLayout", "bucket_url",
     "open_bucket",
 ]
 

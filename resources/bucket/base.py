@@ -17,6 +17,14 @@ DEFAULT_SHARD_LAYOUT = "{dataset}/{language}/{shard}"
 UNKNOWN = "unknown"
 
 
+@dataclass(frozen=True)
+class ObjectHead:
+    """What a HEAD says about an object: enough to tell, without reading it, whether it changed since."""
+
+    etag: str
+    size: int
+
+
 class BucketError(RuntimeError):
     """A bucket could not be opened or a request failed for good (after retries); the message says why."""
 
@@ -103,6 +111,10 @@ class Bucket(abc.ABC):
     @abc.abstractmethod
     def size(self, key: str) -> int:
         """Size in bytes; ``FileNotFoundError`` when there is no such object."""
+
+    @abc.abstractmethod
+    def head(self, key: str) -> ObjectHead:
+        """ETag and size of an object in one request; ``FileNotFoundError`` when there is no such object."""
 
     @abc.abstractmethod
     def read_bytes(self, key: str) -> bytes:

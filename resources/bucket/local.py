@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from resources.bucket.base import Bucket, BucketError, ShardLayout, check_key
+from resources.bucket.base import Bucket, BucketError, ObjectHead, ShardLayout, check_key
 
 
 class LocalBucket(Bucket):
@@ -54,6 +54,17 @@ class LocalBucket(Bucket):
         if not path.is_file():
             raise FileNotFoundError(f"{self.url}/{key}")
         return path.stat().st_size
+
+    def head(self, key: str) -> ObjectHead:
+        """A local file has no ETag: size, modification time (ns) and inode stand in for it; any rewrite changes them."""
+        path = self.path(key)
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{self.url}/{key}") from None
+        if not path.is_file():
+            raise FileNotFoundError(f"{self.url}/{key}")
+        return ObjectHead(etag=f"local-{st.st_size:x}-{st.st_mtime_ns:x}-{st.st_ino:x}", size=st.st_size)
 
     def read_bytes(self, key: str) -> bytes:
         path = self.path(key)

@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from resources.bucket.base import Bucket, BucketError, ShardLayout, check_key
+from resources.bucket.base import Bucket, BucketError, ObjectHead, ShardLayout, check_key
 from resources.bucket.retry import RetryPolicy, call_with_retries, is_transient
 
 log = logging.getLogger(__name__)
@@ -150,6 +150,10 @@ class S3Bucket(Bucket):
 
     def size(self, key: str) -> int:
         return int(self._head(key)["ContentLength"])
+
+    def head(self, key: str) -> ObjectHead:
+        resp = self._head(key)
+        return ObjectHead(etag=str(resp.get("ETag", "")), size=int(resp["ContentLength"]))
 
     def read_bytes(self, key: str) -> bytes:
         with self.open_stream(key) as stream:
