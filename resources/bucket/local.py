@@ -56,7 +56,7 @@ class LocalBucket(Bucket):
         return path.stat().st_size
 
     def head(self, key: str) -> ObjectHead:
-        """A local file has no ETag: size, modification time (ns) and inode stand in for it; any rewrite changes them."""
+        """A local file has no ETag: size, modification time (ns) and inode stand in for it; a rewrite changes them."""
         path = self.path(key)
         try:
             st = path.stat()
