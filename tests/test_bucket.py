@@ -84,6 +84,47 @@ def test_list_shards_with_layout_and_tokens_state(bucket) -> None:
     assert bucket.list_shards("ds2")[0].language == "ds2"
 
 
+def test_listing_resumes_after_a_key_in_s3_order(bucket) -> None:
+    keys = ["b-2/x", "b/a/audio.tar", "b/a/metadata.parquet", "b/c", "b0", "c/d/e/audio.tar", "c/d/e/z"]
+    for key in reversed(keys):
+        bucket.put_bytes(key, b"k")
+    if isinstance(bucket, S3Bucket):
+        bucket.list_page_size = 2
+    assert [k for k, _ in bucket.list_keys()] == keys  # the local folder lists in S3's (byte) order too
+    for i, after in enumerate(keys):
+        assert [k for k, _ in bucket.list_keys(start_after=after)] == keys[i + 1:]
+    assert [k for k, _ in bucket.list_keys(start_after="b/")] == keys[1:]  # a key that is not there
+    assert [k for k, _ in bucket.list_keys("b/", start_after="b/a/audio.tar")] == ["b/a/metadata.parquet", "b/c"]
+    assert [k for k, _ in bucket.list_keys(start_after="c/d/e/z")] == []
+
+
+def test_shard_pages_stop_between_folders(bucket) -> None:
+    prefixes = [f"ds/hi/shard_{i:03d}" for i in range(5)]
+    for prefix in prefixes:
+        bucket.put_bytes(f"{prefix}/audio.tar", b"abc")
+        bucket.put_bytes(f"{prefix}/metadata.parquet", b"m")
+        bucket.put_bytes(f"{prefix}/neucodec_tokens.parquet", b"t")
+    if isinstance(bucket, S3Bucket):
+        bucket.list_page_size = 2
+
+    seen: list[ShardInfo] = []
+    cursor, pages = "", 0
+    while True:
+        page = bucket.list_shards_page(cursor, max_keys=4)  # the budget ends inside the second shard's folder
+        pages += 1
+        seen += page.shards
+        assert page.keys_listed % 3 == 0  # whole folders only
+        cursor = page.last_key
+        if page.complete:
+            break
+    assert pages == 3 and [s.prefix for s in seen] == prefixes and all(s.has_tokens for s in seen)
+
+    until = bucket.list_shards_page("", max_keys=100, until="ds/hi/shard_001/zzz")
+    assert [s.prefix for s in until.shards] == prefixes[:2] and until.complete
+    timed_out = bucket.list_shards_page("", max_keys=100, deadline=0.0)  # past: one folder, then stop
+    assert [s.prefix for s in timed_out.shards] == prefixes[:1] and not timed_out.complete
+
+
 def test_invalid_keys_are_rejected(bucket) -> None:
     for key in ("../escape", "/abs", "a//b", ""):
         with pytest.raises(BucketError, match="invalid object key"):

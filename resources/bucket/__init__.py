@@ -19,6 +19,7 @@ from resources.bucket.base import (
     ObjectHead,
     ShardInfo,
     ShardLayout,
+    ShardPage,
 )
 from resources.bucket.local import LocalBucket
 from resources.bucket.retry import RetryPolicy
@@ -29,7 +30,7 @@ DEFAULT_LOCAL_BUCKET = Path(".data") / "bucket"
 
 __all__ = [
     "AUDIO_TAR", "METADATA_PARQUET", "TOKENS_PARQUET", "BUCKET_ENV", "DEFAULT_LOCAL_BUCKET", "Bucket",
-    "BucketError", "LocalBucket", "ObjectHead", "RetryPolicy", "S3Bucket", "ShardInfo", "ShardLayout", "bucket_url",
+    "BucketError", "LocalBucket", "ObjectHead", "RetryPolicy", "S3Bucket", "ShardInfo", "ShardLayout", "ShardPage", "bucket_url",
     "open_bucket",
 ]
 

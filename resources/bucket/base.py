@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 import os
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,6 +70,16 @@ class ShardLayout:
                          audio_bytes=audio_bytes)
 
 
+@dataclass(frozen=True)
+class ShardPage:
+    """One bounded stretch of a listing: the shards in it, how many keys it read, where it stopped."""
+
+    shards: list[ShardInfo]
+    keys_listed: int
+    last_key: str  # every key up to this one (in listing order) has been read; "" when none was
+    complete: bool  # True: the listing reached the end (or ``until``); False: the budget ran out first
+
+
 def shards_from_keys(keys: Iterable[tuple[str, int]], layout: ShardLayout) -> list[ShardInfo]:
     """Every prefix holding an ``audio.tar``, from (key, size) pairs of a listing, sorted by prefix."""
     audio: dict[str, int] = {}
@@ -98,12 +109,38 @@ class Bucket(abc.ABC):
     layout: ShardLayout
 
     @abc.abstractmethod
-    def list_keys(self, prefix: str = "") -> Iterable[tuple[str, int]]:
-        """Every (key, size) under ``prefix`` (a key prefix, not necessarily a folder)."""
+    def list_keys(self, prefix: str = "", start_after: str = "") -> Iterable[tuple[str, int]]:
+        """Every (key, size) under ``prefix`` (a key prefix, not necessarily a folder), in S3's order (UTF-8
+        bytes), lazily, and only keys sorting after ``start_after``: so a listing can resume where one stopped."""
 
     def list_shards(self, prefix: str = "") -> list[ShardInfo]:
         """Every prefix under ``prefix`` that holds an ``audio.tar``, with dataset, language and tokens state."""
         return shards_from_keys(self.list_keys(prefix), self.layout)
+
+    def list_shards_page(self, start_after: str = "", *, max_keys: int, deadline: float | None = None,
+                         until: str | None = None, prefix: str = "") -> ShardPage:
+        """The shards among the next ``max_keys`` keys after ``start_after`` (fewer when ``time.monotonic()``
+        passes ``deadline``; none beyond ``until``).
+
+        Bounded so that a sensor tick over a 100,000-shard bucket fits its timeout; ``last_key`` is where the
+        next page starts. A page never stops inside a folder it has begun (the rest of ``last_key``'s folder is
+        listed too), so a shard's ``audio.tar`` and ``neucodec_tokens.parquet`` land on the same page and
+        ``has_tokens`` holds for shards whose folder holds only files.
+        """
+        keys: list[tuple[str, int]] = []
+        last = start_after
+        complete = True
+        for key, size in self.list_keys(prefix, start_after=start_after):
+            if until is not None and key > until:
+                break
+            spent = len(keys) >= max_keys or (deadline is not None and time.monotonic() >= deadline)
+            if spent and keys and not key.startswith(last.rpartition("/")[0] + "/"):
+                complete = False
+                break
+            keys.append((key, size))
+            last = key
+        return ShardPage(shards_from_keys(keys, self.layout), keys_listed=len(keys), last_key=last,
+                         complete=complete)
 
     @abc.abstractmethod
     def exists(self, key: str) -> bool: ...

@@ -23,7 +23,9 @@ class LocalBucket(Bucket):
     def path(self, key: str) -> Path:
         return self.root / check_key(key)
 
-    def list_keys(self, prefix: str = "") -> Iterator[tuple[str, int]]:
+    def list_keys(self, prefix: str = "", start_after: str = "") -> Iterator[tuple[str, int]]:
+        """Keys in S3's order, so a cursor means the same on both backends: a folder sorts as its name plus
+        ``/`` (``b-2`` before ``b/x``), and folders wholly at or before ``start_after`` are not entered."""
         prefix = prefix.lstrip("/")
         folder, _, _ = prefix.rpartition("/")
         start = self.root / folder if folder else self.root
@@ -34,17 +36,26 @@ class LocalBucket(Bucket):
             )
         if not start.is_dir():
             return
-        stack = [start]
-        while stack:
-            current = stack.pop()
-            with os.scandir(current) as entries:
-                for entry in entries:
-                    if entry.is_dir(follow_symlinks=False):
-                        stack.append(Path(entry.path))
-                    elif entry.is_file() and not entry.name.startswith(".tmp-upload-"):
-                        key = Path(entry.path).relative_to(self.root).as_posix()
-                        if key.startswith(prefix):
-                            yield key, entry.stat().st_size
+        yield from self._walk(start, f"{folder}/" if folder else "", prefix, start_after)
+
+    def _walk(self, folder: Path, rel: str, prefix: str, start_after: str) -> Iterator[tuple[str, int]]:
+        with os.scandir(folder) as it:
+            entries = []
+            for entry in it:
+                if entry.is_dir(follow_symlinks=False):
+                    entries.append((f"{rel}{entry.name}/", True, entry))
+                elif entry.is_file() and not entry.name.startswith(".tmp-upload-"):
+                    entries.append((f"{rel}{entry.name}", False, entry))
+        entries.sort(key=lambda e: e[0])
+        for key, is_dir, entry in entries:
+            if is_dir:
+                if not (key.startswith(prefix) or prefix.startswith(key)):
+                    continue
+                if start_after >= key and not start_after.startswith(key):
+                    continue  # every key in it sorts at or before start_after
+                yield from self._walk(Path(entry.path), key, prefix, start_after)
+            elif key.startswith(prefix) and key > start_after:
+                yield key, entry.stat().st_size
 
     def exists(self, key: str) -> bool:
         return self.path(key).is_file()

@@ -122,7 +122,7 @@ class S3Bucket(Bucket):
                 raise FileNotFoundError(f"{what}: no object {self.url}") from exc
             raise BucketError(f"{what} on {self.url} failed: {type(exc).__name__}: {exc}") from exc
 
-    def list_keys(self, prefix: str = "") -> Iterator[tuple[str, int]]:
+    def list_keys(self, prefix: str = "", start_after: str = "") -> Iterator[tuple[str, int]]:
         base = f"{self.prefix}/" if self.prefix else ""
         full_prefix = base + prefix.lstrip("/")
         token: str | None = None
@@ -130,6 +130,8 @@ class S3Bucket(Bucket):
             kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": full_prefix, "MaxKeys": self.list_page_size}
             if token:
                 kwargs["ContinuationToken"] = token
+            elif start_after:
+                kwargs["StartAfter"] = base + start_after  # S3 skips to it server-side: no pages to read past
             page = self._call("list", lambda: self.client.list_objects_v2(**kwargs))
             for obj in page.get("Contents", []):
                 yield obj["Key"][len(base):], int(obj["Size"])
