@@ -175,7 +175,7 @@ def existing_result(bucket: Bucket, prefix: str, report: TokensFileReport, *, st
 def encode_shard(
     reader: ShardReader, target: Bucket, loaded: LoadedEncoder, workdir: Path, log: Log, *,
     gpu: str | None = None, extra_provenance: Mapping[str, str] | None = None,
-    progress_seconds: float | None = None,
+    progress_seconds: float | None = None, on_segment: Callable[[], None] | None = None,
 ) -> ShardResult:
     """Encode every segment of an opened shard, write and validate the tokens file, upload it in one PUT."""
     prefix = reader.prefix
@@ -200,6 +200,8 @@ def encode_shard(
         for segment_id, codes in encoder.encode_stream(waves()):
             writer.add(segment_id, codes)
             progress.update(seconds.get(segment_id, 0.0))
+            if on_segment is not None:
+                on_segment()
         wall = time.perf_counter() - start
         failures = [(f.segment_id, f.reason) for f in reader.failures]
         writer.close(failures)
