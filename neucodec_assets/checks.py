@@ -18,9 +18,9 @@ import dagster as dg
 from neucodec_assets.partitions import shards_partitions
 from neucodec_assets.tokens_metadata import TOKENS_ASSET_KEY
 from resources.audio import member_kind, segment_id_of
-from resources.bucket import AUDIO_TAR, Bucket, LocalBucket
+from resources.bucket import AUDIO_TAR, Bucket, LocalBucket, ObjectHead
 from resources.shard_reader import ShardError
-from resources.tokens_file import TokensFileReport
+from resources.tokens_file import AudioTarRecord, TokensFileReport
 
 VALID_CHECK = "tokens_file_valid"
 COMPLETE_CHECK = "tokens_file_complete"
@@ -137,6 +137,28 @@ def tar_audio_ids(bucket: Bucket, prefix: str) -> Counter:
         if stream is not None:
             stream.close()
     return ids
+
+
+def recorded_audio_ids(bucket: Bucket, prefix: str, record: AudioTarRecord | None, *,
+                       head: ObjectHead | None = None) -> Counter | None:
+    """The member ids a tokens file recorded, when the shard's audio.tar is still the tar it recorded (same ETag and
+    size: one HEAD, or ``head`` when the caller just took it); None when there is no record or the tar changed."""
+    if record is None:
+        return None
+    if head is None:
+        try:
+            head = bucket.head(f"{prefix.rstrip('/')}/{AUDIO_TAR}")
+        except FileNotFoundError:
+            return None
+    return Counter(record.member_ids) if record.matches(head.etag, head.size) else None
+
+
+def shard_audio_ids(bucket: Bucket, prefix: str, report: TokensFileReport, *,
+                    head: ObjectHead | None = None) -> Counter:
+    """Audio member ids for the completeness check: from the file's record when the tar is unchanged (no download),
+    else listed from the tar itself (files without a record, or a tar that changed since)."""
+    recorded = recorded_audio_ids(bucket, prefix, report.audio_tar, head=head)
+    return recorded if recorded is not None else tar_audio_ids(bucket, prefix)
 
 
 def completeness_of(audio_ids: Mapping[str, int], report: TokensFileReport) -> Completeness:

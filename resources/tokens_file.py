@@ -8,10 +8,13 @@ the caller uploads that file in one PUT. The validator also serves files written
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import math
 import os
+import zlib
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
@@ -27,6 +30,7 @@ TOKENS_FILENAME = "neucodec_tokens.parquet"
 PROVENANCE_KEY = "neucodec.provenance"
 FAILURES_KEY = "neucodec.failures"
 FORMAT_KEY = "neucodec.tokens_format"
+AUDIO_TAR_KEY = "neucodec.audio_tar"
 FORMAT_VERSION = "1"
 SAMPLES_PER_TOKEN = 320
 SAMPLE_RATE = 16_000
@@ -61,6 +65,40 @@ def codes_to_bytes(codes: Any) -> bytes:
         if arr.size and (arr.min() < 0 or arr.max() > 0xFFFF):
             raise TokensFileError(f"codes out of uint16 range [{arr.min()}, {arr.max()}]")
     return arr.astype("<u2", copy=False).tobytes()
+
+
+@dataclass(frozen=True)
+class AudioTarRecord:
+    """The shard's audio.tar as it was when the file was made: its ETag and size, and the segment ids of its audio
+    members with their counts (duplicates matter for completeness). A re-run that finds the same ETag and size
+    with a HEAD evaluates completeness from these ids instead of downloading the tar again."""
+
+    etag: str
+    size: int
+    member_ids: Mapping[str, int]
+
+    def to_json(self) -> str:
+        """ETag and size in plain JSON; the ids sorted, newline-joined, zlib'd and base64'd (they would otherwise
+        be a large part of a big shard's footer), with the counts of the ids that occur more than once."""
+        ids = "\n".join(sorted(self.member_ids)).encode()
+        return json.dumps({
+            "etag": self.etag, "size": int(self.size), "audio_members": int(sum(self.member_ids.values())),
+            "ids": base64.b64encode(zlib.compress(ids, 9)).decode("ascii"), "ids_encoding": "zlib+base64 lines",
+            "repeated": {k: int(n) for k, n in sorted(self.member_ids.items()) if n != 1},
+        }, ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, value: str) -> "AudioTarRecord":
+        d = json.loads(value)
+        text = zlib.decompress(base64.b64decode(d["ids"])).decode() if d["ids"] else ""
+        ids: Counter = Counter({sid: 1 for sid in text.split("\n")} if text else {})
+        ids.update({k: int(n) - 1 for k, n in d.get("repeated", {}).items()})
+        if sum(ids.values()) != int(d["audio_members"]):
+            raise ValueError(f"{sum(ids.values())} member ids recorded, {d['audio_members']} announced")
+        return cls(etag=str(d["etag"]), size=int(d["size"]), member_ids=ids)
+
+    def matches(self, etag: str, size: int) -> bool:
+        return bool(self.etag) and self.etag == etag and self.size == size
 
 
 def _failure_dict(failure: Any) -> dict[str, str]:
@@ -111,8 +149,10 @@ class TokensFileWriter:
             self._writer.write_table(pa.table(self._buffer, schema=SCHEMA))
             self._buffer = {c: [] for c in COLUMNS}
 
-    def close(self, failures: Iterable[Any] = (), extra_metadata: Mapping[str, str] | None = None) -> Path:
-        """Write the last rows and the key-value metadata, then give the file its final name."""
+    def close(self, failures: Iterable[Any] = (), extra_metadata: Mapping[str, str] | None = None, *,
+              audio_tar: AudioTarRecord | None = None) -> Path:
+        """Write the last rows and the key-value metadata (with ``audio_tar``: what completeness needs of the
+        shard's tar, so that a re-run need not read it), then give the file its final name."""
         if self._writer is None:
             raise TokensFileError("the tokens file is already closed")
         self._flush()
@@ -121,6 +161,8 @@ class TokensFileWriter:
             PROVENANCE_KEY: json.dumps(self.provenance, sort_keys=True),
             FAILURES_KEY: json.dumps([_failure_dict(f) for f in failures], ensure_ascii=False),
         }
+        if audio_tar is not None:
+            meta[AUDIO_TAR_KEY] = audio_tar.to_json()
         meta.update({str(k): str(v) for k, v in (extra_metadata or {}).items()})
         self._writer.add_key_value_metadata(meta)
         self._writer.close()
@@ -160,13 +202,20 @@ def _decode_metadata(raw: Mapping[bytes, bytes] | None) -> dict[str, Any]:
             out["provenance"] = json.loads(value)
         elif key == FAILURES_KEY:
             out["failures"] = json.loads(value)
+        elif key == AUDIO_TAR_KEY:
+            try:
+                out["audio_tar"] = AudioTarRecord.from_json(value)
+            except (ValueError, KeyError, TypeError, zlib.error) as exc:  # unusable: re-runs read the tar instead
+                out["audio_tar"] = None
+                out["audio_tar_problem"] = f"{type(exc).__name__}: {exc}"
         else:
             out[key] = value
     return out
 
 
 def read_tokens_metadata(path_or_bytes: str | os.PathLike[str] | bytes) -> dict[str, Any]:
-    """The key-value metadata: ``provenance`` (dict), ``failures`` (list of dicts) and any other keys."""
+    """The key-value metadata: ``provenance`` (dict), ``failures`` (list of dicts), ``audio_tar`` (an
+    AudioTarRecord, when the file has one) and any other keys."""
     try:
         return _decode_metadata(pq.read_metadata(_source(path_or_bytes)).metadata)
     except (pa.ArrowException, OSError, json.JSONDecodeError) as exc:
@@ -197,6 +246,7 @@ class TokensFileReport:
     provenance: dict[str, Any] = field(default_factory=dict)
     failures: list[dict[str, str]] = field(default_factory=list)
     segment_ids: set[str] = field(default_factory=set, repr=False)
+    audio_tar: AudioTarRecord | None = field(default=None, repr=False)
 
     @property
     def ok(self) -> bool:
@@ -225,6 +275,7 @@ def validate_tokens_file(path_or_bytes: str | os.PathLike[str] | bytes,
     try:
         meta = _decode_metadata(pfile.metadata.metadata)
         report.provenance, report.failures = meta["provenance"], meta["failures"]
+        report.audio_tar = meta.get("audio_tar")
     except json.JSONDecodeError as exc:
         report.problems.append(f"key-value metadata is not valid JSON: {exc}")
     schema = pfile.schema_arrow
