@@ -1,72 +1,59 @@
-"""`shard_discovery_sensor`: picks up new shards in the bucket as partitions, and optionally starts encoding them.
+"""`shard_discovery_sensor`: picks up new shards in the bucket as partitions of `shards`.
+
+It only adds partitions: encoding the new shards is the asset's own automation condition's business, so the
+sensor never requests runs. Each tick lists a bounded stretch of the bucket and keeps its place in the sensor
+cursor (`neucodec_assets.discovery.DiscoveryCursor`), so a tick stays well inside the sensor timeout at 100,000
+shards and a shard is still found within one sweep wherever its key sorts.
 
 Settings (environment of the code location):
-- ``NEUCODEC_DISCOVERY_INTERVAL_SECONDS`` (default 300): how often the bucket is listed;
-- ``NEUCODEC_DISCOVERY_LAUNCH`` (default ``none``): ``backfill`` also requests a backfill of `neucodec_tokens`
-  for new shards that have no tokens file yet. A backfill (not one run per shard) so that the backfill policy
-  groups shards into runs and each run loads the model once.
+- ``NEUCODEC_DISCOVERY_INTERVAL_SECONDS`` (default 300): how often a tick runs;
+- ``NEUCODEC_DISCOVERY_KEYS_PER_TICK`` (default 50,000): objects one tick may list (a shard is ~3 objects);
+- ``NEUCODEC_DISCOVERY_LIST_SECONDS`` (default 20): listing time one tick may spend, whichever ends first.
 """
 
 # No `from __future__ import annotations`: Dagster reads the config and resource types from the runtime
 # annotations of the decorated function.
 
-import os
-
 import dagster as dg
 
-from gpu_executor.k8s import gpu_run_tags
-from neucodec_assets.discovery import plan_discovery
+from neucodec_assets.discovery import DiscoveryCursor, ListingBudget, discover_incremental
 from neucodec_assets.partitions import shards_partitions
-from neucodec_assets.tokens_metadata import TOKENS_ASSET_KEY
 from resources.dagster_resources import BucketResource
 from resources.env_settings import env_number
 
 INTERVAL_ENV = "NEUCODEC_DISCOVERY_INTERVAL_SECONDS"
-LAUNCH_ENV = "NEUCODEC_DISCOVERY_LAUNCH"
+KEYS_PER_TICK_ENV = "NEUCODEC_DISCOVERY_KEYS_PER_TICK"
+LIST_SECONDS_ENV = "NEUCODEC_DISCOVERY_LIST_SECONDS"
 DEFAULT_INTERVAL_SECONDS = 300
-LAUNCH_MODES = ("none", "backfill")
 
 
 def discovery_interval_seconds() -> int:
     return env_number(INTERVAL_ENV, int, default=DEFAULT_INTERVAL_SECONDS, minimum=1)
 
 
-def discovery_launch_mode() -> str:
-    mode = os.environ.get(LAUNCH_ENV, "").strip().lower() or "none"
-    if mode not in LAUNCH_MODES:
-        raise ValueError(f"{LAUNCH_ENV}={mode!r}: choose one of {', '.join(LAUNCH_MODES)}")
-    return mode
-
-
-def tokens_backfill_request(keys: list[str]) -> dg.RunRequest:
-    """A request that the sensor daemon turns into an asset backfill of `neucodec_tokens` over ``keys``."""
-    from dagster._core.definitions.assets.graph.asset_graph_subset import AssetGraphSubset
-
-    subset = AssetGraphSubset(
-        partitions_subsets_by_asset_key={TOKENS_ASSET_KEY: shards_partitions.subset_with_partition_keys(keys)}
+def listing_budget() -> ListingBudget:
+    """Read per tick (not at import), so a changed setting applies without reloading the code location."""
+    default = ListingBudget()
+    return ListingBudget(
+        max_keys=env_number(KEYS_PER_TICK_ENV, int, default=default.max_keys, minimum=1),
+        seconds=env_number(LIST_SECONDS_ENV, float, default=default.seconds, minimum=0.1),
     )
-    tags = {"neucodec/requested_by": "shard_discovery_sensor", **gpu_run_tags()}
-    return dg.RunRequest.for_asset_graph_subset(subset, tags=tags)
 
 
 @dg.sensor(
     name="shard_discovery_sensor",
-    description="Lists the bucket and adds every new shard as a partition of `shards`; "
-    f"with {LAUNCH_ENV}=backfill it also requests a backfill of the new shards that have no tokens file.",
+    description="Lists the bucket a stretch per tick (a cursor: new keys after the last one seen, plus a sweep "
+    "that wraps around) and adds every new shard as a partition of `shards`.",
     minimum_interval_seconds=discovery_interval_seconds(),
     default_status=dg.DefaultSensorStatus.RUNNING,
-    asset_selection=[TOKENS_ASSET_KEY],
 )
 def shard_discovery_sensor(context: dg.SensorEvaluationContext, bucket: BucketResource) -> dg.SensorResult:
     existing = context.instance.get_dynamic_partitions(shards_partitions.name)
-    plan = plan_discovery(bucket.open(), existing)
-    if not plan.new:
-        return dg.SensorResult(skip_reason=f"no new shards among {len(plan.listed)} in the bucket")
-    context.log.info(f"{len(plan.new)} new shards (of {len(plan.listed)} listed)")
-    run_requests: list[dg.RunRequest] = []
-    if discovery_launch_mode() == "backfill" and plan.new_without_tokens:
-        run_requests.append(tokens_backfill_request(plan.new_without_tokens))
+    tick = discover_incremental(bucket.open(), existing, DiscoveryCursor.parse(context.cursor), listing_budget())
+    cursor = tick.cursor.serialize()
+    if not tick.plan.new:
+        return dg.SensorResult(skip_reason=tick.summary(), cursor=cursor)
+    context.log.info(tick.summary())
     return dg.SensorResult(
-        dynamic_partitions_requests=[shards_partitions.build_add_request(plan.new_keys)],
-        run_requests=run_requests,
+        dynamic_partitions_requests=[shards_partitions.build_add_request(tick.plan.new_keys)], cursor=cursor,
     )

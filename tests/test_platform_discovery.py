@@ -1,11 +1,13 @@
 """Discovery, adoption and the legacy import on real Postgres storage: the sensor through one real sensor-daemon
-iteration over workspace.yaml, and the `neucodec-platform discover [--adopt]` / `import-legacy` commands."""
+iteration over workspace.yaml, its cursor over a local folder and moto's S3 over HTTP, and the
+`neucodec-platform discover [--adopt]` / `import-legacy` commands."""
 
 from __future__ import annotations
 
 import importlib
 import io
 import logging
+import re
 
 import polars as pl
 import psycopg2
@@ -14,9 +16,10 @@ import pytest
 import dagster as dg
 from neucodec_assets import cli, sensors
 from neucodec_assets.checks import VALID_CHECK_KEY
+from neucodec_assets.discovery import DiscoveryCursor
 from neucodec_assets.partitions import shards_partitions
 from neucodec_assets.tokens_metadata import TOKENS_ASSET_KEY, metadata_value, tokens_key
-from resources.bucket import LocalBucket
+from resources.bucket import Bucket, LocalBucket, S3Bucket, open_bucket
 from tests.fixtures.platform import REPO_ROOT, TinyShard, copy_tiny_shards
 
 
@@ -41,32 +44,28 @@ def write_old_fleet_tokens(bucket: LocalBucket, shard: TinyShard, *, corrupt: bo
     bucket.put_bytes(tokens_key(shard.prefix), buf.getvalue())
 
 
-def test_sensor_on_by_default_adds_shards_and_requests_a_backfill(
+def test_sensor_on_by_default_adds_shards_and_requests_no_runs(
     pg_instance, tiny_shards_dir, tmp_path, monkeypatch,
 ):
+    from dagster._core.scheduler.instigation import InstigatorType
     from dagster._core.test_utils import create_test_daemon_workspace_context
     from dagster._core.workspace.load_target import WorkspaceFileTarget
     from dagster._daemon.sensor import execute_sensor_iteration
 
     bucket_dir = tmp_path / "bucket"
     shards = copy_tiny_shards(tiny_shards_dir, str(bucket_dir), count=3)
-    write_old_fleet_tokens(LocalBucket(bucket_dir), shards[0])  # already encoded: no backfill for it
     monkeypatch.setenv("NEUCODEC_BUCKET", bucket_dir.as_uri())
-    monkeypatch.setenv(sensors.LAUNCH_ENV, "backfill")
     monkeypatch.chdir(REPO_ROOT)
     logger = logging.getLogger("test_sensor")
 
     target = WorkspaceFileTarget(paths=[str(REPO_ROOT / "workspace.yaml")])
     with create_test_daemon_workspace_context(target, pg_instance) as workspace:
         list(execute_sensor_iteration(workspace, logger, None, None))  # default status RUNNING: it ticks
-        assert sorted(pg_instance.get_dynamic_partitions(shards_partitions.name)) == sorted(
-            s.prefix for s in shards)
-        backfills = pg_instance.get_backfills()
-        assert len(backfills) == 1
-        target_subset = backfills[0].asset_backfill_data.target_subset
-        assert set(target_subset.partitions_subsets_by_asset_key[TOKENS_ASSET_KEY].get_partition_keys()) == {
-            s.prefix for s in shards[1:]}
-        assert backfills[0].tags["neucodec/requested_by"] == "shard_discovery_sensor"
+    assert sorted(pg_instance.get_dynamic_partitions(shards_partitions.name)) == sorted(s.prefix for s in shards)
+    assert not pg_instance.get_backfills() and not pg_instance.get_runs()  # encoding is automation's business
+    [state] = pg_instance.all_instigator_state(instigator_type=InstigatorType.SENSOR)
+    cursor = DiscoveryCursor.parse(state.instigator_data.cursor)
+    assert cursor.tail == f"{shards[-1].prefix}/metadata.parquet"  # the daemon kept the sensor's place
 
     # The interval comes from the environment of the code location.
     monkeypatch.setenv(sensors.INTERVAL_ENV, "45")
@@ -79,21 +78,104 @@ def test_sensor_on_by_default_adds_shards_and_requests_a_backfill(
     assert reloaded.shard_discovery_sensor.minimum_interval_seconds == sensors.DEFAULT_INTERVAL_SECONDS
 
 
-def test_sensor_skips_when_nothing_is_new(pg_instance, tiny_shards_dir, tmp_path, monkeypatch):
-    from resources.dagster_resources import BucketResource
+def fake_shard(bucket: Bucket, prefix: str) -> None:
+    """What listing looks at: an ``audio.tar`` (a few bytes) and a ``metadata.parquet`` in the shard's folder."""
+    bucket.put_bytes(f"{prefix}/audio.tar", b"tar")
+    bucket.put_bytes(f"{prefix}/metadata.parquet", b"pq")
 
-    bucket_dir = tmp_path / "bucket"
-    shards = copy_tiny_shards(tiny_shards_dir, str(bucket_dir), count=2)
-    monkeypatch.delenv(sensors.LAUNCH_ENV, raising=False)
-    pg_instance.add_dynamic_partitions(shards_partitions.name, [shards[0].prefix])
-    context = dg.build_sensor_context(instance=pg_instance,
-                                      resources={"bucket": BucketResource(url=bucket_dir.as_uri())})
-    result = sensors.shard_discovery_sensor(context)
-    assert result.dynamic_partitions_requests[0].partition_keys == [shards[1].prefix]
-    assert not result.run_requests  # launching is off unless NEUCODEC_DISCOVERY_LAUNCH=backfill
-    pg_instance.add_dynamic_partitions(shards_partitions.name, [shards[1].prefix])
-    again = sensors.shard_discovery_sensor(context)
-    assert again.skip_reason and "no new shards among 2" in again.skip_reason.skip_message
+
+class SensorTicks:
+    """The real sensor evaluated as the daemon does: its cursor carried from tick to tick, its partition
+    requests applied to the instance, the keys each tick read from the bucket counted."""
+
+    def __init__(self, instance: dg.DagsterInstance, url: str):
+        from resources.dagster_resources import BucketResource
+
+        self.instance, self.resources, self.cursor = instance, {"bucket": BucketResource(url=url)}, None
+
+    def tick(self) -> tuple[list[str], int | None]:
+        """The keys added, and the keys read from the bucket when the tick found nothing (its skip message)."""
+        context = dg.build_sensor_context(instance=self.instance, cursor=self.cursor, resources=self.resources)
+        result = sensors.shard_discovery_sensor(context)
+        assert not result.run_requests
+        self.cursor = result.cursor
+        added = [k for r in result.dynamic_partitions_requests for k in r.partition_keys]
+        if added:
+            self.instance.add_dynamic_partitions(shards_partitions.name, added)
+        if result.skip_reason is None:
+            return added, None
+        return added, int(re.search(r"in (\d+) keys listed", result.skip_reason.skip_message).group(1))
+
+
+@pytest.fixture(params=["local", "s3"])
+def discovery_bucket(request: pytest.FixtureRequest, tmp_path) -> tuple[Bucket, str]:
+    if request.param == "local":
+        url = (tmp_path / "bucket").as_uri()
+    else:
+        url = f"s3://{request.getfixturevalue('s3_env')['bucket']}/fleet"
+    bucket = open_bucket(url)
+    if isinstance(bucket, S3Bucket):
+        bucket.list_page_size = 7  # several list requests per tick, as at scale
+    return bucket, url
+
+
+def test_sensor_cursor_lists_new_shards_only(discovery_bucket, pg_instance, monkeypatch):
+    bucket, url = discovery_bucket
+    first = [f"ds/hi/shard_{i:04d}" for i in range(30)]  # 60 objects
+    for prefix in first:
+        fake_shard(bucket, prefix)
+    monkeypatch.setenv(sensors.KEYS_PER_TICK_ENV, "25")
+    ticks = SensorTicks(pg_instance, url)
+
+    found: list[str] = []
+    for _ in range(3):  # the first pass over a new bucket is paged too: 25 keys (whole shards) a tick
+        added, _ = ticks.tick()
+        found += added
+    assert found == first and len(pg_instance.get_dynamic_partitions(shards_partitions.name)) == 30
+
+    later = [f"ds/hi/shard_{i:04d}" for i in range(30, 33)]
+    for prefix in later:
+        fake_shard(bucket, prefix)
+    added, _ = ticks.tick()
+    assert added == later  # found on the next tick, by the tail pass (they sort after every key seen)
+    cursor = DiscoveryCursor.parse(ticks.cursor)
+    assert cursor.tail == f"{later[-1]}/metadata.parquet"
+
+    # With nothing new, a tick reads at most its budget (the sweep's share), never the whole bucket.
+    added, keys_listed = ticks.tick()
+    assert added == [] and 0 < keys_listed <= 26  # 25, or one folder past it: pages end between folders
+
+
+def test_sensor_cursor_finds_shards_sorting_before_it(discovery_bucket, pg_instance, monkeypatch):
+    bucket, url = discovery_bucket
+    for i in range(40):
+        fake_shard(bucket, f"ds/hi/shard_{i:04d}")  # 80 objects
+    monkeypatch.setenv(sensors.KEYS_PER_TICK_ENV, "100")
+    ticks = SensorTicks(pg_instance, url)
+    assert len(ticks.tick()[0]) == 40
+
+    monkeypatch.setenv(sensors.KEYS_PER_TICK_ENV, "20")
+    early = ["aa/new/shard_0000", "ds/hi/shard_0007b", "ds/en/shard_0000"]  # all before the cursor's tail
+    for prefix in early:
+        fake_shard(bucket, prefix)
+    before = DiscoveryCursor.parse(ticks.cursor)
+    assert all(f"{p}/audio.tar" < before.tail for p in early)
+
+    found: list[str] = []
+    sweep_ticks = -(-(80 + 2 * len(early)) // 20) + 1  # one sweep period, plus the tick that may start it late
+    for _ in range(sweep_ticks):
+        added, keys_listed = ticks.tick()
+        assert added or keys_listed <= 21  # 20, or the rest of a shard's folder
+        found += added
+    assert sorted(found) == sorted(early)  # each found once, nothing known added again
+    assert DiscoveryCursor.parse(ticks.cursor).sweeps >= 1
+
+
+def test_cursor_survives_bad_input_and_new_versions():
+    assert DiscoveryCursor.parse(None) == DiscoveryCursor() == DiscoveryCursor.parse("not json")
+    assert DiscoveryCursor.parse('{"tail": "a"}') == DiscoveryCursor()  # an incomplete cursor starts over
+    cursor = DiscoveryCursor(tail="d/l/s/metadata.parquet", sweep="c/x", sweeps=4)
+    assert DiscoveryCursor.parse(cursor.serialize()) == cursor
 
 
 def test_discover_and_adopt_from_the_command_line(pg_instance, tiny_shards_dir, tmp_path, monkeypatch, capsys):
