@@ -4,8 +4,9 @@ A shard is adopted when its tokens file exists and validates per the contract; i
 read from the file (rows, tokens, provenance, failures where the file lists them) and nothing is encoded. The
 `tokens_file_valid` check is recorded with it (including whether token counts agree with the durations in
 metadata.parquet: a disagreement fails the check but does not stop adoption, since those durations are the
-dataset's own, possibly rounded, figures). Completeness is not evaluated here: it needs each shard's tar
-(a full read per shard from R2); a checks-only run of `neucodec_tokens` evaluates it on demand.
+dataset's own, possibly rounded, figures). Completeness is not evaluated here: the old fleet's files do not record
+their tar's member ids, so it needs a full read of each tar from R2; a checks-only run of `neucodec_tokens`
+evaluates it on demand. metadata.parquet is read once per shard.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 
 import dagster as dg
 
-from neucodec_assets.shard_encoding import existing_result, validate_existing
+from neucodec_assets.shard_encoding import existing_result, read_shard_metadata, validate_existing
 from neucodec_assets.tokens_metadata import STATUS_ADOPTED, TOKENS_ASSET_KEY, tokens_key
 from resources.bucket import Bucket, BucketError, ShardInfo
 
@@ -52,14 +53,16 @@ def adopt_existing(
         except (FileNotFoundError, BucketError) as exc:
             report.invalid.append((shard.prefix, f"cannot read {key}: {exc}"))
             continue
-        structural, validation = validate_existing(bucket, shard.prefix, data)
+        metadata = read_shard_metadata(bucket, shard.prefix)  # once: durations for the check, and the labels
+        structural, validation = validate_existing(bucket, shard.prefix, data, metadata=metadata)
         del data
         if not structural.ok:
             reason = "; ".join(structural.problems)
             report.invalid.append((shard.prefix, reason))
             log(f"not adopted {shard.prefix}: {reason}")
             continue
-        result = existing_result(bucket, shard.prefix, validation, status=STATUS_ADOPTED, with_completeness=False)
+        result = existing_result(bucket, shard.prefix, validation, status=STATUS_ADOPTED, with_completeness=False,
+                                 metadata=metadata)
         instance.report_runless_asset_event(
             dg.AssetMaterialization(
                 asset_key=TOKENS_ASSET_KEY, partition=shard.prefix, metadata=result.figures.to_metadata(),

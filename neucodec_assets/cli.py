@@ -62,16 +62,22 @@ def _cmd_discover(args: argparse.Namespace) -> int:
 
 def _cmd_import_legacy(args: argparse.Namespace) -> int:
     from neucodec_assets.legacy_import import import_legacy, redact_dsn
+    from resources.bucket import open_bucket
 
     dsn = args.dsn or os.environ.get("NEUCODEC_LEGACY_DSN", "")
     if not dsn:
         raise CliError("give the legacy database as --dsn postgresql://USER:PASSWORD@HOST:PORT/DB "
                        "or in NEUCODEC_LEGACY_DSN")
+    bucket = open_bucket(args.bucket)
     with _instance() as instance:
-        report = import_legacy(instance, dsn, table=args.table, completed_status=args.status, force=args.force)
+        report = import_legacy(instance, dsn, table=args.table, completed_status=args.status, force=args.force,
+                               bucket=bucket)
     print(f"{redact_dsn(dsn)} {args.table}: {report.rows} rows, {report.completed} '{args.status}'; "
           f"added {len(report.partitions_added)} partitions, recorded {len(report.recorded)} materializations, "
-          f"{len(report.already_materialized)} already materialized")
+          f"{len(report.already_materialized)} already materialized, {len(report.missing)} without their tokens "
+          f"file in {bucket.url}")
+    for prefix, key, reason in report.missing:
+        print(f"  not recorded {prefix}: {key} {reason}")
     return 0
 
 
@@ -135,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="legacy Postgres URL (default: NEUCODEC_LEGACY_DSN; prefer the variable for passwords)")
     p.add_argument("--table", default="neucodec_shards", help="table name (default neucodec_shards)")
     p.add_argument("--status", default="completed", help="status of finished rows (default completed)")
+    p.add_argument("--bucket", default=None,
+                   help="bucket URL where the rows' tokens files must exist (default: NEUCODEC_BUCKET)")
     p.add_argument("--force", action="store_true", help="record rows even where the partition is materialized")
     p.set_defaults(func=_cmd_import_legacy)
 

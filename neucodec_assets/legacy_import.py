@@ -1,5 +1,8 @@
 """Import the old fleet's bookkeeping: completed rows of its `neucodec_shards` Postgres table become materialized
 partitions of `neucodec_tokens`, with the figures the fleet recorded, so nothing it encoded is encoded again.
+
+A completed row counts only where its tokens file is in the bucket (one HEAD per row): a row whose file is gone
+(deleted, never uploaded, a shard moved) is listed, not recorded, so its shard stays missing and gets encoded.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import dagster as dg
 
 from neucodec_assets.partitions import shards_partitions
 from neucodec_assets.tokens_metadata import STATUS_LEGACY, TOKENS_ASSET_KEY, ShardFigures, tokens_key
+from resources.bucket import Bucket, BucketError
 
 LEGACY_TABLE = "neucodec_shards"
 LEGACY_COLUMNS = (
@@ -58,13 +62,15 @@ class LegacyShard:
 
 @dataclass
 class LegacyImportReport:
-    """What an import did: rows read, partitions added, materializations recorded, rows skipped and why."""
+    """What an import did: rows read, partitions added, materializations recorded, rows skipped and why
+    (``missing``: completed rows whose tokens file is not in the bucket, as (prefix, output key, reason))."""
 
     rows: int = 0
     completed: int = 0
     partitions_added: list[str] = field(default_factory=list)
     recorded: list[str] = field(default_factory=list)
     already_materialized: list[str] = field(default_factory=list)
+    missing: list[tuple[str, str, str]] = field(default_factory=list)
 
 
 def redact_dsn(dsn: str) -> str:
@@ -112,12 +118,18 @@ def import_legacy(
     completed_status: str = DEFAULT_COMPLETED_STATUS,
     force: bool = False,
     log: Callable[[str], None] = lambda _msg: None,
+    bucket: Bucket | None = None,
 ) -> LegacyImportReport:
-    """Record every completed legacy row as a materialized partition of `neucodec_tokens`.
+    """Record every completed legacy row whose tokens file exists in ``bucket`` (default: ``NEUCODEC_BUCKET``) as a
+    materialized partition of `neucodec_tokens`; list the completed rows whose file is gone in ``missing``.
 
     Rows whose partition is already materialized (by an earlier import, adoption or a run) are left alone unless
     ``force``; re-running an import is therefore harmless.
     """
+    if bucket is None:
+        from resources.bucket import open_bucket
+
+        bucket = open_bucket()
     rows = read_legacy_shards(dsn, table)
     report = LegacyImportReport(rows=len(rows))
     completed = [r for r in rows if str(r.status).strip().lower() == completed_status.lower()]
@@ -133,6 +145,16 @@ def import_legacy(
         figures = row.figures()
         if figures.prefix in materialized:
             report.already_materialized.append(figures.prefix)
+            continue
+        key = figures.output_key
+        if key.startswith(f"{bucket.url.rstrip('/')}/"):  # a full URL of this bucket
+            key = key[len(bucket.url.rstrip("/")) + 1:]
+        try:
+            bucket.head(key)
+        except (FileNotFoundError, BucketError) as exc:
+            reason = "not in the bucket" if isinstance(exc, FileNotFoundError) else f"cannot be checked: {exc}"
+            report.missing.append((figures.prefix, figures.output_key, reason))
+            log(f"not recorded {figures.prefix}: {bucket.url}/{figures.output_key} {reason}")
             continue
         instance.report_runless_asset_event(
             dg.AssetMaterialization(

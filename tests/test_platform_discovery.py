@@ -228,7 +228,10 @@ LEGACY_ROWS = [
 ]
 
 
-def test_import_legacy_records_completed_rows(pg_instance, postgres_db, capsys):
+def test_import_legacy_records_completed_rows(pg_instance, postgres_db, capsys, tmp_path, monkeypatch):
+    bucket = LocalBucket(tmp_path / "bucket")
+    monkeypatch.setenv("NEUCODEC_BUCKET", bucket.url)
+    bucket.put_bytes(LEGACY_ROWS[0][9], b"the old fleet's tokens file")  # row 3's file is gone
     conn = psycopg2.connect(host=postgres_db["host"], port=postgres_db["port"], user=postgres_db["user"],
                             dbname=postgres_db["db"])
     with conn, conn.cursor() as cur:
@@ -243,8 +246,19 @@ def test_import_legacy_records_completed_rows(pg_instance, postgres_db, capsys):
     conn.close()
     dsn = postgres_db["url"]  # the SQLAlchemy form (postgresql+psycopg2://) is accepted as well
 
+    # A completed row counts only where its tokens file exists (one HEAD each); the others are listed.
     assert cli.main(["import-legacy", "--dsn", dsn]) == 0
-    assert "4 rows, 2 'completed'; added 2 partitions, recorded 2 materializations" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert ("4 rows, 2 'completed'; added 2 partitions, recorded 1 materializations, 0 already materialized, "
+            f"1 without their tokens file in {bucket.url}") in out
+    assert "not recorded emilia/en/shard_000003: emilia/en/shard_000003/neucodec_tokens.parquet not in the bucket" \
+        in out
+    assert pg_instance.get_materialized_partitions(TOKENS_ASSET_KEY) == {"indicvoices/hi/shard_000001"}
+    assert "emilia/en/shard_000003" in pg_instance.get_dynamic_partitions(shards_partitions.name)  # to encode
+
+    bucket.put_bytes("emilia/en/shard_000003/neucodec_tokens.parquet", b"found again")
+    assert cli.main(["import-legacy", "--dsn", dsn]) == 0
+    assert "recorded 1 materializations, 1 already materialized, 0 without" in capsys.readouterr().out
     assert pg_instance.get_materialized_partitions(TOKENS_ASSET_KEY) == {
         "indicvoices/hi/shard_000001", "emilia/en/shard_000003"}
     meta = latest_metadata(pg_instance, "indicvoices/hi/shard_000001")
