@@ -7,9 +7,11 @@ All of its state lives in run tags (`neucodec/gpu`, `neucodec/host`, `neucodec/p
 sees the occupancy of runs still going, the webserver can terminate a run the daemon launched, and the run
 monitoring daemon can tell a dead worker from a live one.
 
-Queueing stays with Dagster: give the GPU assets `pool="gpu"`, set `concurrency.pools.granularity: run` and the
-`gpu` pool limit to `len(gpus) * runs_per_gpu`. The launcher never fails a run for lack of a free GPU; if the pool
-limit is set too high it puts the run on the least-loaded GPU and says so in an engine event.
+Queueing stays with Dagster: the GPU assets declare `pool="gpu"`, `concurrency.pools.granularity: run`, and
+`gpu_executor.coordinator.GpuPoolRunCoordinator` keeps the `gpu` pool limit at `total_capacity`. Only runs in the
+`gpu` pool get a slot; other runs (SFT, checks) start with no GPU visible. The launcher never fails a run for lack
+of a free GPU; if the pool limit is set too high it puts the run on the least-loaded GPU and warns in the run's
+events.
 """
 
 from __future__ import annotations
@@ -49,6 +51,8 @@ HOST_TAG = "neucodec/host"
 PID_TAG = "neucodec/pid"
 PID_CREATE_TIME_TAG = "neucodec/pid_create_time"
 WORKER_LOG_TAG = "neucodec/worker_log"
+#: The slot tag of a run that holds no GPU (it is not in the `gpu` pool).
+NO_SLOT = "none"
 
 # Runs in these states hold their slot (while their worker process is alive).
 _ACTIVE = [dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]
@@ -56,6 +60,10 @@ _LOG_TAIL_BYTES = 4000
 _MAX_CHILDREN_KEPT = 512
 
 logger = logging.getLogger(__name__)
+
+
+class NoFreeSlotError(RuntimeError):
+    """Every GPU slot of this host is held by a launched run."""
 
 
 def _parse_env_vars(items: Sequence[str]) -> dict[str, str]:
@@ -84,6 +92,7 @@ class GpuRunLauncher(RunLauncher, ConfigurableClass):
       log_dir: where each worker's stdout/stderr goes (default $DAGSTER_HOME/run_worker_logs).
       host: the name this host goes by in run tags (default the host name).
       terminate_grace_seconds: how long terminate waits after SIGTERM before SIGKILL (default 20).
+      gpu_pool: the concurrency pool whose runs get a GPU (default `gpu`); other runs get none.
     """
 
     def __init__(
@@ -96,8 +105,10 @@ class GpuRunLauncher(RunLauncher, ConfigurableClass):
         log_dir: str | None = None,
         host: str | None = None,
         terminate_grace_seconds: float = 20.0,
+        gpu_pool: str = "gpu",
     ):
         self._inst_data = inst_data
+        self.gpu_pool = gpu_pool
         self._configured_gpus = None if gpus is None else parse_gpu_list(gpus)
         if runs_per_gpu < 1:
             raise ValueError(f"runs_per_gpu must be at least 1, got {runs_per_gpu}")
@@ -131,6 +142,7 @@ class GpuRunLauncher(RunLauncher, ConfigurableClass):
             "log_dir": dg.Field(dg.StringSource, is_required=False),
             "host": dg.Field(dg.StringSource, is_required=False),
             "terminate_grace_seconds": dg.Field(float, is_required=False, default_value=20.0),
+            "gpu_pool": dg.Field(dg.StringSource, is_required=False, default_value="gpu"),
         }
 
     @classmethod
@@ -166,15 +178,41 @@ class GpuRunLauncher(RunLauncher, ConfigurableClass):
         runs = self._instance.get_runs(filters=dg.RunsFilter(statuses=_ACTIVE, tags={HOST_TAG: self.host}))
         for run in runs:
             slot = run.tags.get(GPU_TAG)
-            if slot is not None and self._worker_alive(run) is not False:
+            if slot in counts and self._worker_alive(run) is not False:
                 counts[slot] += 1
         return counts
+
+    def needs_gpu(self, run: dg.DagsterRun) -> bool:
+        """A run needs a slot when it holds the `gpu` pool (the tokens asset declares ``pool="gpu"``)."""
+        pools = run.run_op_concurrency.all_pools if run.run_op_concurrency else None
+        return bool(pools) and self.gpu_pool in pools
 
     def _pick_slot(self) -> tuple[str, bool]:
         """The least-loaded slot (first one on ties) and whether it is over capacity."""
         counts = self.occupancy()
         slot = min(self.slots, key=lambda s: (counts[s], self.slots.index(s)))
         return slot, counts[slot] >= self.capacity_per_slot
+
+    def adopt_local_run(self, run: dg.DagsterRun) -> str:
+        """Give a run that executes in the calling process (`dagster asset materialize`) a slot that no launched
+        run holds, tagged as a launched run's is (this process as its worker), so that the queue's runs go
+        elsewhere. Sets CUDA_VISIBLE_DEVICES of this process; raises NoFreeSlotError when every slot is busy."""
+        with self._host_lock():
+            slot, over = self._pick_slot()
+            if over:
+                raise NoFreeSlotError(
+                    f"All {self.total_capacity} GPU slots of {self.host} ({', '.join(self.slots)}) are held by "
+                    "launched runs; this process would share a GPU with one of them."
+                )
+            pid = os.getpid()
+            self._instance.add_run_tags(run.run_id, {
+                GPU_TAG: slot, HOST_TAG: self.host, PID_TAG: str(pid),
+                PID_CREATE_TIME_TAG: repr(_create_time(pid) or 0.0),
+            })
+        os.environ["CUDA_VISIBLE_DEVICES"] = "" if slot.startswith("cpu") else slot
+        os.environ[GPU_SLOT_ENV] = slot
+        os.environ[WORKER_HOST_ENV] = self.host
+        return slot
 
     @contextmanager
     def _host_lock(self) -> Iterator[None]:
@@ -220,8 +258,11 @@ class GpuRunLauncher(RunLauncher, ConfigurableClass):
             command = [executable, "-m", "dagster", "api", "execute_run"]
 
         with self._host_lock():
-            slot, over = self._pick_slot()
-            gpu_env = "" if slot.startswith("cpu") else slot
+            if self.needs_gpu(run):
+                slot, over = self._pick_slot()
+            else:  # SFT, checks-only and other runs outside the `gpu` pool hold no GPU slot and see no GPU
+                slot, over = NO_SLOT, False
+            gpu_env = slot if slot in self.slots and not slot.startswith("cpu") else ""
             env = {
                 **os.environ,
                 **_parse_env_vars(self._env_vars),
@@ -252,9 +293,11 @@ class GpuRunLauncher(RunLauncher, ConfigurableClass):
 
         message = f"Started run worker pid {proc.pid} on {self.host} with {slot_label(slot)}."
         if over:
-            message += (
-                f" Every slot was busy ({self.capacity_per_slot} run(s) per slot, slots {self.slots}):"
-                f" this run shares {slot_label(slot)}. Set the `gpu` pool limit to {self.total_capacity}."
+            message = (
+                f"WARNING: every slot was busy ({self.capacity_per_slot} run(s) per slot, slots {self.slots}):"
+                f" this run shares {slot_label(slot)} with another. The `{self.gpu_pool}` pool limit is above this"
+                f" host's {self.total_capacity} slots (GpuPoolRunCoordinator with gpu_pool_limit: auto keeps it"
+                f" right). " + message
             )
             logger.warning(message)
         self._instance.report_engine_event(
@@ -374,6 +417,8 @@ class GpuRunLauncher(RunLauncher, ConfigurableClass):
 
 
 def slot_label(slot: str) -> str:
+    if slot == NO_SLOT:
+        return "no GPU (the run is outside the `gpu` pool)"
     return f"CPU slot {slot}" if slot.startswith("cpu") else f"GPU {slot}"
 
 

@@ -24,7 +24,6 @@ from dagster_k8s.launcher import K8sRunLauncher
 from kubernetes.client import ApiClient
 
 from gpu_executor.k8s import K8S_CONFIG_TAG, default_tolerations, gpu_run_tags, k8s_run_config
-from gpu_executor.launcher import GpuRunLauncher
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 IMAGE = "registry.example.com/neucodec-platform:0.1.0"
@@ -160,22 +159,6 @@ def _pg_env(monkeypatch: pytest.MonkeyPatch, db: dict[str, str]) -> None:
     monkeypatch.setenv("DAGSTER_PG_DB", db["db"])
 
 
-def test_single_host_instance_config_loads(postgres_db, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    _pg_env(monkeypatch, postgres_db)
-    home = tmp_path / "home"
-    home.mkdir()
-    shutil.copy(DEPLOY / "single-host" / "dagster.yaml", home / "dagster.yaml")
-    with dg.DagsterInstance.from_config(str(home)) as instance:
-        launcher = instance.run_launcher
-        assert isinstance(launcher, GpuRunLauncher) and launcher.runs_per_gpu == 1
-        assert launcher.supports_check_run_worker_health
-        assert instance.run_monitoring_enabled and instance.run_monitoring_max_resume_run_attempts == 0
-        assert instance.run_retries_enabled and instance.run_retries_max_retries == 2
-        pools = instance.get_concurrency_config().pool_config
-        assert pools.pool_granularity.value == "run" and pools.default_pool_limit == 8
-        assert list(instance.get_runs()) == []  # Postgres storage is live
-
-
 def test_k8s_instance_config_and_helm_values_agree(
     postgres_db, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
@@ -205,19 +188,22 @@ def test_k8s_instance_config_and_helm_values_agree(
     assert values["global"]["serviceAccountName"] == launcher["service_account_name"]
     assert values["postgresql"]["postgresqlScheme"] == config["storage"]["postgres"]["postgres_db"]["scheme"]
     daemon = values["dagsterDaemon"]
-    assert daemon["runCoordinator"]["type"] == config["run_coordinator"]["class"]
+    assert daemon["runCoordinator"]["type"] == "CustomRunCoordinator"
+    custom = daemon["runCoordinator"]["config"]["customRunCoordinator"]
+    assert {k: custom[k] for k in ("module", "class", "config")} == config["run_coordinator"]
     monitoring = config["run_monitoring"]
     assert daemon["runMonitoring"] == {
         "enabled": monitoring["enabled"],
         "startTimeoutSeconds": monitoring["start_timeout_seconds"],
+        "cancelTimeoutSeconds": monitoring["cancel_timeout_seconds"],
         "pollIntervalSeconds": monitoring["poll_interval_seconds"],
         "maxResumeRunAttempts": monitoring["max_resume_run_attempts"],
-        "freeSlotsAfterRunEndSeconds": monitoring["free_slots_after_run_end_seconds"],
     }
-    assert daemon["runRetries"] == {"enabled": True, "maxRetries": config["run_retries"]["max_retries"]}
-    assert values["concurrency"]["pools"] == {
-        "granularity": config["concurrency"]["pools"]["granularity"],
-        "defaultLimit": config["concurrency"]["pools"]["default_limit"],
-    }
+    retries = config["run_retries"]
+    assert daemon["runRetries"] == {"enabled": True, "maxRetries": retries["max_retries"],
+                                    "retryOnAssetOrOpFailure": retries["retry_on_asset_or_op_failure"]}
+    assert values["concurrency"]["pools"] == {"granularity": config["concurrency"]["pools"]["granularity"]}
+    assert values["concurrency"]["runs"] == {
+        "maxConcurrentRuns": config["concurrency"]["runs"]["max_concurrent_runs"]}
     deployment = values["dagster-user-deployments"]["deployments"][0]
     assert deployment["dagsterApiGrpcArgs"] == ["-m", "neucodec_assets.definitions"]

@@ -44,25 +44,6 @@ def test_definitions_validate_with_only_env(pg_dagster_home, tmp_path):
     assert "Validation successful for code location neucodec_assets" in proc.stdout + proc.stderr
 
 
-def test_production_instance_config(pg_instance):
-    """The repository's dagster.yaml: Postgres storage, queued runs, the gpu pool per run, run monitoring that
-    frees the slots of dead runs, run retries for crashed workers, and the GPU run launcher."""
-    from dagster._core.run_coordinator import QueuedRunCoordinator
-    from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage
-
-    from gpu_executor.launcher import GpuRunLauncher
-
-    assert isinstance(pg_instance.run_storage, PostgresRunStorage)
-    assert isinstance(pg_instance.event_log_storage, PostgresEventLogStorage)
-    assert isinstance(pg_instance.run_coordinator, QueuedRunCoordinator)
-    assert isinstance(pg_instance.run_launcher, GpuRunLauncher)
-    assert pg_instance.get_concurrency_config().pool_config.pool_granularity.value == "run"
-    monitoring = pg_instance.run_monitoring_settings
-    assert monitoring["enabled"] and monitoring["free_slots_after_run_end_seconds"] > 0
-    assert pg_instance.run_retries_enabled and pg_instance.run_retries_max_retries >= 1
-    assert not pg_instance.run_retries_retry_on_asset_or_op_failure
-
-
 def _lines(proc: subprocess.Popen) -> queue.Queue:
     out: queue.Queue = queue.Queue()
 
