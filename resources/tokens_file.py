@@ -11,9 +11,9 @@ from __future__ import annotations
 import base64
 import io
 import json
+import lzma
 import math
 import os
-import zlib
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, is_dataclass
@@ -78,19 +78,19 @@ class AudioTarRecord:
     member_ids: Mapping[str, int]
 
     def to_json(self) -> str:
-        """ETag and size in plain JSON; the ids sorted, newline-joined, zlib'd and base64'd (they would otherwise
-        be a large part of a big shard's footer), with the counts of the ids that occur more than once."""
+        """ETag and size in plain JSON; the ids sorted, newline-joined, xz-compressed and base64'd (they would
+        otherwise be a large part of a big shard's footer), with the counts of the ids that occur more than once."""
         ids = "\n".join(sorted(self.member_ids)).encode()
         return json.dumps({
             "etag": self.etag, "size": int(self.size), "audio_members": int(sum(self.member_ids.values())),
-            "ids": base64.b64encode(zlib.compress(ids, 9)).decode("ascii"), "ids_encoding": "zlib+base64 lines",
+            "ids": base64.b64encode(lzma.compress(ids, preset=9)).decode("ascii"), "ids_encoding": "xz+base64 lines",
             "repeated": {k: int(n) for k, n in sorted(self.member_ids.items()) if n != 1},
         }, ensure_ascii=False)
 
     @classmethod
     def from_json(cls, value: str) -> "AudioTarRecord":
         d = json.loads(value)
-        text = zlib.decompress(base64.b64decode(d["ids"])).decode() if d["ids"] else ""
+        text = lzma.decompress(base64.b64decode(d["ids"])).decode() if d["ids"] else ""
         ids: Counter = Counter({sid: 1 for sid in text.split("\n")} if text else {})
         ids.update({k: int(n) - 1 for k, n in d.get("repeated", {}).items()})
         if sum(ids.values()) != int(d["audio_members"]):
@@ -205,7 +205,7 @@ def _decode_metadata(raw: Mapping[bytes, bytes] | None) -> dict[str, Any]:
         elif key == AUDIO_TAR_KEY:
             try:
                 out["audio_tar"] = AudioTarRecord.from_json(value)
-            except (ValueError, KeyError, TypeError, zlib.error) as exc:  # unusable: re-runs read the tar instead
+            except (ValueError, KeyError, TypeError, lzma.LZMAError) as exc:  # unusable: re-runs read the tar instead
                 out["audio_tar"] = None
                 out["audio_tar_problem"] = f"{type(exc).__name__}: {exc}"
         else:

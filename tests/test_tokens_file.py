@@ -3,6 +3,7 @@ key-value metadata, never visible half-written, and a validator that also accept
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,9 @@ import pytest
 from resources.bucket import open_bucket
 from resources.shard_reader import SegmentFailure
 from resources.tokens_file import (
+    AUDIO_TAR_KEY,
     TOKENS_FILENAME,
+    AudioTarRecord,
     TokensFileError,
     TokensFileWriter,
     read_tokens_file,
@@ -71,6 +74,34 @@ def test_contract_round_trip(tmp_path: Path) -> None:
     assert report.ok, report.problems
     assert report.rows == 5 and report.total_tokens == sum(len(c) for c in rows.values())
     assert report.provenance == PROVENANCE and len(report.failures) == 2
+
+
+def test_audio_tar_record_round_trip(tmp_path: Path) -> None:
+    """The tar identity a re-run compares with a HEAD, and the member ids (with repeats) completeness needs."""
+    ids = {f"SPK_{i:04d}_0.00-{i + 1}.50": 1 for i in range(3000)}
+    ids.update({"dup": 2, "trip/le": 3})
+    record = AudioTarRecord(etag='"9b2cf535f27731c974343645a3985328"', size=123_456_789, member_ids=ids)
+    w = TokensFileWriter(tmp_path / "t.parquet", PROVENANCE)
+    w.add("SPK_0000_0.00-1.50", codes(75, 0))
+    path = w.close([("dup", "duplicate: 2 members share this segment id")], audio_tar=record)
+
+    meta = read_tokens_metadata(path)
+    assert meta["audio_tar"] == record and dict(meta["audio_tar"].member_ids) == ids
+    assert validate_tokens_file(path).audio_tar == record
+    assert pq.read_schema(path).names == ["segment_id", "neucodec_tokens", "token_count"]  # the contract holds
+    raw = pq.read_metadata(path).metadata[AUDIO_TAR_KEY.encode()]
+    assert len(raw) < 10_000  # 3,002 ids compressed, not ~100 kB of JSON in every footer
+    assert record.matches('"9b2cf535f27731c974343645a3985328"', 123_456_789)
+    assert not record.matches('"9b2cf535f27731c974343645a3985328"', 123_456_788)
+    assert not record.matches('"0b2cf535f27731c974343645a3985328"', 123_456_789)
+
+    # A record that cannot be read makes the file fall back to reading the tar; the file itself stays valid.
+    broken = TokensFileWriter(tmp_path / "b.parquet", PROVENANCE)
+    broken.add("a", codes(3, 1))
+    path = broken.close(extra_metadata={AUDIO_TAR_KEY: json.dumps({"etag": "x", "size": 1, "ids": "!!"})})
+    report = validate_tokens_file(path)
+    assert report.ok and report.audio_tar is None
+    assert "audio_tar_problem" in read_tokens_metadata(path)
 
 
 def test_codes_are_checked(tmp_path: Path) -> None:
