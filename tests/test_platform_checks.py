@@ -10,10 +10,11 @@ import numpy as np
 import polars as pl
 import pytest
 
-from neucodec_assets.checks import complete_evaluation, completeness_of, tar_audio_ids, valid_evaluation
+from neucodec_assets.checks import complete_evaluation, completeness_of, recorded_audio_ids, shard_audio_ids, \
+    tar_audio_ids, valid_evaluation
 from resources.bucket import AUDIO_TAR, LocalBucket, open_bucket
 from resources.shard_reader import ShardError
-from resources.tokens_file import TokensFileWriter, validate_tokens_file
+from resources.tokens_file import AudioTarRecord, TokensFileWriter, validate_tokens_file
 
 PREFIX = "ds/xx/shard_000001"
 MEMBERS = ["a.flac", "b.flac", "spk1/dup.flac", "spk2/dup.flac", "c.m4a", "README.txt", "._a.flac"]
@@ -32,11 +33,12 @@ def _tar() -> bytes:
     return buf.getvalue()
 
 
-def _tokens(tmp_path, rows: dict[str, int], failures: list[tuple[str, str]]) -> bytes:
+def _tokens(tmp_path, rows: dict[str, int], failures: list[tuple[str, str]],
+            audio_tar: AudioTarRecord | None = None) -> bytes:
     writer = TokensFileWriter(tmp_path / "t.parquet", {"model": "test"})
     for sid, n in rows.items():
         writer.add(sid, np.arange(n, dtype=np.uint16))
-    return writer.close(failures).read_bytes()
+    return writer.close(failures, audio_tar=audio_tar).read_bytes()
 
 
 @pytest.mark.parametrize("backend", ["local", "s3"])
@@ -63,6 +65,35 @@ def test_completeness(backend, tmp_path, request):
     assert not evaluation.passed
     assert "rows for segments not in audio.tar: zzz" in evaluation.description
     assert "duplicate segment ids have a row: dup" in evaluation.description
+
+
+@pytest.mark.parametrize("backend", ["local", "s3"])
+def test_completeness_from_the_recorded_tar(backend, tmp_path, request):
+    """Member ids kept with the tokens file stand in for the tar while its ETag and size hold, duplicates included;
+    once the tar changes, the tar itself is listed again."""
+    if backend == "local":
+        bucket = LocalBucket(tmp_path / "bucket")
+    else:
+        bucket = open_bucket(f"s3://{request.getfixturevalue('s3_env')['bucket']}")
+    bucket.put_bytes(f"{PREFIX}/{AUDIO_TAR}", _tar())
+    head = bucket.head(f"{PREFIX}/{AUDIO_TAR}")
+    record = AudioTarRecord(head.etag, head.size, tar_audio_ids(bucket, PREFIX))
+    failures = [("dup", "duplicate: 2 members share this segment id"), ("c", "unsupported_format: .m4a")]
+    report = validate_tokens_file(_tokens(tmp_path, {"a": 3, "b": 5}, failures, audio_tar=record))
+    assert report.audio_tar == record
+    assert recorded_audio_ids(bucket, PREFIX, report.audio_tar) == {"a": 1, "b": 1, "dup": 2, "c": 1}
+    assert complete_evaluation(PREFIX, completeness_of(shard_audio_ids(bucket, PREFIX, report), report)).passed
+
+    buf = io.BytesIO()  # the shard's audio changes: one more member, which the tokens file knows nothing of
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name in MEMBERS + ["new.flac"]:
+            info = tarfile.TarInfo(name)
+            info.size = 4
+            tar.addfile(info, io.BytesIO(b"data"))
+    bucket.put_bytes(f"{PREFIX}/{AUDIO_TAR}", buf.getvalue())
+    assert recorded_audio_ids(bucket, PREFIX, report.audio_tar) is None
+    evaluation = complete_evaluation(PREFIX, completeness_of(shard_audio_ids(bucket, PREFIX, report), report))
+    assert not evaluation.passed and "neither encoded nor reported: new" in evaluation.description
 
 
 def test_validity_and_an_unreadable_tar(tmp_path):
