@@ -30,8 +30,8 @@ DEFAULT_LOCAL_BUCKET = Path(".data") / "bucket"
 
 __all__ = [
     "AUDIO_TAR", "METADATA_PARQUET", "TOKENS_PARQUET", "BUCKET_ENV", "DEFAULT_LOCAL_BUCKET", "Bucket",
-    "BucketError", "LocalBucket", "ObjectHead", "RetryPolicy", "S3Bucket", "ShardInfo", "ShardLayout", "ShardPage", "bucket_url",
-    "open_bucket",
+    "BucketError", "LocalBucket", "ObjectHead", "RetryPolicy", "S3Bucket", "ShardInfo", "ShardLayout", "ShardPage",
+    "bucket_url", "open_bucket",
 ]
 
 
