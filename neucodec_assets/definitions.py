@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dagster as dg
 
+from neucodec_assets.automation import automation_sensor
 from neucodec_assets.jobs import neucodec_tokens_job
 from neucodec_assets.sensors import shard_discovery_sensor
 from neucodec_assets.sft import SftResource, sft_assets
@@ -18,7 +19,7 @@ from resources.dagster_resources import BucketResource, EncoderResource
 defs = dg.Definitions(
     assets=[neucodec_tokens, *sft_assets],
     jobs=[neucodec_tokens_job],
-    sensors=[shard_discovery_sensor],
+    sensors=[shard_discovery_sensor, automation_sensor()],
     resources={"bucket": BucketResource(), "encoder": EncoderResource(), "sft": SftResource()},
     executor=dg.in_process_executor,
 )

@@ -10,39 +10,57 @@ the others of the run are still recorded, then the run fails naming it.
 # No `from __future__ import annotations`: Dagster reads the config and resource types from the runtime
 # annotations of the decorated function.
 
+import logging
 import os
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 
 import dagster as dg
 from pydantic import Field
 
+from neucodec_assets.automation import tokens_condition
 from neucodec_assets.checks import TOKENS_CHECK_SPECS, complete_evaluation, completeness_of, tar_audio_ids, \
     valid_evaluation
+from neucodec_assets.hang_watchdog import DEFAULT_HANG_SECONDS, HangWatchdog
 from neucodec_assets.partitions import shards_partitions
-from neucodec_assets.prefetch import ShardPrefetcher
-from neucodec_assets.shard_encoding import ShardResult, encode_shard, existing_result, existing_tokens, \
-    validate_existing
+from neucodec_assets.shard_encoding import validate_existing
 from neucodec_assets.tokens_metadata import TOKENS_ASSET_KEY, tokens_key
+from neucodec_assets.tokens_run import FAILED, ShardOutcome, TokensRun
 from resources.bucket import Bucket, BucketError
 from resources.dagster_resources import BucketResource, EncoderResource
 from resources.env_settings import env_number
-from resources.shard_reader import SPOOL_ENV, ShardError, read_shard
-from resources.tokens_file import TokensFileError, TokensFileReport
+from resources.shard_reader import SPOOL_ENV, ShardError, default_decode_workers
+from resources.tokens_file import TokensFileReport
 
 SHARDS_PER_RUN_ENV = "NEUCODEC_SHARDS_PER_RUN"
 DEFAULT_SHARDS_PER_RUN = 8
 DECODE_WORKERS_ENV = "NEUCODEC_DECODE_WORKERS"
+HANG_ENV = "NEUCODEC_HANG_SECONDS"
+MAX_SHARD_SECONDS_ENV = "NEUCODEC_MAX_SECONDS_PER_SHARD"
+DEFAULT_MAX_SECONDS_PER_SHARD = 7200.0
+MAX_RUNTIME_BASE_SECONDS = 900.0  # worker start and model load (a first download of the weights included)
+MAX_RUNTIME_TAG = "dagster/max_runtime"
+HUNG_EXIT_CODE = 75
 GPU_POOL = "gpu"
-
-# Errors that concern one shard only: the run goes on with its other shards.
-SHARD_ERRORS = (ShardError, TokensFileError, BucketError, FileNotFoundError)
 
 
 def shards_per_run() -> int:
     """How many shards a backfill puts into one run (one model load per run)."""
     return env_number(SHARDS_PER_RUN_ENV, int, default=DEFAULT_SHARDS_PER_RUN, minimum=1)
+
+
+def decode_workers() -> int:
+    """Decode threads per shard: NEUCODEC_DECODE_WORKERS, else scaled to the cores of the box."""
+    return env_number(DECODE_WORKERS_ENV, int, default=default_decode_workers(), minimum=1)
+
+
+def hang_seconds() -> float:
+    """How long a run may go without an encoded segment or a downloaded byte before it is failed as hung."""
+    return env_number(HANG_ENV, float, default=DEFAULT_HANG_SECONDS, minimum=1)
+
+
+def max_seconds_per_shard() -> float:
+    """Wall-time budget per shard behind a run's `dagster/max_runtime`."""
+    return env_number(MAX_SHARD_SECONDS_ENV, float, default=DEFAULT_MAX_SECONDS_PER_SHARD, minimum=1)
 
 
 class TokensConfig(dg.Config):
@@ -89,6 +107,59 @@ def _check_only_evaluations(store: Bucket, key: str) -> list[dg.AssetCheckEvalua
     return evaluations
 
 
+def _outcome_events(outcomes: list[ShardOutcome]) -> Iterator[dg.AssetMaterialization]:
+    """One materialization per shard that has a current tokens file (encoded or existing), in one shape."""
+    for outcome in outcomes:
+        if outcome.result is not None:
+            figures = outcome.result.figures
+            yield dg.AssetMaterialization(
+                asset_key=TOKENS_ASSET_KEY, partition=figures.prefix, metadata=figures.to_metadata(),
+            )
+
+
+def _place_in_process_run(context: dg.AssetExecutionContext) -> None:
+    """`dagster asset materialize` runs in the caller's process, outside the queue and the launcher: on a GPU host
+    it takes a GPU that no launched run holds (and says which), or refuses, naming the way to queue the shard."""
+    from gpu_executor.gpus import GPU_SLOT_ENV
+    from gpu_executor.launcher import GpuRunLauncher, NoFreeSlotError, slot_label
+
+    launcher = context.instance.run_launcher
+    if os.environ.get(GPU_SLOT_ENV) or not isinstance(launcher, GpuRunLauncher) or not launcher.has_gpus:
+        return
+    try:
+        slot = launcher.adopt_local_run(context.run)
+    except NoFreeSlotError as exc:
+        keys = " ".join(context.partition_keys)
+        raise dg.Failure(f"{exc} Queue the shard instead: neucodec-platform enqueue {keys}") from exc
+    context.log.info(f"this run executes in the calling process; it takes {slot_label(slot)}, which no launched "
+                     "run holds")
+
+
+def _fail_hung_run(context: dg.AssetExecutionContext, message: str) -> None:
+    """The watchdog's verdict: fail the run (run retries start it again) and end this process, whose stuck
+    thread cannot be interrupted."""
+    from dagster._core.events import JobFailureData, RunFailureReason
+
+    text = f"Run {context.run_id} is hung: {message}. The run is failed so that run retries start it afresh."
+    context.log.error(text)
+    context.instance.report_run_failed(
+        context.run, text,
+        job_failure_data=JobFailureData(error=None, failure_reason=RunFailureReason.UNEXPECTED_TERMINATION,
+                                        first_step_failure_event=None),
+    )
+    logging.shutdown()
+    os._exit(HUNG_EXIT_CODE)
+
+
+def _set_max_runtime(context: dg.AssetExecutionContext, shards: int) -> None:
+    """`dagster/max_runtime` from the shards this run holds, unless the run already has one: run monitoring then
+    fails a run that outlives its budget however it got stuck."""
+    if MAX_RUNTIME_TAG in context.run.tags:
+        return
+    budget = int(MAX_RUNTIME_BASE_SECONDS + shards * max_seconds_per_shard())
+    context.instance.add_run_tags(context.run_id, {MAX_RUNTIME_TAG: str(budget)})
+
+
 @dg.multi_asset(
     name="neucodec_tokens",
     specs=[
@@ -100,6 +171,9 @@ def _check_only_evaluations(store: Bucket, key: str) -> list[dg.AssetCheckEvalua
             kinds={"parquet", "pytorch"},
             description="neucodec tokens of one shard: `<shard>/neucodec_tokens.parquet` in the bucket "
             "(segment_id, neucodec_tokens = little-endian uint16 bytes, token_count).",
+            # New shards (partitions added by the discovery sensor) are requested once; failed ones are not
+            # retried in a loop (backfill the failed partitions for that).
+            automation_condition=tokens_condition(),
         )
     ],
     check_specs=TOKENS_CHECK_SPECS,
@@ -123,82 +197,31 @@ def neucodec_tokens(
             yield from selected(_check_only_evaluations(store, key))
         return
 
+    _set_max_runtime(context, len(keys))
+    _place_in_process_run(context)
     loaded = encoder.load()
     context.log.info(
         f"{len(keys)} shards in this run; model {loaded.model_label} on {loaded.device} "
         f"(loaded in {loaded.load_seconds:.1f} s); bucket {store.url}"
     )
-    gpu = gpu_label()
-    results: list[ShardResult] = []
-    failed: list[tuple[str, str]] = []
-    to_encode: list[str] = []
-    crash: Exception | None = None
-    try:
-        for key in keys:
-            if config.force:
-                to_encode.append(key)
-                continue
-            try:
-                report = existing_tokens(store, key, loaded.provenance, context.log.info)
-                if report is None:
-                    to_encode.append(key)
-                    continue
-                results.append(existing_result(store, key, report))
-            except SHARD_ERRORS as exc:
-                failed.append((key, f"{type(exc).__name__}: {exc}"))
-                context.log.error(f"shard {key} failed: {exc}")
-                continue
-            context.log.info(f"{key}: a valid tokens file made the same way exists; not encoded again")
+    with HangWatchdog(hang_seconds(), lambda message: _fail_hung_run(context, message)) as watchdog:
+        outcome = TokensRun(
+            store, loaded, log=context.log.info, force=config.force, gpu=gpu_label(),
+            extra_provenance={"dagster_run_id": context.run_id}, decode_workers=decode_workers(),
+            spool_dir=os.environ.get(SPOOL_ENV) or None, watchdog=watchdog,
+        ).run(keys)
 
-        spool = os.environ.get(SPOOL_ENV) or None
-        with tempfile.TemporaryDirectory(prefix="neucodec-tokens-", dir=spool) as work, \
-                ShardPrefetcher(store, to_encode, Path(work) / "prefetch") as prefetcher:
-            for fetched in prefetcher:
-                if fetched.error is not None:
-                    failed.append((fetched.prefix, str(fetched.error)))
-                    context.log.error(f"shard {fetched.prefix} failed: {fetched.error}")
-                    continue
-                try:
-                    with read_shard(fetched.source, fetched.prefix,
-                                    workers=env_number(DECODE_WORKERS_ENV, int, default=2, minimum=1)) as reader:
-                        result = encode_shard(
-                            reader, store, loaded, Path(work), context.log.info, gpu=gpu,
-                            extra_provenance={"dagster_run_id": context.run_id},
-                        )
-                except SHARD_ERRORS as exc:
-                    failed.append((fetched.prefix, f"{type(exc).__name__}: {exc}"))
-                    context.log.error(f"shard {fetched.prefix} failed: {exc}")
-                    continue
-                if fetched.fetch_seconds:
-                    result.figures.extra = {**result.figures.extra,
-                                            "download_seconds": round(fetched.fetch_seconds, 3)}
-                results.append(result)
-                f = result.figures
-                context.log.info(
-                    f"{f.prefix}: {f.segment_count} segments, {len(f.failed or [])} failed, "
-                    f"{f.total_audio_seconds / 3600:.4f} h, {f.total_tokens} tokens, "
-                    f"{f.real_time_factor or 0:.2f}x real time -> {f.output_key}"
-                )
-    except Exception as exc:  # noqa: BLE001 - record the shards already done, then fail the run with it
-        crash = exc
-
-    if not failed and crash is None:
-        for result in results:
-            context.add_asset_metadata(result.figures.to_metadata(), partition_key=result.figures.prefix)
-        yield dg.MaterializeResult(asset_key=TOKENS_ASSET_KEY)
-    else:
-        for result in results:
-            yield dg.AssetMaterialization(
-                asset_key=TOKENS_ASSET_KEY, partition=result.figures.prefix, metadata=result.figures.to_metadata(),
-            )
-    for result in results:
-        yield from selected(result.checks)
-    if crash is not None:
-        raise crash
+    yield from _outcome_events(outcome.outcomes)
+    for shard in outcome.outcomes:
+        if shard.result is not None:
+            yield from selected(shard.result.checks)
+    if outcome.crash is not None:
+        raise outcome.crash
+    failed = [(o.prefix, o.error or "") for o in outcome.with_status(FAILED)]
     if failed:
         raise dg.Failure(
             description=f"{len(failed)} of {len(keys)} shards failed: "
             + "; ".join(f"{k}: {e}" for k, e in failed[:5]),
             metadata={"failed_shards": _failed_shards_table(failed),
-                      "recorded_shards": dg.MetadataValue.int(len(results))},
+                      "recorded_shards": dg.MetadataValue.int(len(outcome.outcomes) - len(failed))},
         )

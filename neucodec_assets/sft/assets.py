@@ -1,14 +1,18 @@
-"""Dagster assets of the SFT dataset: `sft_pairs` (one partition per shard) and `sft_dataset` (all shards).
+"""Dagster assets of the SFT dataset: `sft_pairs` (one partition per shard, many shards per run) and
+`sft_dataset` (all shards).
 
 Both write their files themselves through the bucket resource (partition keys contain '/', which path-based
-IO managers would turn into folders) and return a MaterializeResult with the numbers a training team needs.
+IO managers would turn into folders) and record the numbers a training team needs: one materialization per shard
+for the pairs, a MaterializeResult for the dataset. neucodec_assets/automation.py says when they run by themselves.
 """
 
 import functools
+from collections.abc import Iterator
 
 import dagster as dg
 import polars as pl
 
+from neucodec_assets.automation import dataset_condition, pairs_condition
 from neucodec_assets.partitions import shards_partitions
 from neucodec_assets.sft.charts import markdown_image
 from neucodec_assets.sft.dataset_build import DURATION_CHART, HOURS_CHART, DatasetSettings, build_dataset
@@ -20,6 +24,7 @@ from neucodec_assets.tokens_metadata import TOKENS_ASSET_KEY
 from resources.dagster_resources import BucketResource
 
 GROUP = "sft"
+PAIRS_PER_RUN = 64
 PREVIEW_ROWS = 5
 
 
@@ -38,29 +43,15 @@ def _md_table(frame: pl.DataFrame) -> str:
     return header + "\n".join(lines)
 
 
-@dg.asset(
-    partitions_def=shards_partitions,
-    deps=[TOKENS_ASSET_KEY],
-    group_name=GROUP,
-    kinds={"parquet", "polars"},
-    description="Tokens paired with transcripts for one shard: `{prefix}/{shard}.parquet` (DESIGN.md, SFT records), "
-    "with input_ids for the target model when a tokenizer is configured. Dropped segments are counted by reason.",
-)
-def sft_pairs(context: dg.AssetExecutionContext, bucket: BucketResource, sft: SftResource) -> dg.MaterializeResult:
-    shard = context.partition_key
-    store = bucket.open()
+def _pair_shard(store, shard: str, sft: SftResource, log) -> dict[str, object]:
+    """Write one shard's SFT records; the materialization metadata of its partition."""
     source = sft.tokenizer_source()
     builder = training_ids_builder(source, sft.unknown_speaker) if source else None
-    try:
-        outcome = write_shard_records(store, shard, sft.layout(), sft.pairing_config(), builder, source)
-    except (FileNotFoundError, ValueError) as exc:
-        raise dg.Failure(description=f"sft_pairs for shard {shard!r}: {exc}") from exc
+    outcome = write_shard_records(store, shard, sft.layout(), sft.pairing_config(), builder, source)
     result = outcome.pairing
     where = f"-> {store.url}/{outcome.records_key}" if outcome.records_key else "(no records file: all dropped)"
-    context.log.info(
-        f"{shard}: {result.kept} records of {result.token_rows} token rows and {result.metadata_rows} metadata rows "
-        + where
-    )
+    log(f"{shard}: {result.kept} records of {result.token_rows} token rows and {result.metadata_rows} metadata rows "
+        + where)
     drops = pl.DataFrame(
         {
             "reason": list(DROP_REASONS),
@@ -95,12 +86,40 @@ def sft_pairs(context: dg.AssetExecutionContext, bucket: BucketResource, sft: Sf
         metadata["records_url"] = dg.MetadataValue.url(f"{store.url}/{outcome.records_key}")
     if outcome.training_tokens is not None:
         metadata["training_tokens"] = outcome.training_tokens
-    return dg.MaterializeResult(metadata=metadata)
+    return metadata
+
+
+@dg.asset(
+    partitions_def=shards_partitions,
+    deps=[TOKENS_ASSET_KEY],
+    group_name=GROUP,
+    kinds={"parquet", "polars"},
+    description="Tokens paired with transcripts for one shard: `{prefix}/{shard}.parquet` (DESIGN.md, SFT records), "
+    "with input_ids for the target model when a tokenizer is configured. Dropped segments are counted by reason.",
+    # Many shards per run (one process and one tokenizer load for all of them), as for the tokens.
+    backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=PAIRS_PER_RUN),
+    automation_condition=pairs_condition(),
+    output_required=False,
+)
+def sft_pairs(context: dg.AssetExecutionContext, bucket: BucketResource, sft: SftResource) -> Iterator:
+    store = bucket.open()
+    failed: list[str] = []
+    for shard in context.partition_keys:
+        try:
+            metadata = _pair_shard(store, shard, sft, context.log.info)
+        except (FileNotFoundError, ValueError) as exc:
+            failed.append(f"{shard}: {exc}")
+            context.log.error(f"sft_pairs for shard {shard!r} failed: {exc}")
+            continue
+        yield dg.AssetMaterialization(asset_key=context.asset_key, partition=shard, metadata=metadata)
+    if failed:
+        raise dg.Failure(description=f"sft_pairs failed for {len(failed)} shards: " + "; ".join(failed[:5]))
 
 
 @dg.asset(
     deps=[sft_pairs],
     group_name=GROUP,
+    automation_condition=dataset_condition(),
     kinds={"parquet", "huggingface"},
     description="The SFT dataset over every paired shard: manifest, deterministic train/validation split, totals "
     "per language and dataset, charts, a dataset card (README.md) beside the data, and optional packed blocks.",

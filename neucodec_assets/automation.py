@@ -1,0 +1,65 @@
+"""New audio becomes tokens and SFT records without anyone acting: Dagster's declarative automation.
+
+The discovery sensor adds shards as partitions; the automation sensor below then requests, as backfills (so the
+backfill policies group shards into runs, one model load per run):
+- `neucodec_tokens` for partitions that became missing (new shards) — once: a failed shard is not retried in a
+  loop;
+- `sft_pairs` for shards whose tokens were (re)materialized;
+- `sft_dataset` at most once per ``NEUCODEC_SFT_DATASET_CRON`` period (default hourly), when pairs changed.
+
+``NEUCODEC_AUTOMATION=off`` starts the sensor stopped, for teams that backfill by hand; the sensor's toggle in the UI
+does the same at run time. Each requested run carries the automation evaluation that asked for it (UI: Automation).
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from resources.env_settings import env_number, env_str
+
+AUTOMATION_ENV = "NEUCODEC_AUTOMATION"
+AUTOMATION_INTERVAL_ENV = "NEUCODEC_AUTOMATION_INTERVAL_SECONDS"
+DATASET_CRON_ENV = "NEUCODEC_SFT_DATASET_CRON"
+DEFAULT_DATASET_CRON = "0 * * * *"
+SENSOR_NAME = "neucodec_automation"
+_ON, _OFF = ("on", "true", "1", "yes"), ("off", "false", "0", "no")
+
+
+def automation_enabled() -> bool:
+    raw = (env_str(AUTOMATION_ENV) or "on").lower()
+    if raw not in _ON + _OFF:
+        raise ValueError(f"{AUTOMATION_ENV}={raw!r}: use on or off")
+    return raw in _ON
+
+
+def tokens_condition() -> dg.AutomationCondition:
+    """Encode shards whose partition was added (they are missing) once."""
+    return dg.AutomationCondition.on_missing()
+
+
+def pairs_condition() -> dg.AutomationCondition:
+    """Pair a shard again whenever its tokens were materialized."""
+    return dg.AutomationCondition.eager()
+
+
+def dataset_condition(cron: str | None = None) -> dg.AutomationCondition:
+    """Rebuild the dataset once per cron period, as soon as any shard's pairs changed since the last build."""
+    cron = cron or env_str(DATASET_CRON_ENV) or DEFAULT_DATASET_CRON
+    return (
+        dg.AutomationCondition.cron_tick_passed(cron).since_last_handled()
+        & dg.AutomationCondition.any_deps_updated().since_last_handled()
+        & ~dg.AutomationCondition.in_progress()
+    ).with_label(f"pairs changed, at most once per {cron}")
+
+
+def automation_sensor() -> dg.AutomationConditionSensorDefinition:
+    interval = env_number(AUTOMATION_INTERVAL_ENV, int, default=30, minimum=5)
+    return dg.AutomationConditionSensorDefinition(
+        SENSOR_NAME,
+        target=dg.AssetSelection.all(),
+        default_status=dg.DefaultSensorStatus.RUNNING if automation_enabled() else dg.DefaultSensorStatus.STOPPED,
+        minimum_interval_seconds=interval,
+        emit_backfills=True,
+        description="Requests neucodec_tokens for new shards, sft_pairs after tokens, and sft_dataset when pairs "
+        f"changed (at most once per {DATASET_CRON_ENV}). Off: {AUTOMATION_ENV}=off, or stop it here.",
+    )

@@ -1,0 +1,138 @@
+"""The shard loop of one `neucodec_tokens` run, as a plain class: testable without Dagster, one outcome per shard.
+
+A run holds several shards (the backfill policy groups them) and one loaded model. Shards whose tokens file is
+current are reported as existing without downloading their audio; the others are downloaded one ahead of the
+encoder (ShardPrefetcher) and encoded. A shard that cannot be read fails alone; an unexpected error stops the loop
+and is handed back with the outcomes so far, so that the shards already done are still recorded.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from neucodec_assets.hang_watchdog import HangWatchdog
+from neucodec_assets.prefetch import ShardPrefetcher
+from neucodec_assets.shard_encoding import ShardResult, encode_shard, existing_result, existing_tokens
+from resources.bucket import Bucket, BucketError
+from resources.dagster_resources import LoadedEncoder
+from resources.shard_reader import ShardError, read_shard
+from resources.tokens_file import TokensFileError
+
+ENCODED = "encoded"
+EXISTING = "existing"
+FAILED = "failed"
+
+# Errors that concern one shard only: the run goes on with its other shards.
+SHARD_ERRORS = (ShardError, TokensFileError, BucketError, FileNotFoundError)
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class ShardOutcome:
+    """What became of one shard: encoded or existing (with its figures and checks), or failed with the error."""
+
+    prefix: str
+    status: str
+    result: ShardResult | None = None
+    error: str | None = None
+
+
+@dataclass
+class RunOutcome:
+    """Outcomes in the order the shards were given; ``crash`` is an unexpected error that stopped the loop."""
+
+    outcomes: list[ShardOutcome] = field(default_factory=list)
+    crash: BaseException | None = None
+
+    def with_status(self, status: str) -> list[ShardOutcome]:
+        return [o for o in self.outcomes if o.status == status]
+
+
+class TokensRun:
+    """Encode (or recognise as done) the tokens files of several shards with one loaded encoder."""
+
+    def __init__(
+        self, store: Bucket, loaded: LoadedEncoder, *, log: Log, force: bool = False, gpu: str | None = None,
+        extra_provenance: Mapping[str, str] | None = None, decode_workers: int = 2, spool_dir: str | None = None,
+        watchdog: HangWatchdog | None = None,
+    ):
+        self.store, self.loaded, self.log = store, loaded, log
+        self.force, self.gpu = force, gpu
+        self.extra_provenance = dict(extra_provenance or {})
+        self.decode_workers, self.spool_dir = decode_workers, spool_dir
+        self.watchdog = watchdog
+
+    def _waiting_for(self, what: str, folder: Path | None = None) -> None:
+        if self.watchdog is not None:
+            self.watchdog.waiting_for(what, folder)
+
+    def _failed(self, prefix: str, exc: BaseException | str) -> ShardOutcome:
+        error = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}"
+        self.log(f"shard {prefix} failed: {error}")
+        return ShardOutcome(prefix, FAILED, error=error)
+
+    def _existing(self, prefix: str) -> ShardOutcome | None:
+        """The outcome of a shard whose tokens file is current, None when it must be encoded."""
+        if self.force:
+            return None
+        self._waiting_for(f"the existing tokens file of {prefix}")
+        try:
+            report = existing_tokens(self.store, prefix, self.loaded.provenance, self.log)
+            if report is None:
+                return None
+            result = existing_result(self.store, prefix, report)
+        except SHARD_ERRORS as exc:
+            return self._failed(prefix, exc)
+        self.log(f"{prefix}: a valid tokens file made the same way exists; not encoded again")
+        return ShardOutcome(prefix, EXISTING, result)
+
+    def _encode(self, fetched, workdir: Path) -> ShardOutcome:
+        prefix = fetched.prefix
+        if fetched.error is not None:
+            return self._failed(prefix, str(fetched.error))
+        self._waiting_for(f"the encoder on shard {prefix}")
+        beat = self.watchdog.beat if self.watchdog is not None else None
+        try:
+            with read_shard(fetched.source, prefix, workers=self.decode_workers) as reader:
+                result = encode_shard(reader, self.store, self.loaded, workdir, self.log, gpu=self.gpu,
+                                      extra_provenance=self.extra_provenance, on_segment=beat)
+        except SHARD_ERRORS as exc:
+            return self._failed(prefix, exc)
+        if fetched.fetch_seconds:
+            result.figures.extra = {**result.figures.extra, "download_seconds": round(fetched.fetch_seconds, 3)}
+        f = result.figures
+        self.log(f"{prefix}: {f.segment_count} segments, {len(f.failed or [])} failed, "
+                 f"{f.total_audio_seconds / 3600:.4f} h, {f.total_tokens} tokens, "
+                 f"{f.real_time_factor or 0:.2f}x real time -> {f.output_key}")
+        return ShardOutcome(prefix, ENCODED, result)
+
+    def run(self, keys: Sequence[str]) -> RunOutcome:
+        done: dict[str, ShardOutcome] = {}
+        crash: BaseException | None = None
+        try:
+            for key in keys:
+                outcome = self._existing(key)
+                if outcome is not None:
+                    done[key] = outcome
+            to_encode = [k for k in keys if k not in done]
+            with tempfile.TemporaryDirectory(prefix="neucodec-tokens-", dir=self.spool_dir) as work:
+                downloads = Path(work) / "prefetch"
+                upcoming = iter(to_encode)
+
+                def expect_download() -> None:
+                    key = next(upcoming, None)
+                    if key is not None:
+                        self._waiting_for(f"the download of {self.store.url}/{key}/audio.tar", downloads)
+
+                expect_download()
+                with ShardPrefetcher(self.store, to_encode, downloads) as prefetcher:
+                    for fetched in prefetcher:
+                        done[fetched.prefix] = self._encode(fetched, Path(work))
+                        expect_download()
+        except Exception as exc:  # noqa: BLE001 - handed back so that the shards already done are recorded
+            crash = exc
+        return RunOutcome([done[k] for k in keys if k in done], crash)
