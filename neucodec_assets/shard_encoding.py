@@ -281,7 +281,6 @@ def encode_shard(
     log(f"encoding shard {prefix}: {len(expected)} segments ({reader.dataset}/{reader.language}) on "
         f"{loaded.device}")
     encoder = loaded.encoder
-    chunked_before = len(getattr(encoder, "chunked_ids", []))
 
     def waves():
         for segment in reader.segments():
@@ -290,7 +289,8 @@ def encode_shard(
 
     start = time.perf_counter()
     with TokensFileWriter(local, provenance) as writer:
-        for segment_id, codes in encoder.encode_stream(waves()):
+        stream = encoder.encode_stream(waves())
+        for segment_id, codes in stream:
             writer.add(segment_id, codes)
             progress.update(seconds.get(segment_id, 0.0))
             if on_segment is not None:
@@ -300,7 +300,7 @@ def encode_shard(
         audio_ids = tar_audio_ids(reader.bucket, prefix)
         writer.close(failures, audio_tar=tar_record(reader, target, tar_before, audio_ids, log))
     log(progress.line())
-    chunked = list(getattr(encoder, "chunked_ids", [])[chunked_before:])
+    chunked = list(stream.chunked_ids)
 
     report = validate_tokens_file(local, seconds)
     if not report.ok:

@@ -49,7 +49,8 @@ def test_overlap_chunking_of_a_long_clip(random_model_dirs, reference_codec, spe
         max_clip_seconds=1.5, chunk_seconds=1.0, chunk_context_seconds=0.3, chunking="overlap",
     )
     out = enc.encode([speech["s0900"], wave], ids=["short", "long"])
-    assert enc.chunked_ids == ["long"]
+    assert out.chunked_ids == ["long"] and out.batches >= 2  # facts of this call, not state on the encoder
+    assert not hasattr(enc, "chunked_ids")
     assert enc.provenance["chunking"] == "overlap" and enc.provenance["max_clip_seconds"] == "1.5"
     assert len(out[1]) == len(wave) // 320
     np.testing.assert_array_equal(out[0], speech_reference_codes["s0900"])
@@ -74,8 +75,10 @@ def test_seed_chunking_reproduces_hard_splits(random_model_dirs, reference_codec
         random_model_dirs.model_dir, random_model_dirs.semantic_model_dir, device=TEST_DEVICE,
         chunking="seed", seed_chunk_seconds=1.2,
     )
-    (codes,) = enc.encode([wave], ids=["long"])
-    assert enc.chunked_ids == ["long"] and enc.provenance["chunking"] == "seed"
+    out = enc.encode([wave], ids=["long"])
+    (codes,) = out
+    assert out.chunked_ids == ["long"] and enc.provenance["chunking"] == "seed"
+    assert enc.encode([wave[:16000]], ids=["short"]).chunked_ids == []  # per call: nothing carried over
     step = 19200  # 1.2 s: each split encoded on its own, as the old fleet did with 30 s
     expected = np.concatenate([reference_codes(reference_codec, wave[s:s + step]) for s in range(0, len(wave), step)])
     assert len(codes) == len(wave) // 320
@@ -104,6 +107,8 @@ def test_stream_is_lazy_ordered_and_equal_to_encode(random_encoder, speech):
         random_encoder.stream_buffer_seconds = old
     got = [first] + rest
     assert [k for k, _ in got] == [k for k, _ in items]
+    assert stream.clips == len(items) and stream.chunked_ids == [] and stream.calls >= 2
+    assert stream.audio_seconds == sum(len(w) for _, w in items) / 16000
     direct = random_encoder.encode([w for _, w in items])
     for (_, codes), ref in zip(got, direct):
         np.testing.assert_array_equal(codes, ref)

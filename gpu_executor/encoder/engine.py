@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 import os
-from collections.abc import Iterable, Iterator, Sequence
+import time
+from collections.abc import Iterable, Sequence
 from contextlib import nullcontext
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -12,16 +15,22 @@ import torch.nn.functional as F
 
 from gpu_executor.encoder.acoustic import BatchedCodecEnc, past_end
 from gpu_executor.encoder.batching import HOP, SAMPLE_RATE, padded_length, plan_batches, plan_chunks
+from gpu_executor.encoder.calls import EncodedClips, EncodeStream
 from gpu_executor.encoder.fbank import BatchedFbank
 from gpu_executor.encoder.fused_activation import fused_activation_available
+from gpu_executor.encoder.graphs import BucketedSemantic
 from gpu_executor.encoder.loading import SEMANTIC_LAYERS, EncoderParts, load_parts, parts_from_neucodec
+from gpu_executor.encoder.precision import PRECISIONS, cast_matmul_weights, check_cpu_precision, tf32_mode
 from gpu_executor.encoder.provenance import build_provenance
 from gpu_executor.encoder.semantic import SemanticStack
 
-__all__ = ["NeucodecEncoder", "PRECISIONS", "CHUNKING_MODES", "default_batch_seconds", "check_cpu_precision"]
+__all__ = ["NeucodecEncoder", "PRECISIONS", "CHUNKING_MODES", "GRAPH_MODES", "default_batch_seconds",
+           "check_cpu_precision", "EncodedClips", "EncodeStream"]
 
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 CHUNKING_MODES = ("overlap", "seed")
+# off: eager; cuda: wav2vec2-bert replayed from CUDA graphs per length bucket; buckets: the same bucket padding run
+# eagerly (the CPU form of the graph path, for tests and comparisons).
+GRAPH_MODES = ("off", "cuda", "buckets")
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -33,26 +42,6 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return dev
 
 
-def check_cpu_precision(precision: str) -> None:
-    """Refuse bf16/fp16 on a CPU without native support: oneDNN emulates them there, hundreds of times slower.
-
-    Measured on a 2-core AVX2 EPYC: a 2048^3 matrix product ran at 73 GFLOP/s in fp32 and 0.28 in bf16.
-    """
-    probe = {"bf16": "_is_mkldnn_bf16_supported", "fp16": "_is_mkldnn_fp16_supported"}.get(precision)
-    if probe is None:
-        return
-    try:
-        supported = bool(getattr(torch.ops.mkldnn, probe)())
-    except (AttributeError, RuntimeError):  # an unknown torch build: let it run
-        return
-    if not supported:
-        raise ValueError(
-            f"precision {precision!r} on this CPU: it has no native {precision} arithmetic "
-            f"({torch.backends.cpu.get_cpu_capability()}), so {precision} would run far slower than fp32 "
-            "(a matrix product ~250x slower on an AVX2 CPU). Use precision='fp32' here, or a GPU."
-        )
-
-
 def default_batch_seconds(device: torch.device) -> float:
     """Padded audio seconds per batch: small on CPU (batching barely helps there), memory-scaled on GPUs."""
     if device.type == "cuda":
@@ -61,41 +50,71 @@ def default_batch_seconds(device: torch.device) -> float:
     return 20.0
 
 
+@dataclass
+class _Prepared:
+    """A batch on the device up to the fbank: the part a second stream can run ahead."""
+
+    waves: torch.Tensor  # [B, N] zero-padded
+    lengths: list[int]  # padded sample counts
+    features: torch.Tensor  # [B, S, 160]
+    sem_frames: list[int]
+    sem_lengths: torch.Tensor  # sem_frames on the device
+    frames_out: list[int]  # tokens per clip
+
+
+@dataclass
+class _Launched:
+    """A batch whose kernels are queued; its codes (and latents) land in host memory when ``event`` fires."""
+
+    indices: torch.Tensor
+    latents: torch.Tensor | None
+    frames_out: list[int]
+    event: object | None
+
+
 class NeucodecEncoder:
     """Encode 16 kHz mono float32 clips into 50 Hz neucodec codes (uint16), batched by length.
 
     Build it with :meth:`from_pretrained` (hub ids or local folders) or :meth:`from_model` (a live
     ``neucodec.NeuCodec``). In ``fp32`` (default) on a CPU the codes equal the package's ``encode_code`` per clip
-    (on a GPU, cuDNN rounds a batch and a lone clip differently: measured 99.992% equal); ``bf16``
-    and ``fp16`` run the semantic model (and, on CUDA, the acoustic encoder) in that precision, the quantizer
-    always in fp32. Clips longer than ``max_clip_seconds`` are chunked and their ids are listed in
-    :attr:`chunked_ids`: ``overlap`` encodes ``chunk_seconds`` cores with ``chunk_context_seconds`` of context on
-    each side (dropped after encoding); ``seed`` splits every clip longer than ``seed_chunk_seconds`` (30 s) into
-    hard splits encoded on their own, reproducing the old fleet's tokens. ``fused_activation`` runs the acoustic
-    encoder's anti-aliased activations as two Triton kernels each (CUDA only; default on for bf16/fp16, off for
-    fp32, where it changes the last bits of the sums and so a few tokens).
+    (on a GPU, cuDNN rounds a batch and a lone clip differently: measured 99.992% equal); ``tf32`` (CUDA) lets
+    fp32 matmuls use TF32 tensor cores; ``bf16`` and ``fp16`` run the semantic model (and, on CUDA, the acoustic
+    encoder) in that precision with weights cast once at load, the quantizer always in fp32. Clips longer than
+    ``max_clip_seconds`` are chunked (their ids are in each call's ``chunked_ids``): ``overlap`` encodes
+    ``chunk_seconds`` cores with ``chunk_context_seconds`` of context on each side (dropped after encoding);
+    ``seed`` splits every clip longer than ``seed_chunk_seconds`` (30 s) into hard splits encoded on their own,
+    reproducing the old fleet's tokens. ``fused_activation`` runs the acoustic encoder's anti-aliased activations
+    as two Triton kernels each (CUDA only; default on for bf16/fp16, off for fp32, where it changes the last bits
+    of the sums and so a few tokens). ``graphs`` (``GRAPH_MODES``) replays wav2vec2-bert from CUDA graphs per
+    length bucket; ``overlap_stream`` (CUDA) uploads and runs the fbank of the next batch on a second stream while
+    the current batch runs.
     """
 
     def __init__(self, parts: EncoderParts, *, device: str | torch.device = "auto", precision: str = "fp32",
                  batch_seconds: float | None = None, max_clip_seconds: float = 120.0, chunking: str = "overlap",
                  chunk_seconds: float = 60.0, chunk_context_seconds: float = 10.0, seed_chunk_seconds: float = 30.0,
                  stream_buffer_seconds: float | None = None, min_batch_fill: float | None = None,
-                 acoustic_per_clip: bool | None = None, fused_activation: bool | None = None) -> None:
+                 acoustic_per_clip: bool | None = None, fused_activation: bool | None = None,
+                 graphs: str = "off", overlap_stream: bool = False) -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"precision {precision!r}: choose one of {sorted(PRECISIONS)}")
         if chunking not in CHUNKING_MODES:
             raise ValueError(f"chunking {chunking!r}: choose one of {CHUNKING_MODES}")
+        if graphs not in GRAPH_MODES:
+            raise ValueError(f"graphs {graphs!r}: choose one of {GRAPH_MODES}")
         if max_clip_seconds <= 0:
             raise ValueError("max_clip_seconds must be positive")
         self._device = resolve_device(device)
         if self._device.type == "cpu":
             check_cpu_precision(precision)
+        if self._device.type != "cuda" and (graphs == "cuda" or overlap_stream):
+            raise ValueError(f"graphs='cuda' and overlap_stream need a CUDA device; the encoder runs on {self._device}")
         can_fuse = self._device.type == "cuda" and fused_activation_available(self._device)
         if fused_activation and not can_fuse:
             why = (f"the encoder runs on {self._device}" if self._device.type != "cuda"
                    else "Triton cannot be imported (it ships with CUDA builds of torch)")
             raise ValueError(f"fused_activation (NEUCODEC_FUSED_ACTIVATION) needs a CUDA device with Triton: {why}")
-        self.fused_activation = bool(can_fuse and precision != "fp32" if fused_activation is None
+        self.fused_activation = bool(can_fuse and precision not in ("fp32", "tf32") if fused_activation is None
                                      else fused_activation)
         self.precision = precision
         self.dtype = PRECISIONS[precision]
@@ -113,16 +132,25 @@ class NeucodecEncoder:
         # when batched); GPUs run it batched with per-clip tail handling.
         self.acoustic_per_clip = bool(self._device.type == "cpu" if acoustic_per_clip is None else acoustic_per_clip)
         self.stream_buffer_seconds = float(stream_buffer_seconds or max(4 * self.batch_seconds, 120.0))
-        self.chunked_ids: list[str] = []
-        if self._device.type == "cuda" and precision == "fp32":
-            # TF32 would change tokens: exact mode keeps full fp32 matmuls and convolutions.
-            torch.backends.cuda.matmul.allow_tf32 = False
-            torch.backends.cudnn.allow_tf32 = False
+        self.overlap_stream = bool(overlap_stream)
+        self._side_stream = torch.cuda.Stream(self._device) if self.overlap_stream else None
 
         dev = self._device
         self._fbank = BatchedFbank(parts.feature_extractor, dev)
-        semantic = parts.semantic_model.to(dev).eval()
+        semantic = parts.semantic_model
+        self.semantic_weights = "fp32"
+        if self.dtype != torch.float32:
+            # Cast once here instead of on every call under autocast (same numbers, see precision.py). A shared
+            # model (from_model) is copied first: the caller's NeuCodec keeps its fp32 weights.
+            semantic = copy.deepcopy(semantic) if parts.shared else semantic
+            cast_matmul_weights(semantic.to(dev), self.dtype)
+            self.semantic_weights = f"{precision} cast at load"
+        semantic = semantic.to(dev).eval()
         self._semantic = SemanticStack(semantic, SEMANTIC_LAYERS).eval()
+        self.graphs = graphs
+        self._semantic_call = self._semantic if graphs == "off" else BucketedSemantic(
+            self._semantic, dev, capture=graphs == "cuda",
+            max_frames=int(self.max_clip_seconds * SAMPLE_RATE) // HOP + 2, autocast=self._autocast)
         self._semantic_encoder = parts.semantic_encoder.to(dev).eval()
         self._fc_prior = parts.fc_prior.to(dev).eval()
         self._quantizer = parts.quantizer.to(dev).float().eval()
@@ -134,6 +162,12 @@ class NeucodecEncoder:
             max_clip_seconds=self.max_clip_seconds, fused_activation=self.fused_activation,
             device=self._device,
         )
+        # The stream overlap and the weight cast change no token; graphs pad to buckets, so they are identity (kept
+        # out when off, so that files made before the option existed still count as made the same way).
+        self.provenance.update({"semantic_weights": self.semantic_weights,
+                                "overlap_stream": "on" if self.overlap_stream else "off"})
+        if graphs != "off":
+            self.provenance["semantic_graphs"] = graphs
 
     # -- construction ------------------------------------------------------------------------------------------
     @classmethod
@@ -144,7 +178,8 @@ class NeucodecEncoder:
 
     @classmethod
     def from_model(cls, neucodec_model: torch.nn.Module, **kwargs) -> "NeucodecEncoder":
-        """Wrap an already built ``neucodec.NeuCodec`` (its modules are shared, not copied or modified)."""
+        """Wrap an already built ``neucodec.NeuCodec`` (its modules are shared, not modified; low precisions copy
+        the semantic model)."""
         return cls(parts_from_neucodec(neucodec_model), **kwargs)
 
     @property
@@ -152,19 +187,23 @@ class NeucodecEncoder:
         return str(self._device)
 
     # -- public encoding -----------------------------------------------------------------------------------------
-    def encode(self, waves: Sequence[np.ndarray], ids: Sequence[str] | None = None) -> list[np.ndarray]:
-        """Codes per clip: ``len(out[i]) == len(waves[i]) // 320``; clips under 320 samples give empty arrays."""
+    def encode(self, waves: Sequence[np.ndarray], ids: Sequence[str] | None = None) -> EncodedClips:
+        """Codes per clip: ``len(out[i]) == len(waves[i]) // 320``; clips under 320 samples give empty arrays.
+
+        The result is a list with this call's facts (``chunked_ids``, ``batches``, ``encode_seconds``)."""
+        t0 = time.perf_counter()
         arrays = [self._check(w, i) for i, w in enumerate(waves)]
         names = [str(x) for x in ids] if ids is not None else [str(i) for i in range(len(arrays))]
         out: list[np.ndarray | None] = [None] * len(arrays)
         limit = int(self.max_clip_seconds * SAMPLE_RATE)
+        chunked: list[str] = []
         pieces: list[np.ndarray] = []  # the clips (or chunk windows) actually run through the model
         owners: list[tuple[int, int, int]] = []  # (clip index, keep_from, keep_to) per piece
         for i, w in enumerate(arrays):
             if len(w) < HOP:
                 out[i] = np.zeros(0, dtype=np.uint16)
             elif len(w) > limit:
-                self.chunked_ids.append(names[i])
+                chunked.append(names[i])
                 for c in plan_chunks(len(w), self.chunking, int(self.chunk_seconds * SAMPLE_RATE),
                                      int(self.chunk_context_seconds * SAMPLE_RATE),
                                      int(self.seed_chunk_seconds * SAMPLE_RATE)):
@@ -173,29 +212,29 @@ class NeucodecEncoder:
             else:
                 pieces.append(w)
                 owners.append((i, 0, len(w) // HOP))
-        codes = self._encode_pieces(pieces)
+        codes, _, batches = self._encode_pieces(pieces)
         parts: dict[int, list[np.ndarray]] = {}
         for (i, a, b), c in zip(owners, codes):
             parts.setdefault(i, []).append(c[a:b])
         for i, chunks in parts.items():
             out[i] = np.concatenate(chunks) if len(chunks) > 1 else chunks[0]
-        return out  # type: ignore[return-value]
+        return EncodedClips(out, chunked, batches, time.perf_counter() - t0)  # type: ignore[arg-type]
 
-    def encode_stream(self, items: Iterable[tuple[str, np.ndarray]]) -> Iterator[tuple[str, np.ndarray]]:
-        """Yield ``(id, codes)`` in input order, holding at most ~``stream_buffer_seconds`` of audio at once."""
-        budget = int(self.stream_buffer_seconds * SAMPLE_RATE)
-        ids: list[str] = []
-        waves: list[np.ndarray] = []
-        held = 0
-        for key, wave in items:
-            ids.append(key)
-            waves.append(wave)
-            held += len(wave)
-            if held >= budget:
-                yield from zip(ids, self.encode(waves, ids))
-                ids, waves, held = [], [], 0
-        if waves:
-            yield from zip(ids, self.encode(waves, ids))
+    def encode_stream(self, items: Iterable[tuple[str, np.ndarray]]) -> EncodeStream:
+        """``(id, codes)`` in input order, holding at most ~``stream_buffer_seconds`` of audio at once; the returned
+        iterator carries this stream's facts (``chunked_ids``, ``encode_seconds``, ...)."""
+        return EncodeStream(self.encode, items, int(self.stream_buffer_seconds * SAMPLE_RATE), SAMPLE_RATE)
+
+    def encode_latents(self, waves: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """The quantizer's input per clip, ``[len // 320, 2048]`` float32: the pre-quantization latent whose error
+        measures a fast precision even on random weights. Clips must be 320 samples up to the whole-clip limit."""
+        arrays = [self._check(w, i) for i, w in enumerate(waves)]
+        limit = int(self.max_clip_seconds * SAMPLE_RATE)
+        for i, w in enumerate(arrays):
+            if not HOP <= len(w) <= limit:
+                raise ValueError(f"clip {i}: encode_latents takes clips of {HOP} samples up to the whole-clip limit")
+        _, latents, _ = self._encode_pieces(arrays, latents=True)
+        return latents  # type: ignore[return-value]
 
     # -- internals -------------------------------------------------------------------------------------------------
     @staticmethod
@@ -208,60 +247,106 @@ class NeucodecEncoder:
             raise ValueError(f"clip {index}: contains NaN or infinite samples")
         return w
 
-    def _encode_pieces(self, pieces: list[np.ndarray]) -> list[np.ndarray]:
+    def _encode_pieces(self, pieces: list[np.ndarray], latents: bool = False
+                       ) -> tuple[list[np.ndarray], list[np.ndarray] | None, int]:
+        """Codes (and latents) per piece, and the number of batches. Batch i+1 is prepared (uploaded, fbank) before
+        batch i's codes are collected, so with a second stream the host and copies overlap the GPU's work."""
         if not pieces:
-            return []
+            return [], ([] if latents else None), 0
         lengths = [padded_length(len(p)) for p in pieces]
-        results: list[np.ndarray | None] = [None] * len(pieces)
+        codes: list[np.ndarray | None] = [None] * len(pieces)
+        lats: list[np.ndarray | None] = [None] * len(pieces)
         budget = int(self.batch_seconds * SAMPLE_RATE)
-        for batch in plan_batches(lengths, budget, min_fill=self.min_batch_fill):
-            codes = self._encode_batch([pieces[i] for i in batch], [lengths[i] for i in batch])
-            for i, c in zip(batch, codes):
-                results[i] = c
-        return results  # type: ignore[return-value]
+        plan = plan_batches(lengths, budget, min_fill=self.min_batch_fill)
+        pending: tuple[list[int], _Launched] | None = None
+        with torch.inference_mode(), tf32_mode(self._device, self.precision == "tf32"):
+            for batch in plan:
+                prepared = self._prepare([pieces[i] for i in batch], [lengths[i] for i in batch])
+                launched = (batch, self._launch(prepared, latents))
+                if pending is not None:
+                    self._collect(*pending, codes, lats)
+                pending = launched
+            self._collect(*pending, codes, lats)  # type: ignore[misc]
+        return codes, (lats if latents else None), len(plan)  # type: ignore[return-value]
 
     def _autocast(self):
         if self.dtype == torch.float32:
             return nullcontext()
         return torch.autocast(self._device.type, dtype=self.dtype)
 
-    @torch.inference_mode()
-    def _encode_batch(self, waves: list[np.ndarray], lengths: list[int]) -> list[np.ndarray]:
+    def _prepare(self, waves: list[np.ndarray], lengths: list[int]) -> _Prepared:
         dev = self._device
-        b, nmax = len(waves), max(lengths)
-        host = torch.zeros((b, nmax), dtype=torch.float32)
-        for i, w in enumerate(waves):
-            host[i, : len(w)] = torch.from_numpy(w)
-        if dev.type == "cuda":
-            host = host.pin_memory()
-        batch = host.to(dev, non_blocking=True)
-        frames_out = [len(w) // HOP for w in waves]
+        side = self._side_stream
+        with torch.cuda.stream(side) if side is not None else nullcontext():
+            b, nmax = len(waves), max(lengths)
+            host = torch.zeros((b, nmax), dtype=torch.float32)
+            for i, w in enumerate(waves):
+                host[i, : len(w)] = torch.from_numpy(w)
+            if dev.type == "cuda":
+                host = host.pin_memory()
+            batch = host.to(dev, non_blocking=True)
+            features, sem_frames = self._fbank(batch, lengths)
+            sem_host = torch.tensor(sem_frames)
+            sem_lengths = (sem_host.pin_memory() if dev.type == "cuda" else sem_host).to(dev, non_blocking=True)
+        if side is not None:
+            main = torch.cuda.current_stream(dev)
+            main.wait_stream(side)
+            for t in (batch, features, sem_lengths):
+                t.record_stream(main)  # made on the side stream, used and freed on the main one
+        return _Prepared(batch, lengths, features, sem_frames, sem_lengths, [len(w) // HOP for w in waves])
 
-        features, sem_frames = self._fbank(batch, lengths)
+    def _launch(self, p: _Prepared, latents: bool) -> _Launched:
+        """Queue the model on a prepared batch; the codes are copied to (pinned) host memory without waiting."""
+        dev = self._device
+        b, nmax = p.waves.shape
         with self._autocast():
-            hidden = self._semantic(features, sem_frames)  # [B, S, 1024]
-        semantic = self._semantic_encode(hidden.float().transpose(1, 2), sem_frames)  # [B, 1024, S]
+            if self._semantic_call is self._semantic:
+                hidden = self._semantic(p.features, p.sem_frames)  # [B, S, 1024]
+            else:
+                hidden = self._semantic_call(p.features, p.sem_frames, p.sem_lengths)
+        semantic = self._semantic_encode(hidden.float().transpose(1, 2), p.sem_frames, p.sem_lengths)
         if self.acoustic_per_clip and b > 1:
             acoustic = torch.zeros((b, 1024, nmax // HOP), dtype=torch.float32, device=dev)
-            for i, n in enumerate(lengths):
-                emb, _ = self._acoustic(batch[i : i + 1, None, :n].clone(), [n])
+            for i, n in enumerate(p.lengths):
+                emb, _ = self._acoustic(p.waves[i : i + 1, None, :n].clone(), [n])
                 acoustic[i, :, : emb.shape[1]] = emb[0].float().t()
         else:
-            acoustic, _ = self._acoustic(batch[:, None, :], lengths)  # [B, F, 1024]
+            acoustic, _ = self._acoustic(p.waves[:, None, :], p.lengths)  # [B, F, 1024]
             acoustic = acoustic.float().transpose(1, 2)
         n = min(semantic.shape[-1], acoustic.shape[-1])
         concat = torch.cat([semantic[..., :n], acoustic[..., :n]], dim=1)
-        concat = self._fc_prior(concat.transpose(1, 2))  # [B, n, 2048]
-        _, indices = self._quantizer(concat.float())
-        indices = indices[..., 0].to("cpu").numpy()
-        return [indices[i, : frames_out[i]].astype(np.uint16) for i in range(b)]
+        concat = self._fc_prior(concat.transpose(1, 2)).float()  # [B, n, 2048]: the pre-quantization latent
+        _, indices = self._quantizer(concat)
+        indices = indices[..., 0]
+        lat = concat if latents else None
+        if dev.type != "cuda":
+            return _Launched(indices, lat, p.frames_out, None)
+        host_idx = torch.empty(indices.shape, dtype=indices.dtype, pin_memory=True)
+        host_idx.copy_(indices, non_blocking=True)
+        host_lat = None
+        if lat is not None:
+            host_lat = torch.empty(lat.shape, dtype=lat.dtype, pin_memory=True)
+            host_lat.copy_(lat, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        return _Launched(host_idx, host_lat, p.frames_out, event)
 
-    def _semantic_encode(self, x: torch.Tensor, frames: list[int]) -> torch.Tensor:
+    @staticmethod
+    def _collect(batch: list[int], launched: _Launched, codes: list, lats: list) -> None:
+        if launched.event is not None:
+            launched.event.synchronize()
+        indices = launched.indices.numpy()
+        for k, (i, frames) in enumerate(zip(batch, launched.frames_out)):
+            codes[i] = indices[k, :frames].astype(np.uint16)
+            if launched.latents is not None:
+                lats[i] = launched.latents[k, :frames].numpy().copy()
+
+    def _semantic_encode(self, x: torch.Tensor, frames: list[int], lengths: torch.Tensor) -> torch.Tensor:
         """SemanticEncoder with each clip's tail zeroed before every convolution, as a lone clip sees it."""
         enc = self._semantic_encoder
         past = None
         if any(f != x.shape[-1] for f in frames):
-            past = past_end(x, torch.tensor(frames, device=x.device))
+            past = past_end(x, lengths)
 
         def mask(t: torch.Tensor) -> torch.Tensor:
             return t if past is None else t.masked_fill_(past, 0)

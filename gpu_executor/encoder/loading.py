@@ -59,6 +59,7 @@ class EncoderParts:
     quantizer: nn.Module  # vector_quantize_pytorch ResidualFSQ, always run in fp32
     feature_extractor: object  # transformers SeamlessM4TFeatureExtractor (its mel filters and window)
     info: dict[str, str] = field(default_factory=dict)
+    shared: bool = False  # modules belong to a live NeuCodec (from_model): never cast or modify them in place
 
 
 def _is_local(name: str | os.PathLike) -> bool:
@@ -256,4 +257,5 @@ def parts_from_neucodec(codec: nn.Module) -> EncoderParts:
             "semantic_model_revision": "unknown",
             "random_weights": "unknown",
         },
+        shared=True,
     )

@@ -11,6 +11,7 @@ __all__ = ["IDENTITY_KEYS", "package_versions", "build_provenance", "device_clas
 IDENTITY_KEYS = (
     "model", "model_revision", "model_sha256", "random_weights", "semantic_model", "semantic_model_revision",
     "semantic_layers", "precision", "acoustic_activation", "chunking", "max_clip_seconds", "device_class",
+    "semantic_graphs",  # present only when not "off": bucket padding changes shapes, and so GPU rounding
 )
 
 

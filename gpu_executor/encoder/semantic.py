@@ -73,13 +73,18 @@ class SemanticStack(nn.Module):
         return layer.final_layer_norm(x)
 
     def forward(self, features: torch.Tensor, frames: list[int]) -> torch.Tensor:
-        b, s, _ = features.shape
+        if all(n == features.shape[1] for n in frames):
+            return self._run(features, None)
+        return self.forward_lengths(features, torch.tensor(frames, device=features.device))
+
+    def forward_lengths(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Always masked, from frame counts already on the device: no host sync, so a CUDA graph can hold it."""
+        return self._run(features, torch.arange(features.shape[1], device=features.device)[None, :] < lengths[:, None])
+
+    def _run(self, features: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
         x, _ = self.feature_projection(features)
-        valid = None
         key_pad = None
-        if any(n != s for n in frames):
-            lengths = torch.tensor(frames, device=features.device)
-            valid = torch.arange(s, device=features.device)[None, :] < lengths[:, None]
+        if valid is not None:
             key_pad = ~valid
             x = x.masked_fill(key_pad.unsqueeze(-1), 0.0)
         for layer in self.layers:
