@@ -81,6 +81,42 @@ def _cmd_import_legacy(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_enqueue(args: argparse.Namespace) -> int:
+    """A backfill of `neucodec_tokens` (and, with --sft, the SFT assets after it) through the instance: the same
+    thing the UI's backfill dialog records; the daemon runs it on the fleet's slots."""
+    import dagster as dg
+
+    from neucodec_assets.backfills import submit_backfill
+    from neucodec_assets.definitions import defs
+    from neucodec_assets.partitions import shards_partitions
+    from neucodec_assets.tokens_metadata import TOKENS_ASSET_KEY
+
+    with _instance() as instance:
+        known = instance.get_dynamic_partitions(shards_partitions.name)
+        if not args.keys and not args.missing:
+            raise CliError("name the shards to queue (partition keys), or --missing for every shard not yet encoded")
+        if args.missing:
+            done = instance.get_materialized_partitions(TOKENS_ASSET_KEY)
+            keys = [k for k in known if k not in done]
+        else:
+            unknown = sorted(set(args.keys) - set(known))
+            if unknown:
+                raise CliError(f"not partitions of '{shards_partitions.name}' (run `neucodec-platform discover` "
+                               f"first): {', '.join(unknown[:5])}")
+            keys = [k for k in known if k in set(args.keys)]
+        if not keys:
+            print("nothing to enqueue")
+            return 0
+        assets = [TOKENS_ASSET_KEY]
+        if args.sft:
+            assets += [dg.AssetKey("sft_pairs"), dg.AssetKey("sft_dataset")]
+        backfill_id = submit_backfill(instance, defs.resolve_asset_graph(), assets, keys,
+                                      title=f"neucodec-platform enqueue ({len(keys)} shards)")
+    print(f"backfill {backfill_id}: {len(keys)} shards queued for {', '.join(a.to_user_string() for a in assets)}; "
+          "the daemon (`dagster-daemon run`) launches its runs")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from neucodec_assets.demo import DemoError, run_demo
 
@@ -132,6 +168,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also record shards whose tokens file exists and validates as materialized (no encoding)")
     p.add_argument("--force", action="store_true", help="with --adopt: record even already materialized shards")
     p.set_defaults(func=_cmd_discover)
+
+    p = sub.add_parser(
+        "enqueue",
+        help="queue shards through the fleet: a backfill of neucodec_tokens that the daemon runs on free GPUs",
+    )
+    p.add_argument("keys", nargs="*", help="partition keys (shard prefixes)")
+    p.add_argument("--missing", action="store_true", help="every shard whose tokens are not materialized")
+    p.add_argument("--sft", action="store_true", help="also build sft_pairs and sft_dataset after the tokens")
+    p.set_defaults(func=_cmd_enqueue)
 
     p = sub.add_parser(
         "import-legacy",

@@ -1,32 +1,39 @@
-"""`make demo`: the whole pipeline on the embedded defaults, start to finish, through Dagster.
+"""`make demo`: the whole pipeline on the embedded defaults, start to finish, the way a user runs it.
 
-sample shards into a local folder bucket -> discover them as partitions -> materialize `neucodec_tokens` for every
-shard (runs grouped as the backfill policy groups them, one model load) -> the downstream assets -> a summary
-table read back from the Dagster instance. Everything lives under `.demo/` (bucket folder, DAGSTER_HOME with SQLite
-storage) and is rebuilt on every call.
+sample shards into a local folder bucket -> discover them as partitions -> one backfill of every asset over them
+(as the UI launches it), executed by Dagster's daemon code with the repository's run queue and GPU run launcher ->
+a summary table read back from the Dagster instance. Everything lives under `.demo/` (bucket folder, DAGSTER_HOME
+with SQLite storage, run worker logs) and is rebuilt on every call.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import dagster as dg
+import yaml
+from dagster._core.execution.backfill import BulkActionStatus
+from dagster._core.workspace.context import WorkspaceProcessContext
+from dagster._core.workspace.load_target import ModuleTarget
 
+from neucodec_assets.backfills import DaemonLoop, submit_backfill
 from neucodec_assets.discovery import add_shard_partitions, plan_discovery
 from neucodec_assets.partitions import shards_partitions
 from neucodec_assets.tokens_metadata import TOKENS_ASSET_KEY, metadata_value
 from resources.bucket import LocalBucket
-from resources.dagster_resources import DEFAULT_MODEL, RANDOM_LABEL, RANDOM_MODEL, BucketResource, \
-    EncoderResource
+from resources.dagster_resources import DEFAULT_MODEL, RANDOM_LABEL, RANDOM_MODEL, EncoderResource, \
+    unload_encoders
 
 MODEL_CHOICES = ("hub", "random")
 OFFLINE_HINT = "make demo MODEL=random"
-RANGE_START_TAG = "dagster/asset_partition_range_start"
-RANGE_END_TAG = "dagster/asset_partition_range_end"
+PRODUCTION_YAML = Path(__file__).resolve().parents[1] / "dagster.yaml"
+LOCATION = "neucodec_assets"
 SFT_DATASET_KEY = dg.AssetKey("sft_dataset")
 
 
@@ -84,35 +91,29 @@ class DemoSummary:
         return "\n".join(out)
 
 
-def _contiguous_ranges(all_keys: Sequence[str], wanted: set[str], size: int) -> list[tuple[str, str]]:
-    """Runs of at most ``size`` wanted keys that are contiguous in the partition order (as a backfill makes)."""
-    ranges, current = [], []
-    for key in all_keys:
-        if key in wanted:
-            current.append(key)
-            if len(current) == size:
-                ranges.append((current[0], current[-1]))
-                current = []
-        elif current:
-            ranges.append((current[0], current[-1]))
-            current = []
-    if current:
-        ranges.append((current[0], current[-1]))
-    return ranges
+def _demo_instance_yaml(home: Path) -> str:
+    """The repository's production dagster.yaml (queue, `gpu` pool, GPU run launcher, monitoring, retries) with
+    the embedded SQLite storage instead of Postgres."""
+    config = yaml.safe_load(PRODUCTION_YAML.read_text())
+    config.pop("storage", None)
+    config["run_launcher"].setdefault("config", {})["log_dir"] = str(home / "run_worker_logs")
+    return "# the repository's dagster.yaml with the embedded default storage (SQLite in this folder)\n" + \
+        yaml.safe_dump(config, sort_keys=False)
 
 
-def _partitions_per_run(policy: dg.BackfillPolicy | None, total: int) -> int:
-    """Shards per run as a backfill would group them: no policy means one run per partition."""
-    if policy is None:
-        return 1
-    return policy.max_partitions_per_run or max(total, 1)
-
-
-def _materialize(assets: Sequence, resources: dict, instance: dg.DagsterInstance, keys: Sequence[dg.AssetKey],
-                 tags: dict[str, str]) -> dg.ExecuteInProcessResult:
-    """One in-process run of the selected assets (and their checks), recorded in ``instance``."""
-    return dg.materialize(assets, selection=list(keys), resources=resources, instance=instance, tags=tags,
-                          raise_on_error=False)
+@contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    """The deployment's settings for the code server and the run workers, which read them from the environment."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def _summary_rows(instance: dg.DagsterInstance, keys: Sequence[str]) -> list[ShardRow]:
@@ -161,14 +162,13 @@ def run_demo(model: str = "hub", *, shards: int = 3, segments: int = 6, root: Pa
         shutil.rmtree(root)
     home, bucket_dir = root / "dagster_home", root / "bucket"
     home.mkdir(parents=True)
-    (home / "dagster.yaml").write_text("# embedded default: SQLite storage in this folder\ntelemetry:\n  enabled: false\n")
     bucket_url = bucket_dir.as_uri()
 
     encoder = EncoderResource(model=RANDOM_MODEL) if model == "random" else EncoderResource()
     settings = encoder.settings()
     label = RANDOM_LABEL if settings.is_random else settings.model
     log(f"model: {label}")
-    log("loading the encoder (once; every run of the demo reuses it)")
+    log("loading the encoder (to find out now whether the weights can be had)")
     try:
         loaded = encoder.load()
     except ModelLoadError as exc:
@@ -179,48 +179,41 @@ def run_demo(model: str = "hub", *, shards: int = 3, segments: int = 6, root: Pa
                 f"`{OFFLINE_HINT}` (or `neucodec-platform demo --model random`)."
             ) from exc
         raise DemoError(f"cannot load the neucodec model {settings.model!r}: {exc}") from exc
-    log(f"encoder ready on {loaded.device} in {loaded.load_seconds:.1f} s")
+    log(f"encoder ready on {loaded.device} in {loaded.load_seconds:.1f} s; each run's worker loads its own")
+    unload_encoders()
     log(f"writing {shards} sample shards ({segments} segments each) to {bucket_dir}")
     write_sample_bucket(bucket_url, shards=shards, segments_per_shard=segments, seed=0)
 
-    assets = list(defs.assets or [])
-    resources = {**(defs.resources or {}), "bucket": BucketResource(url=bucket_url), "encoder": encoder}
-    demo_defs = dg.Definitions(assets=assets, resources=resources)
     summary = DemoSummary(model=label, bucket=bucket_url, dagster_home=str(home))
-    with dg.DagsterInstance.from_config(str(home)) as instance:
+    (home / "dagster.yaml").write_text(_demo_instance_yaml(home))
+    env = {"NEUCODEC_BUCKET": bucket_url, "NEUCODEC_AUTOMATION": "off", "DAGSTER_HOME": str(home)}
+    if settings.is_random:
+        env["NEUCODEC_MODEL"] = RANDOM_MODEL
+    with _environment(env), dg.DagsterInstance.from_config(str(home)) as instance, \
+            WorkspaceProcessContext(instance, ModuleTarget(module_name="neucodec_assets.definitions", attribute=None,
+                                                           working_directory=None, location_name=LOCATION)) as ctx:
         plan = plan_discovery(LocalBucket(bucket_dir), instance.get_dynamic_partitions(shards_partitions.name))
         added = add_shard_partitions(instance, plan.new_keys)
         log(f"discovered {len(plan.listed)} shards, added {len(added)} partitions")
-        all_keys = instance.get_dynamic_partitions(shards_partitions.name)
-        wanted = {s.prefix for s in plan.listed}
+        keys = [k for k in instance.get_dynamic_partitions(shards_partitions.name)
+                if k in {s.prefix for s in plan.listed}]
 
-        graph = demo_defs.resolve_asset_graph()
-        keys = [k for k in graph.toposorted_asset_keys if k in graph.materializable_asset_keys]
-        partitioned = [k for k in keys if graph.get(k).partitions_def == shards_partitions]
-        unpartitioned = [k for k in keys if graph.get(k).partitions_def is None]
-        downstream = [k for k in partitioned if k != TOKENS_ASSET_KEY]
-        summary.downstream = [k.to_user_string() for k in downstream + unpartitioned]
-
-        # Partitioned assets in dependency order, each in runs grouped as its backfill policy groups them.
-        for asset_key in [TOKENS_ASSET_KEY, *downstream]:
-            per_run = _partitions_per_run(graph.get(asset_key).backfill_policy, len(wanted))
-            for first, last in _contiguous_ranges(all_keys, wanted, per_run):
-                name = asset_key.to_user_string()
-                log(f"materializing {name} for shards {first} .. {last}")
-                tags = {RANGE_START_TAG: first, RANGE_END_TAG: last}
-                result = _materialize(assets, resources, instance, [asset_key], tags)
-                summary.runs.append(result.run_id)
-                if not result.success:
-                    raise DemoError(f"run {result.run_id} ({name}, {first} .. {last}) failed; "
-                                    f"see `DAGSTER_HOME={home} dagster dev -w workspace.yaml`")
-        if unpartitioned:
-            names = ", ".join(k.to_user_string() for k in unpartitioned)
-            log(f"materializing {names}")
-            result = _materialize(assets, resources, instance, unpartitioned, {})
-            summary.runs.append(result.run_id)
-            if not result.success:
-                raise DemoError(f"run {result.run_id} ({names}) failed")
+        # What a user does in the UI: one backfill of every asset over the new shards; the backfill policies group
+        # the shards into runs, the queue holds them for the `gpu` pool, the launcher starts each run's worker.
+        graph = defs.resolve_asset_graph()
+        assets = [k for k in graph.toposorted_asset_keys if k in graph.materializable_asset_keys]
+        summary.downstream = [k.to_user_string() for k in assets if k != TOKENS_ASSET_KEY]
+        backfill_id = submit_backfill(instance, graph, assets, keys, title="neucodec-platform demo")
+        log(f"backfill {backfill_id}: {', '.join(k.to_user_string() for k in assets)} over {len(keys)} shards "
+            f"(worker logs: {home / 'run_worker_logs'})")
+        status = DaemonLoop(ctx).until_done(backfill_id, timeout=3600, progress=log)
+        runs = instance.get_runs(filters=dg.RunsFilter(tags={"dagster/backfill": backfill_id}))
+        summary.runs = [r.run_id for r in runs]
+        if status != BulkActionStatus.COMPLETED_SUCCESS:
+            failed = [r.run_id for r in runs if r.status == dg.DagsterRunStatus.FAILURE]
+            raise DemoError(f"backfill {backfill_id} ended {status.value}; failed runs {failed}; see "
+                            f"`DAGSTER_HOME={home} dagster dev -w workspace.yaml` and {home / 'run_worker_logs'}")
         summary.sft = _sft_line(instance)
-        summary.rows = _summary_rows(instance, [k for k in all_keys if k in wanted])
+        summary.rows = _summary_rows(instance, keys)
     summary.wall_seconds = time.perf_counter() - start
     return summary

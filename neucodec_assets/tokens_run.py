@@ -94,7 +94,7 @@ class TokensRun:
         prefix = fetched.prefix
         if fetched.error is not None:
             return self._failed(prefix, str(fetched.error))
-        self._waiting_for(f"the encoder on shard {prefix}")
+        self._waiting_for(f"shard {prefix} to be read and encoded (segment by segment)")
         beat = self.watchdog.beat if self.watchdog is not None else None
         try:
             with read_shard(fetched.source, prefix, workers=self.decode_workers) as reader:

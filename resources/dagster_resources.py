@@ -119,6 +119,12 @@ def load_encoder(settings: EncoderSettings) -> LoadedEncoder:
         return loaded
 
 
+def unload_encoders() -> None:
+    """Drop the loaded encoder of this process (its weights are freed once nothing else holds them)."""
+    with _CACHE_LOCK:
+        _CACHE.clear()
+
+
 class EncoderResource(dg.ConfigurableResource):
     """The neucodec encoder; unset fields come from NEUCODEC_MODEL, NEUCODEC_SEMANTIC_MODEL, NEUCODEC_DEVICE,
     NEUCODEC_PRECISION, NEUCODEC_BATCH_SECONDS, NEUCODEC_MAX_CLIP_SECONDS, NEUCODEC_CHUNKING,

@@ -50,6 +50,12 @@ def test_demo_random_model_end_to_end(tmp_path, monkeypatch, capsys):
         assert keys == {s.prefix for s in shards}
         assert instance.get_materialized_partitions(TOKENS_ASSET_KEY) == keys
         assert instance.get_latest_materialization_event(dg.AssetKey("sft_dataset")) is not None
+        # The path of a user's backfill: one backfill, its runs queued and started by the GPU run launcher.
+        (backfill,) = instance.get_backfills()
+        runs = instance.get_runs()
+        assert runs and all(r.tags["dagster/backfill"] == backfill.backfill_id for r in runs)
+        assert all(r.status == dg.DagsterRunStatus.SUCCESS and r.tags.get("neucodec/pid") for r in runs)
+        assert {r.tags["neucodec/gpu"] for r in runs} == {"cpu0", "none"}  # tokens on the slot, SFT on none
 
 
 def test_demo_without_hub_access_names_the_offline_option(tmp_path):

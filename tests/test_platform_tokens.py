@@ -12,14 +12,11 @@ from neucodec_assets.checks import COMPLETE_CHECK, COMPLETE_CHECK_KEY, VALID_CHE
 from neucodec_assets.definitions import defs
 from neucodec_assets.discovery import add_shard_partitions
 from neucodec_assets.tokens_metadata import TOKENS_ASSET_KEY, metadata_value, tokens_key
+from neucodec_assets.tokens_run import ENCODED, EXISTING, FAILED, TokensRun
 from resources.bucket import AUDIO_TAR, open_bucket
-from resources.dagster_resources import RANDOM_LABEL
+from resources.dagster_resources import RANDOM_LABEL, EncoderResource
 from resources.tokens_file import TokensFileWriter, read_tokens_file, validate_tokens_file
 from tests.fixtures.platform import copy_tiny_shards
-
-RANGE_START = "dagster/asset_partition_range_start"
-RANGE_END = "dagster/asset_partition_range_end"
-
 
 @pytest.fixture
 def encoder_env(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -29,14 +26,13 @@ def encoder_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NEUCODEC_PRECISION", "fp32")
 
 
-def run_tokens(instance: dg.DagsterInstance, keys: list[str], run_config: dict | None = None,
-               job_name: str = "neucodec_tokens_job") -> dg.ExecuteInProcessResult:
-    """One run over the contiguous partition range ``keys[0] .. keys[-1]``, as a backfill launches it."""
-    job = defs.resolve_job_def(job_name)
-    return job.execute_in_process(
-        instance=instance, tags={RANGE_START: keys[0], RANGE_END: keys[-1]}, run_config=run_config or {},
-        raise_on_error=False,
-    )
+def run_tokens(instance: dg.DagsterInstance, key: str, run_config: dict | None = None,
+               job: dg.JobDefinition | None = None) -> dg.ExecuteInProcessResult:
+    """One run of one shard in this process, as `dagster asset materialize --partition KEY` makes it.
+    (Runs of several shards come from backfills: tests/test_platform_backfills.py.)"""
+    job = job or defs.resolve_job_def("neucodec_tokens_job")
+    return job.execute_in_process(instance=instance, partition_key=key, run_config=run_config or {},
+                                  raise_on_error=False)
 
 
 def latest_metadata(instance: dg.DagsterInstance, key: str) -> dict:
@@ -85,31 +81,30 @@ def test_local_bucket_several_shards_idempotent_and_forced(
     assert keys == sorted(s.prefix for s in shards)
     by_key = {s.prefix: s for s in shards}
 
-    # Two shards in one run (as the backfill policy groups them): one model load, metadata per partition.
-    first = run_tokens(pg_instance, keys)
-    assert first.success
+    first = [run_tokens(pg_instance, key) for key in keys]
+    assert all(result.success for result in first)
     assert pg_instance.get_materialized_partitions(TOKENS_ASSET_KEY) == set(keys)
     for key in keys:
         assert_encoded(pg_instance, bucket, by_key[key], latest_metadata(pg_instance, key))
         assert validate_tokens_file(bucket.read_bytes(tokens_key(key))).ok
-    checks = check_results(first)
+    checks = {k: v for result in first for k, v in check_results(result).items()}
     assert checks == {(name, key): True for name in (VALID_CHECK, COMPLETE_CHECK) for key in keys}
     files = {key: bucket.read_bytes(tokens_key(key)) for key in keys}
 
     # Run again: the files exist with the same model, precision and chunking -> reported as existing, untouched.
-    second = run_tokens(pg_instance, keys)
-    assert second.success
     for key in keys:
+        second = run_tokens(pg_instance, key)
+        assert second.success
         meta = latest_metadata(pg_instance, key)
         assert meta["status"] == "existing"
         assert "encode_wall_seconds" not in meta
         assert meta["segment_count"] == len(by_key[key].segment_ids)
         assert meta["total_tokens"] == sum(by_key[key].token_counts)
         assert bucket.read_bytes(tokens_key(key)) == files[key]
-    assert set(check_results(second).values()) == {True}
+        assert set(check_results(second).values()) == {True}
 
     # force: true encodes again; fp32 tokens are identical, the file is new (its provenance names the new run).
-    forced = run_tokens(pg_instance, keys[:1], run_config={"ops": {"neucodec_tokens": {"config": {"force": True}}}})
+    forced = run_tokens(pg_instance, keys[0], run_config={"ops": {"neucodec_tokens": {"config": {"force": True}}}})
     assert forced.success
     meta = latest_metadata(pg_instance, keys[0])
     assert meta["status"] == "encoded"
@@ -131,40 +126,48 @@ def test_local_bucket_several_shards_idempotent_and_forced(
     bucket.upload_file(tampered, tokens_key(keys[1]))
     only_checks = defs.resolve_job_def("neucodec_tokens_job").get_subset(
         asset_selection=set(), asset_check_selection={VALID_CHECK_KEY, COMPLETE_CHECK_KEY})
-    checked = only_checks.execute_in_process(
-        instance=pg_instance, tags={RANGE_START: keys[0], RANGE_END: keys[1]}, raise_on_error=False)
-    assert checked.success
-    evaluations = {(e.check_name, e.partition): e for e in checked.get_asset_check_evaluations()}
-    assert not checked.get_asset_materialization_events()
+    evaluations = {}
+    for key in keys:
+        checked = run_tokens(pg_instance, key, job=only_checks)
+        assert checked.success
+        assert not checked.get_asset_materialization_events()
+        evaluations.update({(e.check_name, e.partition): e for e in checked.get_asset_check_evaluations()})
     assert evaluations[(VALID_CHECK, keys[1])].passed
     assert evaluations[(COMPLETE_CHECK, keys[0])].passed
     incomplete = evaluations[(COMPLETE_CHECK, keys[1])]
     assert not incomplete.passed and dropped in incomplete.description
 
 
-def test_s3_bucket_prefetch_and_a_broken_shard(pg_instance, tiny_shards_dir, s3_env, monkeypatch, encoder_env):
+def test_tokens_run_over_s3_with_prefetch_and_a_broken_shard(tiny_shards_dir, s3_env, monkeypatch, encoder_env):
+    """The shard loop of one run, without Dagster: three shards, one of them broken, one model load."""
     url = f"s3://{s3_env['bucket']}/corpus"
     monkeypatch.setenv("NEUCODEC_BUCKET", url)
-    monkeypatch.setenv("NEUCODEC_GPU_SLOT", "3")  # what GpuRunLauncher gives its run worker
     bucket = open_bucket()
     shards = copy_tiny_shards(tiny_shards_dir, bucket, count=2)
     broken = "zz_broken/xx/shard_999999"
     bucket.put_bytes(f"{broken}/{AUDIO_TAR}", b"this is not a tar file" * 100)
-    keys = add_shard_partitions(pg_instance, [s.prefix for s in shards] + [broken])
-    assert keys[-1] == broken
+    keys = sorted([s.prefix for s in shards]) + [broken]
+    lines: list[str] = []
 
-    result = run_tokens(pg_instance, keys)
-    # The broken shard fails alone: the run fails naming it, the good shards are recorded with their metadata.
-    assert not result.success
-    assert pg_instance.get_materialized_partitions(TOKENS_ASSET_KEY) == {s.prefix for s in shards}
-    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
-    assert broken in failure.step_failure_data.user_failure_data.description
-    for shard in shards:
-        meta = latest_metadata(pg_instance, shard.prefix)
-        assert_encoded(pg_instance, bucket, shard, meta)
-        assert meta["output_uri"] == f"{url}/{tokens_key(shard.prefix)}"
-        assert meta["download_seconds"] >= 0  # fetched by the prefetcher, not streamed twice
-        assert meta["gpu"].startswith("slot 3, CUDA_VISIBLE_DEVICES=")
+    outcome = TokensRun(bucket, EncoderResource().load(), log=lines.append, gpu="slot 3").run(keys)
+    assert outcome.crash is None
+    assert [o.prefix for o in outcome.outcomes] == keys
+    assert [o.status for o in outcome.outcomes] == [ENCODED, ENCODED, FAILED]
+    # The broken shard fails alone and says why; the good ones have their files, figures and passing checks.
+    assert "ShardError" in outcome.outcomes[-1].error and any(broken in line for line in lines)
+    by_key = {s.prefix: s for s in shards}
+    for shard_outcome in outcome.outcomes[:2]:
+        figures = shard_outcome.result.figures
+        shard = by_key[shard_outcome.prefix]
+        assert figures.segment_count == len(shard.segment_ids)
+        assert figures.total_tokens == sum(shard.token_counts)
+        assert figures.output_uri == f"{url}/{tokens_key(shard.prefix)}"
+        assert figures.extra["download_seconds"] >= 0  # fetched by the prefetcher, not streamed twice
+        assert figures.gpu == "slot 3"
+        assert all(check.passed for check in shard_outcome.result.checks)
+        assert validate_tokens_file(bucket.read_bytes(tokens_key(shard.prefix))).ok
     assert not bucket.exists(tokens_key(broken))
-    assert {(name, key) for (name, key), ok in check_results(result).items() if ok} == {
-        (name, s.prefix) for name in (VALID_CHECK, COMPLETE_CHECK) for s in shards}
+
+    # Again: both good shards are current (no encoding); the broken one still fails.
+    again = TokensRun(bucket, EncoderResource().load(), log=lines.append).run(keys)
+    assert [o.status for o in again.outcomes] == [EXISTING, EXISTING, FAILED]

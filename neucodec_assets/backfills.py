@@ -1,0 +1,83 @@
+"""Backfills the way the UI makes them, for the command line and the demo.
+
+`submit_backfill` records an asset backfill through the instance (what the UI's "Materialize" dialog does through
+GraphQL); the daemon's backfill loop turns it into runs grouped by the backfill policies, the run queue holds them
+for the `gpu` pool, and the run launcher starts them. `DaemonLoop` runs one iteration of those daemons in this
+process, for the demo, which has no daemon of its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+
+import dagster as dg
+from dagster._core.execution.backfill import BulkActionStatus, PartitionBackfill
+
+#: Backfill states after which nothing more happens.
+TERMINAL = frozenset({BulkActionStatus.COMPLETED_SUCCESS, BulkActionStatus.COMPLETED_FAILED,
+                      BulkActionStatus.FAILED, BulkActionStatus.CANCELED, BulkActionStatus.COMPLETED})
+logger = logging.getLogger(__name__)
+
+
+def submit_backfill(
+    instance: dg.DagsterInstance, asset_graph, asset_keys: Sequence[dg.AssetKey], partition_keys: Sequence[str],
+    *, title: str, tags: Mapping[str, str] | None = None,
+) -> str:
+    """Record a backfill of ``asset_keys`` over ``partition_keys`` (downstream unpartitioned assets included once
+    their partitions are done); returns its id. The backfill daemon executes it."""
+    if not partition_keys:
+        raise ValueError("a backfill needs at least one partition")
+    backfill_id = uuid.uuid4().hex[:8]
+    instance.add_backfill(PartitionBackfill.from_asset_partitions(
+        backfill_id=backfill_id, asset_graph=asset_graph, partition_names=list(partition_keys),
+        asset_selection=list(asset_keys), backfill_timestamp=time.time(), tags=dict(tags or {}),
+        dynamic_partitions_store=instance, all_partitions=False, title=title, description=None, run_config=None,
+    ))
+    return backfill_id
+
+
+class DaemonLoop:
+    """One iteration each of the daemons that carry a backfill (backfill, run queue, run monitoring), in this
+    process: Dagster's own daemon code, called faster than `dagster-daemon`'s 30-second backfill cadence."""
+
+    def __init__(self, context):
+        from dagster._daemon.run_coordinator.queued_run_coordinator_daemon import QueuedRunCoordinatorDaemon
+
+        self.context = context  # a WorkspaceProcessContext
+        self.queue = QueuedRunCoordinatorDaemon(interval_seconds=1)
+
+    def tick(self) -> None:
+        from dagster._daemon.backfill import execute_backfill_iteration
+        from dagster._daemon.monitoring.run_monitoring import execute_run_monitoring_iteration
+
+        for error in execute_backfill_iteration(self.context, logger):
+            if error is not None:
+                raise RuntimeError(f"backfill daemon iteration failed: {error.message}")
+        list(self.queue.run_iteration(self.context))
+        list(execute_run_monitoring_iteration(self.context, logger))
+
+    def until_done(self, backfill_id: str, *, timeout: float, every: float = 0.5,
+                   progress: Callable[[str], None] | None = None) -> BulkActionStatus:
+        """Tick until the backfill ends; ``progress`` hears each change of its runs' states."""
+        instance = self.context.instance
+        deadline, last = time.monotonic() + timeout, ""
+        while True:
+            self.tick()
+            status = instance.get_backfill(backfill_id).status
+            if progress is not None:
+                runs = instance.get_runs(filters=dg.RunsFilter(tags={"dagster/backfill": backfill_id}))
+                counts = Counter(r.status.value.lower() for r in runs)
+                line = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+                if line and line != last:
+                    progress(f"backfill {backfill_id}: runs {line}")
+                    last = line
+            if status in TERMINAL:
+                return status
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"backfill {backfill_id} still {status.value} after {timeout:.0f} s")
+            time.sleep(every)
+
