@@ -156,8 +156,8 @@ def test_four_runs_on_two_gpus_queue_and_never_share(postgres_db, tmp_path: Path
         def dequeue() -> None:
             list(queue.run_iteration(context))
 
-        # Dagster creates a default pool limit lazily, after the first dequeue already counted pools: a fresh
-        # deployment sets the limit up front (deploy/README.md: `dagster instance concurrency set gpu N`).
+        # Dagster creates a default pool limit lazily, after the first dequeue already counted pools: this plain
+        # QueuedRunCoordinator needs the limit set up front (GpuPoolRunCoordinator sets it on submit).
         instance.event_log_storage.set_concurrency_slots("gpu", instance.run_launcher.total_capacity)
         workspace = context.create_request_context()
         run_ids = [create_run(workspace, out_dir).run_id for _ in range(4)]
@@ -220,7 +220,7 @@ def test_kill_terminate_restart_and_retry(postgres_db, tmp_path: Path, out_dir: 
         # Two GPUs, three runs: the third shares the least-loaded GPU (with a warning) instead of failing.
         assert sorted(t[GPU_TAG] for t in tags.values()) == ["0", "0", "1"]
         extra_events = [e.message for e in instance.all_logs(runs["extra"]) if e.message]
-        assert any("Every slot was busy" in m for m in extra_events), extra_events
+        assert any("WARNING: every slot was busy" in m for m in extra_events), extra_events
         for name, run_id in runs.items():
             assert started_record(out_dir, run_id)["cuda_visible_devices"] == tags[name][GPU_TAG]
 
