@@ -14,6 +14,7 @@ GPUs (Kubernetes, Celery); ``manual`` leaves the pool to the operator. Every sub
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -25,6 +26,7 @@ from typing_extensions import Self
 GPU_POOL = "gpu"
 AUTO = "auto"
 MANUAL = "manual"
+POOL_CHECK_SECONDS = 30.0
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +58,7 @@ class GpuPoolRunCoordinator(QueuedRunCoordinator):
         super().__init__(*args, **kwargs)
         self.gpu_pool = gpu_pool
         self.gpu_pool_limit = parse_pool_limit(gpu_pool_limit)
+        self._checked: tuple[float, int | None] | None = None  # (when, limit) of the last ensure_pool_limit
 
     @classmethod
     def config_type(cls) -> dict[str, Any]:
@@ -99,11 +102,18 @@ class GpuPoolRunCoordinator(QueuedRunCoordinator):
                         "unset" if current is None else current.limit)
         return wanted
 
+    def _limit_in_force(self) -> int | None:
+        """ensure_pool_limit at most once per POOL_CHECK_SECONDS: a backfill submits thousands of runs in a row."""
+        now = time.monotonic()
+        if self._checked is None or now - self._checked[0] > POOL_CHECK_SECONDS:
+            self._checked = (now, self.ensure_pool_limit())
+        return self._checked[1]
+
     def submit_run(self, context: SubmitRunContext) -> dg.DagsterRun:
         run = context.dagster_run
         pools = run.run_op_concurrency.all_pools if run.run_op_concurrency else None
         if pools and self.gpu_pool in pools:
-            limit = self.ensure_pool_limit()
+            limit = self._limit_in_force()
             queue = self._instance.get_concurrency_config().run_queue_config or self.get_run_queue_config()
             max_runs = queue.max_concurrent_runs
             if limit is not None and 0 <= max_runs < limit:

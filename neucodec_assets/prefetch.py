@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from resources.bucket import AUDIO_TAR, METADATA_PARQUET, Bucket, BucketError, LocalBucket
+from resources.bucket import AUDIO_TAR, METADATA_PARQUET, Bucket, BucketError, LocalBucket, ObjectHead
 from resources.shard_reader import ShardError
 
 
@@ -28,6 +28,7 @@ class FetchedShard:
     local_dir: Path | None  # the folder to drop after use (None: the bucket itself is local)
     fetch_seconds: float = 0.0
     error: ShardError | None = None  # the shard could not be fetched; the caller reports it and goes on
+    audio_head: ObjectHead | None = None  # the tar's ETag and size when it was fetched (recorded with the tokens)
 
     def release(self) -> None:
         if self.local_dir is not None:
@@ -55,6 +56,9 @@ class ShardPrefetcher:
         start = time.perf_counter()
         root = self.workdir / f"shard-{index:05d}"
         try:
+            # The HEAD just before the download names the bytes the tokens will come from (the download itself is
+            # pinned to an ETag), so a tar replaced later is noticed on the next run.
+            head = self.bucket.head(f"{prefix}/{AUDIO_TAR}")
             self.bucket.download_to(f"{prefix}/{AUDIO_TAR}", root / prefix / AUDIO_TAR)
         except FileNotFoundError:
             shutil.rmtree(root, ignore_errors=True)
@@ -69,7 +73,7 @@ class ShardPrefetcher:
         except FileNotFoundError:
             pass  # the reader reports a missing metadata.parquet; tokens are still produced
         local = LocalBucket(root, layout=self.bucket.layout)
-        return FetchedShard(prefix, local, root, fetch_seconds=time.perf_counter() - start)
+        return FetchedShard(prefix, local, root, fetch_seconds=time.perf_counter() - start, audio_head=head)
 
     def _submit(self, index: int) -> None:
         if index < len(self.prefixes) and index not in self._pending:

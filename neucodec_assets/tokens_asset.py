@@ -18,7 +18,7 @@ import dagster as dg
 from pydantic import Field
 
 from neucodec_assets.automation import tokens_condition
-from neucodec_assets.checks import TOKENS_CHECK_SPECS, complete_evaluation, completeness_of, tar_audio_ids, \
+from neucodec_assets.checks import TOKENS_CHECK_SPECS, complete_evaluation, completeness_of, shard_audio_ids, \
     valid_evaluation
 from neucodec_assets.hang_watchdog import DEFAULT_HANG_SECONDS, HangWatchdog
 from neucodec_assets.partitions import shards_partitions
@@ -89,7 +89,8 @@ def _failed_shards_table(failed: list[tuple[str, str]]) -> dg.TableMetadataValue
 
 
 def _check_only_evaluations(store: Bucket, key: str) -> list[dg.AssetCheckEvaluation]:
-    """Re-read a shard's tokens file from the bucket and evaluate both checks (no encoding)."""
+    """Re-read a shard's tokens file from the bucket and evaluate both checks (no encoding; the tar is read only
+    when the file does not record it, or it changed since)."""
     try:
         data = store.read_bytes(tokens_key(key))
     except FileNotFoundError:
@@ -98,7 +99,7 @@ def _check_only_evaluations(store: Bucket, key: str) -> list[dg.AssetCheckEvalua
     _, report = validate_existing(store, key, data)
     evaluations = [valid_evaluation(key, report)]
     try:
-        evaluations.append(complete_evaluation(key, completeness_of(tar_audio_ids(store, key), report)))
+        evaluations.append(complete_evaluation(key, completeness_of(shard_audio_ids(store, key, report), report)))
     except (OSError, BucketError, ShardError) as exc:
         evaluations.append(dg.AssetCheckEvaluation(
             asset_key=TOKENS_ASSET_KEY, check_name="tokens_file_complete", passed=False, partition=key,

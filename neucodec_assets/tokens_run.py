@@ -99,7 +99,8 @@ class TokensRun:
         try:
             with read_shard(fetched.source, prefix, workers=self.decode_workers) as reader:
                 result = encode_shard(reader, self.store, self.loaded, workdir, self.log, gpu=self.gpu,
-                                      extra_provenance=self.extra_provenance, on_segment=beat)
+                                      extra_provenance=self.extra_provenance, on_segment=beat,
+                                      audio_tar=fetched.audio_head)
         except SHARD_ERRORS as exc:
             return self._failed(prefix, exc)
         if fetched.fetch_seconds:
