@@ -272,7 +272,8 @@ class NeucodecEncoder:
     def _autocast(self):
         if self.dtype == torch.float32:
             return nullcontext()
-        return torch.autocast(self._device.type, dtype=self.dtype)
+        # No cast cache: the weights are cast at load already, and a cache must stay off while a CUDA graph captures.
+        return torch.autocast(self._device.type, dtype=self.dtype, cache_enabled=False)
 
     def _prepare(self, waves: list[np.ndarray], lengths: list[int]) -> _Prepared:
         dev = self._device
@@ -300,10 +301,12 @@ class NeucodecEncoder:
         dev = self._device
         b, nmax = p.waves.shape
         with self._autocast():
-            if self._semantic_call is self._semantic:
-                hidden = self._semantic(p.features, p.sem_frames)  # [B, S, 1024]
-            else:
+            if self._semantic_call is not self._semantic:
                 hidden = self._semantic_call(p.features, p.sem_frames, p.sem_lengths)
+            elif all(n == p.features.shape[1] for n in p.sem_frames):
+                hidden = self._semantic(p.features, p.sem_frames)  # [B, S, 1024], no padding: no mask
+            else:  # the mask from lengths already on the device: no blocking copy behind the previous batch
+                hidden = self._semantic.forward_lengths(p.features, p.sem_lengths)
         semantic = self._semantic_encode(hidden.float().transpose(1, 2), p.sem_frames, p.sem_lengths)
         if self.acoustic_per_clip and b > 1:
             acoustic = torch.zeros((b, 1024, nmax // HOP), dtype=torch.float32, device=dev)
