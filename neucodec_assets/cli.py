@@ -117,6 +117,22 @@ def _cmd_enqueue(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_status(args: argparse.Namespace) -> int:
+    """Progress, rate, ETA and cost from the instance (and the bucket for remaining hours): the encoding_progress
+    asset's report, computed now. Reads the asset's cache in the bucket when there is one; writes nothing."""
+    import json
+
+    from neucodec_assets.progress import ProgressCache, collect, format_text, progress_prefix, report_from
+    from resources.bucket import open_bucket
+
+    bucket = None if args.no_bucket else open_bucket(args.bucket)
+    with _instance() as instance:
+        cache = ProgressCache.load(bucket, progress_prefix()) if bucket is not None else None
+        report = report_from(collect(instance, bucket, cache, max_reads=args.max_reads))
+    print(json.dumps(report.to_json(), indent=1) if args.json else format_text(report))
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from neucodec_assets.demo import DemoError, run_demo
 
@@ -190,6 +206,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bucket URL where the rows' tokens files must exist (default: NEUCODEC_BUCKET)")
     p.add_argument("--force", action="store_true", help="record rows even where the partition is materialized")
     p.set_defaults(func=_cmd_import_legacy)
+
+    p = sub.add_parser(
+        "status",
+        help="shards done/failed/in flight/pending, hours, throughput, ETA and GPU cost per language and dataset",
+    )
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--bucket", default=None, help="bucket URL for remaining hours (default: NEUCODEC_BUCKET)")
+    p.add_argument("--no-bucket", action="store_true", help="do not read the bucket (remaining hours unknown)")
+    p.add_argument("--max-reads", type=int, default=None,
+                   help="metadata.parquet files to read at most (default: NEUCODEC_PROGRESS_METADATA_READS, 2000)")
+    p.set_defaults(func=_cmd_status)
 
     p = sub.add_parser(
         "demo",

@@ -1,0 +1,70 @@
+"""`encoding_progress`: the fleet's progress, rate, ETA and cost as an asset whose metadata the UI plots over time.
+
+It is refreshed by `encoding_progress_schedule` (NEUCODEC_PROGRESS_CRON, default every 10 minutes) rather than by an
+automation condition, so that it keeps reporting when the automation sensor is off (NEUCODEC_AUTOMATION=off). The
+computation is neucodec_assets/progress.py; `neucodec-platform status` prints the same report.
+"""
+
+# No `from __future__ import annotations`: Dagster reads the resource types from the runtime annotations.
+
+import json
+import time
+
+import dagster as dg
+
+from neucodec_assets.progress import CHARTS, PROGRESS_ASSET_KEY, ProgressCache, collect, format_markdown, \
+    numeric_metadata, progress_cron, progress_prefix, report_from
+from neucodec_assets.sft.charts import markdown_image
+from resources.dagster_resources import BucketResource
+
+
+@dg.asset(
+    key=PROGRESS_ASSET_KEY,
+    group_name="neucodec",
+    kinds={"python"},
+    description="Shards done / failed / in flight / pending, hours done and remaining, tokens, failed segments, "
+    "throughput, ETA and GPU-hours per language, per dataset and in total, read from Dagster's own records and "
+    "the shards' metadata.parquet. Charts and a JSON report also go to `<NEUCODEC_PROGRESS_PREFIX>/` in the bucket.",
+)
+def encoding_progress(context: dg.AssetExecutionContext, bucket: BucketResource) -> dg.MaterializeResult:
+    store = bucket.open()
+    prefix = progress_prefix()
+    started = time.perf_counter()
+    collected = collect(context.instance, store, ProgressCache.load(store, prefix), log=context.log.info)
+    report = report_from(collected)
+    collected.cache.save(store, prefix)
+
+    metadata: dict[str, dg.RawMetadataValue] = dict(numeric_metadata(report))
+    rows = [("total", report.total)]
+    metadata["by_language"] = dg.MetadataValue.md(
+        format_markdown(report, rows + [(k, v) for k, v in report.by_language.items()]))
+    metadata["by_dataset"] = dg.MetadataValue.md(format_markdown(report, [(k, v) for k, v in report.by_dataset.items()]))
+    metadata["failed_segments_by_reason"] = dg.MetadataValue.json(report.total.failed_by_reason)
+    for name, draw in CHARTS.items():
+        png = draw(report)
+        key = f"{prefix}/{name}"
+        store.put_bytes(key, png)
+        label = name.removesuffix(".png")
+        metadata[f"{label}_chart"] = dg.MetadataValue.md(markdown_image(png, label.replace("_", " ")))
+        metadata[f"{label}_chart_key"] = key
+    report_key = f"{prefix}/progress.json"
+    store.put_bytes(report_key, json.dumps(report.to_json(), indent=1).encode())
+    metadata["report_key"] = report_key
+    if report.notes:
+        metadata["notes"] = dg.MetadataValue.md("\n".join(f"- {n}" for n in report.notes))
+    metadata["seconds"] = dg.MetadataValue.float(round(time.perf_counter() - started, 3))
+    return dg.MaterializeResult(metadata=metadata)
+
+
+encoding_progress_job = dg.define_asset_job(
+    name="encoding_progress_job", selection=dg.AssetSelection.assets(PROGRESS_ASSET_KEY),
+    description="Refresh encoding_progress (no GPU).",
+)
+
+encoding_progress_schedule = dg.ScheduleDefinition(
+    name="encoding_progress_schedule",
+    job=encoding_progress_job,
+    cron_schedule=progress_cron(),
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+    description="Refreshes encoding_progress (NEUCODEC_PROGRESS_CRON, default every 10 minutes).",
+)

@@ -1,0 +1,351 @@
+"""Fleet progress (`encoding_progress`, `neucodec-platform status`) and run-failure alerts.
+
+Shard states are put on a real Postgres instance the way the platform records them: done shards as
+materializations carrying ShardFigures metadata (the shape every materializing path writes), a failed shard as a
+run of `neucodec_tokens_job` that started and was failed the way run monitoring fails a dead worker, an in-flight
+shard as a started run, pending shards as partitions whose metadata.parquet holds durations. No audio is encoded.
+"""
+
+from __future__ import annotations
+
+import http.server
+import io
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+import pytest
+from dagster._core.events import DagsterEvent, DagsterEventType
+
+from neucodec_assets.alerts import SENSOR_NAME, WEBHOOK_ENV, neucodec_alert_sensor, post_json
+from neucodec_assets.cli import main
+from neucodec_assets.progress import DONE, FAILED, IN_FLIGHT, PENDING, DoneShard, RunSpan, ShardDuration, \
+    compute_progress, eta_seconds, format_text, throughput
+from neucodec_assets.tokens_metadata import STATUS_ADOPTED, STATUS_ENCODED, TOKENS_ASSET_KEY, ShardFigures
+from resources.bucket import METADATA_PARQUET, LocalBucket
+
+H = 3600.0
+
+# Done shards: (key, status, audio seconds, tokens, failed segments with reasons)
+DONE_SHARDS = [
+    ("corpus_a/hi/shard_000", STATUS_ENCODED, 1800.0, 90_000, [("s1", "corrupt: LibsndfileError bad header"),
+                                                                ("s2", "too_short: 100 samples")]),
+    ("corpus_a/hi/shard_001", STATUS_ENCODED, 3600.0, 180_000, [("s3", "corrupt: truncated FLAC")]),
+    ("corpus_b/en/shard_000", STATUS_ADOPTED, 7200.0, 360_000, []),
+]
+FAILED_SHARD = ("corpus_a/hi/shard_002", [600.0, 1200.0])  # durations in its metadata.parquet
+IN_FLIGHT_SHARD = ("corpus_b/en/shard_001", [900.0, 900.0])
+PENDING_SHARDS = [("corpus_a/hi/shard_003", [1000.0, 2600.0]), ("corpus_b/en/shard_002", [5400.0])]
+PENDING_NO_METADATA = "corpus_b/en/shard_003"
+
+
+def _write_metadata(bucket: LocalBucket, key: str, durations: list[float]) -> None:
+    frame = pl.DataFrame({"segment_id": [f"seg{i}" for i in range(len(durations))], "duration": durations,
+                          "text": ["x"] * len(durations)})
+    buffer = io.BytesIO()
+    frame.write_parquet(buffer)
+    bucket.put_bytes(f"{key}/{METADATA_PARQUET}", buffer.getvalue())
+
+
+def _tokens_run(instance: dg.DagsterInstance, key: str) -> dg.DagsterRun:
+    """A run of the tokens job for one shard, created as the queue creates it (Dagster records the planned
+    materialization of the partition), then started."""
+    from neucodec_assets.definitions import defs
+
+    run = instance.create_run_for_job(job_def=defs.resolve_job_def("neucodec_tokens_job"),
+                                      tags={"dagster/partition": key}, asset_selection=frozenset({TOKENS_ASSET_KEY}))
+    instance.report_dagster_event(DagsterEvent(DagsterEventType.RUN_START.value, job_name=run.job_name),
+                                  run_id=run.run_id)
+    return instance.get_run_by_id(run.run_id)
+
+
+@pytest.fixture
+def fleet(pg_instance: dg.DagsterInstance, pg_dagster_home: Path, tmp_path: Path,
+          monkeypatch: pytest.MonkeyPatch) -> tuple[dg.DagsterInstance, LocalBucket, dict]:
+    """An instance with done, failed, in-flight and pending shards, and their bucket (metadata only)."""
+    bucket_dir = tmp_path / "bucket"
+    bucket_dir.mkdir()
+    monkeypatch.setenv("NEUCODEC_BUCKET", bucket_dir.as_uri())
+    monkeypatch.delenv("NEUCODEC_GPU_HOUR_PRICE", raising=False)
+    bucket = LocalBucket(bucket_dir)
+    instance = pg_instance
+    keys = ([k for k, *_ in DONE_SHARDS] + [FAILED_SHARD[0], IN_FLIGHT_SHARD[0]]
+            + [k for k, _ in PENDING_SHARDS] + [PENDING_NO_METADATA])
+    instance.add_dynamic_partitions("shards", keys)
+    for key, durations in [FAILED_SHARD, IN_FLIGHT_SHARD, *PENDING_SHARDS]:
+        _write_metadata(bucket, key, durations)
+
+    failed_run = _tokens_run(instance, FAILED_SHARD[0])
+    instance.report_run_failed(failed_run, "run worker exited unexpectedly")  # what run monitoring writes
+    in_flight_run = _tokens_run(instance, IN_FLIGHT_SHARD[0])
+    for key, status, seconds, tokens, failed in DONE_SHARDS:
+        dataset, language = key.split("/")[:2]
+        figures = ShardFigures(prefix=key, status=status, dataset=dataset, language=language, segment_count=7,
+                               total_audio_seconds=seconds, total_tokens=tokens, output_key=f"{key}/t.parquet",
+                               failed=failed, encode_wall_seconds=seconds / 50)
+        instance.report_runless_asset_event(dg.AssetMaterialization(
+            asset_key=TOKENS_ASSET_KEY, partition=key, metadata=figures.to_metadata()))
+    return instance, bucket, {"failed_run": failed_run, "in_flight_run": in_flight_run}
+
+
+def _check_report(data: dict, instance: dg.DagsterInstance) -> None:
+    total = data["total"]
+    assert total["shards"] == {DONE: 3, FAILED: 1, IN_FLIGHT: 1, PENDING: 3}
+    assert total["hours_done"] == pytest.approx(sum(s for _, _, s, _, _ in DONE_SHARDS) / H)
+    assert total["hours_encoded"] == pytest.approx((1800 + 3600) / H)  # the adopted shard was not encoded here
+    assert total["tokens"] == sum(t for _, _, _, t, _ in DONE_SHARDS)
+    assert total["failed_segments"] == 3
+    assert total["failed_by_reason"] == {"corrupt": 2, "too_short": 1}
+    known = (sum(IN_FLIGHT_SHARD[1]) + sum(sum(d) for _, d in PENDING_SHARDS)) / H
+    assert total["hours_remaining"] == pytest.approx(known)
+    assert total["shards_without_duration"] == 1
+    assert total["hours_remaining_estimated"] == pytest.approx(known + known / 3)  # mean of the 3 known shards
+    assert total["hours_failed"] == pytest.approx(sum(FAILED_SHARD[1]) / H)
+
+    hi, en = data["by_language"]["hi"], data["by_language"]["en"]
+    assert hi["shards"] == {DONE: 2, FAILED: 1, IN_FLIGHT: 0, PENDING: 1}
+    assert hi["hours_done"] == pytest.approx(1.5) and hi["hours_remaining"] == pytest.approx(1.0)
+    assert hi["failed_by_reason"] == {"corrupt": 2, "too_short": 1}
+    assert en["shards"] == {DONE: 1, FAILED: 0, IN_FLIGHT: 1, PENDING: 2}
+    # en's shard without durations is estimated at the mean of en's known not-done shards ((1800 + 5400) / 2 s)
+    assert en["hours_remaining_estimated"] == pytest.approx((1800 + 5400) * 1.5 / H)
+    assert data["by_dataset"]["corpus_a"]["shards"] == hi["shards"]
+
+    # The two encoded shards were recorded after the fleet's first run started: all of them are in the window.
+    window = data["throughput"]
+    assert window["audio_hours"] == pytest.approx(1.5)
+    assert window["audio_hours_per_wall_hour"] == pytest.approx(1.5 / window["window_hours"])
+    assert data["runs_active"] == 1
+    eta = total["eta_seconds"]
+    assert eta == pytest.approx(total["hours_remaining_estimated"] / window["audio_hours_per_wall_hour"] * H)
+    assert data["cost"] is None  # no price configured: no cost shown
+
+
+def test_status_reads_done_failed_in_flight_and_pending_shards(fleet, capsys) -> None:
+    instance, bucket, runs = fleet
+    before = time.time()
+    assert main(["status", "--json"]) == 0
+    after = time.time()
+    data = json.loads(capsys.readouterr().out)
+    _check_report(data, instance)
+    # GPU-hours: the two tokens runs from their recorded start to their end (or to now, for the running one).
+    failed = instance.get_run_record_by_id(runs["failed_run"].run_id)
+    running = instance.get_run_record_by_id(runs["in_flight_run"].run_id)
+    assert failed.end_time is not None and running.end_time is None
+    finished = failed.end_time - failed.start_time
+    assert (finished + before - running.start_time) / H <= data["gpu_hours"] <= (finished + after - running.start_time) / H
+
+    assert main(["status"]) == 0
+    text = capsys.readouterr().out
+    assert "language hi" in text and "dataset corpus_b" in text and "failed segments by reason: corrupt 2" in text
+    assert "GPU-hours used" in text and "cost" not in text
+
+
+def test_status_shows_cost_at_a_price(fleet, capsys, monkeypatch) -> None:
+    instance, _, _ = fleet
+    monkeypatch.setenv("NEUCODEC_GPU_HOUR_PRICE", "2.5")
+    assert main(["status", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["gpu_hours"] > 0
+    assert data["cost"] == pytest.approx(data["gpu_hours"] * 2.5)
+    assert data["cost_per_1000_hours"] == pytest.approx(data["cost"] / 1.5 * 1000)
+
+
+def test_encoding_progress_asset_metadata_charts_and_cache(fleet) -> None:
+    from neucodec_assets.progress_asset import encoding_progress
+    from resources.dagster_resources import BucketResource
+
+    instance, bucket, _ = fleet
+    resources = {"bucket": BucketResource(url=bucket.url)}
+    for attempt in range(2):  # the second pass starts from the first one's cache
+        result = dg.materialize([encoding_progress], instance=instance, resources=resources)
+        assert result.success
+        meta = result.asset_materializations_for_node("encoding_progress")[0].metadata
+        assert meta["shards_done"].value == 3 and meta["shards_failed"].value == 1
+        assert meta["shards_in_flight"].value == 1 and meta["shards_pending"].value == 3
+        assert meta["hours_done/hi"].value == pytest.approx(1.5)
+        assert meta["hours_remaining/hi"].value == pytest.approx(1.0)
+        assert meta["shards_done/dataset/corpus_b"].value == 1
+        assert meta["tokens"].value == 630_000
+        assert "| language" not in meta["by_language"].value and "| hi |" in meta["by_language"].value
+        assert meta["progress_by_language_chart"].value.startswith("![progress by language](data:image/png;base64,")
+    for key in ("progress/progress_by_language.png", "progress/throughput.png"):
+        assert bucket.read_bytes(key)[:8] == b"\x89PNG\r\n\x1a\n"
+    _check_report(json.loads(bucket.read_bytes("progress/progress.json")), instance)
+    cursors = json.loads(bucket.read_bytes("progress/cache/cursors.json"))
+    assert cursors["event_cursor"] > 0
+    # Done shards' durations are not kept; the not-done ones are, so the next pass reads no metadata again.
+    cached = pl.read_parquet(bucket.read_bytes("progress/cache/durations.parquet"))
+    assert set(cached["key"]) == {FAILED_SHARD[0], IN_FLIGHT_SHARD[0], *(k for k, _ in PENDING_SHARDS),
+                                  PENDING_NO_METADATA}
+
+
+def test_metadata_reads_are_capped_and_said(fleet, capsys) -> None:
+    assert main(["status", "--json", "--max-reads", "2"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert any("2 of 5" in note for note in data["notes"])
+    assert data["total"]["shards"][PENDING] == 3  # states never depend on the reads
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Rate and ETA on a synthetic timeline (explicit timestamps, no clock).
+
+NOW = 1_800_000_000.0
+
+
+def _done(key: str, ts: float, seconds: float, status: str = STATUS_ENCODED) -> DoneShard:
+    dataset, language = key.split("/")[:2]
+    return DoneShard(key, 1, ts, status, dataset, language, seconds, int(seconds * 50), 1, 0)
+
+
+def test_eta_on_a_synthetic_timeline() -> None:
+    # The fleet started 30 minutes ago: two GPUs, one finished 10 minutes ago, one still running.
+    runs = [RunSpan("r1", "SUCCESS", NOW - 1800, NOW - 600, NOW), RunSpan("r2", "STARTED", NOW - 1800, None, NOW),
+            RunSpan("old", "SUCCESS", NOW - 20000, NOW - 16400, NOW)]  # an hour of GPU long ago
+    done = {k: _done(k, ts, s) for k, ts, s in [("d/hi/1", NOW - 1500, 3600), ("d/hi/2", NOW - 900, 7200),
+                                                ("d/en/3", NOW - 100, 3600), ("d/en/4", NOW - 17000, 3600)]}
+    durations = {"d/hi/5": ShardDuration("d/hi/5", "d", "hi", 10 * H, 3),
+                 "d/en/6": ShardDuration("d/en/6", "d", "en", 6 * H, 2)}
+    states = {**dict.fromkeys(done, DONE), **dict.fromkeys(durations, PENDING)}
+    report = compute_progress(states, done, durations, runs, NOW, price=2.0)
+
+    # Window: from the fleet's start (30 min), not the whole hour: 4 audio hours in 0.5 wall hours.
+    assert report.window.window_start == NOW - 1800
+    assert report.window.per_wall_hour == pytest.approx(8.0)
+    assert report.window.gpu_hours == pytest.approx((1200 + 1800) / H)
+    assert report.window.per_gpu_hour == pytest.approx(4 / (3000 / H))
+    assert report.total.eta_seconds == pytest.approx(16 / 8 * H)  # 16 h left at 8 h per hour: 2 h
+    hi = report.by_language["hi"]  # 3 h in the window -> 6 h/h; 10 h left
+    assert hi.throughput_hours_per_hour == pytest.approx(6.0)
+    assert hi.eta_seconds == pytest.approx(10 / 6 * H)
+    assert report.gpu_hours == pytest.approx((1200 + 1800 + 3600) / H)
+    assert report.cost == pytest.approx(report.gpu_hours * 2.0)
+    assert report.cost_per_1000_hours == pytest.approx(report.cost / 5.0 * 1000)
+    assert sum(h for _, h in report.hourly) == pytest.approx(5.0)  # all four within the 48-hour history
+    assert "2 h 00 min" in format_text(report)
+
+    # A fleet older than the window is measured over exactly the last hour.
+    long_runs = [RunSpan("r", "STARTED", NOW - 5 * H, None, NOW)]
+    rate = throughput([(NOW - 4000, 3600), (NOW - 1000, 1800)], long_runs, NOW)
+    assert rate.window_start == NOW - H and rate.per_wall_hour == pytest.approx(0.5)
+    assert rate.per_gpu_hour == pytest.approx(0.5)
+
+
+def test_eta_edges() -> None:
+    assert eta_seconds(0.0, None) == 0.0  # nothing left: done, whatever the rate
+    assert eta_seconds(5.0, None) is None and eta_seconds(5.0, 0.0) is None  # no rate: no ETA
+    assert eta_seconds(5.0, 10.0) == pytest.approx(1800)
+    # Adopted shards count as done but not as throughput.
+    done = {"d/hi/1": _done("d/hi/1", NOW - 60, 3600, STATUS_ADOPTED)}
+    report = compute_progress({"d/hi/1": DONE}, done, {}, [], NOW)
+    assert report.total.hours_done == pytest.approx(1.0) and report.window.audio_hours == 0.0
+    assert report.total.eta_seconds == 0.0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Alerts against a local HTTP server.
+
+
+class _Hook(http.server.BaseHTTPRequestHandler):
+    received: list[dict] = []
+    status = 200
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        length = int(self.headers["Content-Length"])
+        type(self).received.append({"path": self.path, "content_type": self.headers["Content-Type"],
+                                    "body": json.loads(self.rfile.read(length))})
+        self.send_response(type(self).status)
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def webhook() -> Iterator[tuple[str, type[_Hook]]]:
+    handler = type("Hook", (_Hook,), {"received": [], "status": 200})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/services/T000/B000/secret-token-xyz", handler
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _failure_context(instance: dg.DagsterInstance, run: dg.DagsterRun) -> dg.RunFailureSensorContext:
+    event = instance.all_logs(run.run_id, of_type=DagsterEventType.RUN_FAILURE)[0].dagster_event
+    return dg.build_run_status_sensor_context(
+        sensor_name=SENSOR_NAME, dagster_event=event, dagster_instance=instance,
+        dagster_run=instance.get_run_by_id(run.run_id)).for_run_failure()
+
+
+def test_failed_run_posts_to_the_webhook(fleet, webhook, monkeypatch, caplog) -> None:
+    instance, _, runs = fleet
+    url, hook = webhook
+    monkeypatch.setenv(WEBHOOK_ENV, url)
+    assert neucodec_alert_sensor(_failure_context(instance, runs["failed_run"])) is None
+    assert len(hook.received) == 1
+    got = hook.received[0]
+    assert got["path"] == "/services/T000/B000/secret-token-xyz" and got["content_type"] == "application/json"
+    body = got["body"]
+    assert body["run_id"] == runs["failed_run"].run_id and body["job"] == "neucodec_tokens_job"
+    assert body["shards"] == [FAILED_SHARD[0]] and body["status"] == "FAILURE"
+    assert "run worker exited unexpectedly" in body["error"]
+    assert FAILED_SHARD[0] in body["text"] and runs["failed_run"].run_id in body["text"]
+    assert "secret-token-xyz" not in caplog.text
+
+
+def test_step_failure_names_the_failed_shards(pg_instance, webhook, monkeypatch) -> None:
+    """A real run whose step fails the way `neucodec_tokens` does: a Failure with its `failed_shards` table."""
+    from neucodec_assets.tokens_asset import _failed_shards_table
+
+    url, hook = webhook
+    monkeypatch.setenv(WEBHOOK_ENV, url)
+    keys = ["d/hi/a", "d/hi/b", "d/hi/c"]
+    pg_instance.add_dynamic_partitions("shards", keys)
+
+    @dg.op
+    def encode_shards() -> None:
+        raise dg.Failure(description="1 of 3 shards failed: d/hi/b: no audio.tar",
+                         metadata={"failed_shards": _failed_shards_table([("d/hi/b", "no audio.tar")])})
+
+    @dg.job
+    def shard_job() -> None:
+        encode_shards()
+
+    result = shard_job.execute_in_process(instance=pg_instance, raise_on_error=False, tags={
+        "dagster/asset_partition_range_start": "d/hi/a", "dagster/asset_partition_range_end": "d/hi/c"})
+    assert not result.success
+    run = pg_instance.get_run_by_id(result.run_id)
+    assert neucodec_alert_sensor(_failure_context(pg_instance, run)) is None
+    body = hook.received[0]["body"]
+    assert body["shards"] == keys
+    assert body["failed_shards"] == [{"shard": "d/hi/b", "error": "no audio.tar"}]
+    assert body["error"].startswith("encode_shards: 1 of 3 shards failed")
+    assert "failed shards: d/hi/b" in body["text"]
+
+
+def test_webhook_off_without_url_and_errors_never_show_it(fleet, webhook, monkeypatch) -> None:
+    instance, _, runs = fleet
+    url, hook = webhook
+    monkeypatch.delenv(WEBHOOK_ENV, raising=False)
+    assert neucodec_alert_sensor.default_status == dg.DefaultSensorStatus.STOPPED  # no URL when the code loaded
+    skipped = neucodec_alert_sensor(_failure_context(instance, runs["failed_run"]))
+    assert isinstance(skipped, dg.SkipReason) and WEBHOOK_ENV in skipped.skip_message
+    assert hook.received == []
+
+    hook.status = 500  # the endpoint fails: the sensor skips with the status, never the URL
+    monkeypatch.setenv(WEBHOOK_ENV, url)
+    skipped = neucodec_alert_sensor(_failure_context(instance, runs["failed_run"]))
+    assert isinstance(skipped, dg.SkipReason) and "HTTP 500" in skipped.skip_message
+    assert "secret-token-xyz" not in skipped.skip_message and "127.0.0.1" not in skipped.skip_message
+    assert len(hook.received) == 3  # retried
+    hook.status = 204
+    assert post_json(url, {"text": "t"}, attempts=1) == 204
