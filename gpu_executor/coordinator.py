@@ -9,6 +9,13 @@ encoders on one GPU and nobody has to remember `dagster instance concurrency set
 GPUs x runs_per_gpu, or its CPU slots) and keeps the pool at it; an integer sets it for launchers that cannot count
 GPUs (Kubernetes, Celery); ``manual`` leaves the pool to the operator. Every submission also checks that
 `max_concurrent_runs` does not cap the fleet below the pool and says so in the run's events when it does.
+
+``gpu_run_tags`` puts a GPU run's launch requirements on the run itself at submit time: every run that enters the
+queue passes here (UI and automation backfills, `dagster job launch`, retries), while tags on one named job do not
+reach the implicit asset job that backfills run (DESIGN.md). On Kubernetes it is the `dagster-k8s/config` tag that
+K8sRunLauncher reads when it launches (GPU limit, `NEUCODEC_DEVICE=cuda`, spool disk); ``k8s`` builds that tag from
+``NEUCODEC_K8S_*`` (gpu_executor.k8s). A tag the run already has is never replaced; runs outside the pool and
+checks-only runs (they read files, never encode) get nothing.
 """
 
 from __future__ import annotations
@@ -27,14 +34,53 @@ GPU_POOL = "gpu"
 AUTO = "auto"
 MANUAL = "manual"
 POOL_CHECK_SECONDS = 30.0
+K8S = "k8s"
 
 logger = logging.getLogger(__name__)
+
+
+def parse_run_tags(value: Any) -> dict[str, str]:
+    """``gpu_run_tags`` config -> tags: None (none), ``k8s`` (from NEUCODEC_K8S_*), or {tag: string | mapping}."""
+    from gpu_executor.k8s import K8S_CONFIG_TAG, gpu_run_tags, tag_value
+
+    if value is None:
+        return {}
+    if isinstance(value, str):
+        if value.strip().lower() != K8S:
+            raise ValueError(f"gpu_run_tags must be 'k8s' or a mapping of run tags, got {value!r}")
+        return gpu_run_tags()
+    if not isinstance(value, Mapping):
+        raise ValueError(f"gpu_run_tags must be 'k8s' or a mapping of run tags, got {type(value).__name__}")
+    tags = {str(k): tag_value(v) for k, v in value.items()}
+    if K8S_CONFIG_TAG in tags:
+        # A typo here would otherwise surface only when the daemon launches the first GPU run.
+        import json
+
+        from dagster_k8s.job import UserDefinedDagsterK8sConfig
+
+        UserDefinedDagsterK8sConfig.from_dict(json.loads(tags[K8S_CONFIG_TAG]))
+    return tags
+
+
+def encodes(run: dg.DagsterRun, pool: str = GPU_POOL) -> bool:
+    """A run of the pool that materializes assets (a checks-only run reads tokens files and needs no GPU)."""
+    pools = run.run_op_concurrency.all_pools if run.run_op_concurrency else None
+    if not pools or pool not in pools:
+        return False
+    # Dagster subsets a job to checks alone when checks are selected and assets are not (None or empty).
+    return not (not run.asset_selection and run.asset_check_selection)
 
 
 def parse_pool_limit(value: int | str | None) -> int | str:
     """`auto`, `manual` or a positive integer (as YAML or an env var gives it)."""
     if value is None:
         return AUTO
+    if isinstance(value, Mapping) and set(value) == {"env"}:
+        import os
+
+        name, value = str(value["env"]), os.environ.get(str(value["env"]))
+        if value is None:
+            raise ValueError(f"gpu_pool_limit: environment variable {name} is not set")
     text = str(value).strip().lower()
     if text in (AUTO, MANUAL):
         return text
@@ -50,14 +96,16 @@ def parse_pool_limit(value: int | str | None) -> int | str:
 class GpuPoolRunCoordinator(QueuedRunCoordinator):
     """QueuedRunCoordinator that keeps the `gpu` pool limit set before any of the pool's runs is queued.
 
-    Extra config: ``gpu_pool`` (default ``gpu``) and ``gpu_pool_limit`` (``auto`` | ``manual`` | N).
+    Extra config: ``gpu_pool`` (default ``gpu``), ``gpu_pool_limit`` (``auto`` | ``manual`` | N) and
+    ``gpu_run_tags`` (``k8s`` | {tag: value}: added to the pool's encoding runs when they are submitted).
     """
 
     def __init__(self, *args: Any, gpu_pool: str = GPU_POOL, gpu_pool_limit: int | str | None = AUTO,
-                 **kwargs: Any):
+                 gpu_run_tags: Any = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.gpu_pool = gpu_pool
         self.gpu_pool_limit = parse_pool_limit(gpu_pool_limit)
+        self.gpu_run_tags = parse_run_tags(gpu_run_tags)
         self._checked: tuple[float, int | None] | None = None  # (when, limit) of the last ensure_pool_limit
 
     @classmethod
@@ -65,19 +113,28 @@ class GpuPoolRunCoordinator(QueuedRunCoordinator):
         return {
             **super().config_type(),
             "gpu_pool": dg.Field(dg.StringSource, is_required=False, default_value=GPU_POOL),
+            # Any, not StringSource: YAML gives `gpu_pool_limit: 16` as an int (parse_pool_limit checks; {env: X} works).
             "gpu_pool_limit": dg.Field(
-                dg.StringSource, is_required=False, default_value=AUTO,
+                dg.Any, is_required=False, default_value=AUTO,
                 description="`auto` (the run launcher's GPU slots), `manual`, or the number of runs the pool "
                 "may hold at once.",
+            ),
+            "gpu_run_tags": dg.Field(
+                dg.Any, is_required=False,
+                description="`k8s` (the dagster-k8s/config GPU tag from NEUCODEC_K8S_*) or a mapping of run tags "
+                "(values: strings, or mappings written as JSON) added to the pool's encoding runs at submit; "
+                "a tag the run already has wins.",
             ),
         }
 
     @classmethod
     def from_config_value(cls, inst_data: ConfigurableClassData, config_value: Mapping[str, Any]) -> Self:
-        queued = {k: v for k, v in config_value.items() if k not in ("gpu_pool", "gpu_pool_limit")}
+        extra = ("gpu_pool", "gpu_pool_limit", "gpu_run_tags")
+        queued = {k: v for k, v in config_value.items() if k not in extra}
         coordinator = super().from_config_value(inst_data, queued)
         coordinator.gpu_pool = config_value.get("gpu_pool", GPU_POOL)
         coordinator.gpu_pool_limit = parse_pool_limit(config_value.get("gpu_pool_limit"))
+        coordinator.gpu_run_tags = parse_run_tags(config_value.get("gpu_run_tags"))
         return coordinator
 
     def wanted_limit(self) -> int | None:
@@ -122,4 +179,8 @@ class GpuPoolRunCoordinator(QueuedRunCoordinator):
                     f" at most {max_runs} GPU runs will run at once. Raise concurrency.runs.max_concurrent_runs.",
                     run, cls=self.__class__,
                 )
+        missing = {k: v for k, v in self.gpu_run_tags.items() if k not in run.tags}
+        if missing and run.status == dg.DagsterRunStatus.NOT_STARTED and encodes(run, self.gpu_pool):
+            # Before the run is queued: the launcher reads the stored run's tags when it dequeues it.
+            self._instance.add_run_tags(run.run_id, missing)
         return super().submit_run(context)

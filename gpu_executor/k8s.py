@@ -1,10 +1,13 @@
 """Run tags that put a Dagster run on a Kubernetes GPU node (dagster-k8s `K8sRunLauncher`).
 
 Past one machine the platform runs each shard as its own Kubernetes Job; the scheduler, not the platform, finds a
-node with a free GPU. The `dagster-k8s/config` run tag carries the GPU limit, node selector and tolerations; the
-platform's jobs, sensors and backfills attach `gpu_run_tags()`. No Dagster import: this is plain data.
+node with a free GPU. The `dagster-k8s/config` run tag carries the GPU limit, node selector, tolerations, the
+`NEUCODEC_DEVICE=cuda` env (a GPU pod never falls back to the CPU) and the spool disk. The run queue
+(`gpu_executor.coordinator.GpuPoolRunCoordinator`, config `gpu_run_tags`) adds it to every run of the `gpu` pool when
+the run is submitted, so UI and automation backfills get it too. No Dagster import: this is plain data.
 
-Defaults come from the environment of the process that builds the tags (code server, sensor, CLI):
+Defaults come from the environment of the process that builds the tags (with `gpu_run_tags: k8s`: the daemon and
+the webserver, which submit runs):
 
 | variable | default | meaning |
 |---|---|---|
@@ -14,6 +17,8 @@ Defaults come from the environment of the process that builds the tags (code ser
 | `NEUCODEC_K8S_TOLERATIONS` | tolerate the `nvidia.com/gpu` taint | JSON list of Kubernetes tolerations; `[]` for none |
 | `NEUCODEC_K8S_CPU` | none | CPU request of the run pod, e.g. `4` |
 | `NEUCODEC_K8S_MEMORY` | none | memory request (and limit) of the run pod, e.g. `24Gi` |
+| `NEUCODEC_K8S_EPHEMERAL_STORAGE` | none | local disk request (and limit): 2 x the largest audio.tar + margin |
+| `NEUCODEC_K8S_SPOOL_SIZE` | none | an emptyDir of this size at `/spool` as `NEUCODEC_SPOOL_DIR` (prefetched tars) |
 """
 
 from __future__ import annotations
@@ -32,6 +37,10 @@ NODE_SELECTOR_ENV = "NEUCODEC_K8S_NODE_SELECTOR"
 TOLERATIONS_ENV = "NEUCODEC_K8S_TOLERATIONS"
 CPU_ENV = "NEUCODEC_K8S_CPU"
 MEMORY_ENV = "NEUCODEC_K8S_MEMORY"
+EPHEMERAL_ENV = "NEUCODEC_K8S_EPHEMERAL_STORAGE"
+SPOOL_SIZE_ENV = "NEUCODEC_K8S_SPOOL_SIZE"
+SPOOL_VOLUME = "neucodec-spool"
+SPOOL_PATH = "/spool"
 
 
 def default_tolerations(gpu_resource: str = DEFAULT_GPU_RESOURCE) -> list[dict[str, str]]:
@@ -82,8 +91,13 @@ def k8s_run_config(
     cpu: str | None = None,
     memory: str | None = None,
     env: Mapping[str, str] | None = None,
+    ephemeral_storage: str | None = None,
+    spool_size: str | None = None,
 ) -> dict[str, Any]:
-    """The `dagster-k8s/config` value (container and pod spec parts); arguments win over the environment."""
+    """The `dagster-k8s/config` value (container and pod spec parts); arguments win over the environment.
+
+    With a GPU the pod's env sets `NEUCODEC_DEVICE=cuda`: a pod whose GPU is unusable fails instead of encoding on
+    the CPU at a fraction of the speed (explicit container env wins over the code location's ConfigMap)."""
     env = os.environ if env is None else env
     resource = env.get(GPU_RESOURCE_ENV) or DEFAULT_GPU_RESOURCE
     if gpus is None:
@@ -97,6 +111,8 @@ def k8s_run_config(
         tolerations = parse_tolerations(raw) if raw else (default_tolerations(resource) if gpus else [])
     cpu = cpu if cpu is not None else env.get(CPU_ENV) or None
     memory = memory if memory is not None else env.get(MEMORY_ENV) or None
+    ephemeral_storage = ephemeral_storage if ephemeral_storage is not None else env.get(EPHEMERAL_ENV) or None
+    spool_size = spool_size if spool_size is not None else env.get(SPOOL_SIZE_ENV) or None
 
     limits: dict[str, str] = {}
     requests: dict[str, str] = {}
@@ -108,15 +124,28 @@ def k8s_run_config(
     if memory:
         requests["memory"] = memory
         limits["memory"] = memory
+    if ephemeral_storage:
+        requests["ephemeral-storage"] = ephemeral_storage
+        limits["ephemeral-storage"] = ephemeral_storage
     resources = {k: v for k, v in (("limits", limits), ("requests", requests)) if v}
+    container: dict[str, Any] = {}
     pod_spec: dict[str, Any] = {}
+    env_vars = [{"name": "NEUCODEC_DEVICE", "value": "cuda"}] if gpus else []
+    if spool_size:
+        env_vars.append({"name": "NEUCODEC_SPOOL_DIR", "value": SPOOL_PATH})
+        container["volume_mounts"] = [{"name": SPOOL_VOLUME, "mount_path": SPOOL_PATH}]
+        pod_spec["volumes"] = [{"name": SPOOL_VOLUME, "empty_dir": {"size_limit": spool_size}}]
+    if env_vars:
+        container["env"] = env_vars
+    if resources:
+        container["resources"] = resources
     if node_selector:
         pod_spec["node_selector"] = dict(node_selector)
     if tolerations:
         pod_spec["tolerations"] = [dict(t) for t in tolerations]
     config: dict[str, Any] = {}
-    if resources:
-        config["container_config"] = {"resources": resources}
+    if container:
+        config["container_config"] = container
     if pod_spec:
         config["pod_spec_config"] = pod_spec
     return config
@@ -129,10 +158,17 @@ def gpu_run_tags(
     cpu: str | None = None,
     memory: str | None = None,
     env: Mapping[str, str] | None = None,
+    ephemeral_storage: str | None = None,
+    spool_size: str | None = None,
 ) -> dict[str, str]:
     """Run tags for a GPU run on Kubernetes: `{"dagster-k8s/config": "<json>"}`.
 
-    Harmless under the single-host GpuRunLauncher (it ignores the tag), so jobs can always carry it.
+    Harmless under the single-host GpuRunLauncher (it ignores the tag).
     """
-    config = k8s_run_config(gpus, node_selector, tolerations, cpu, memory, env)
+    config = k8s_run_config(gpus, node_selector, tolerations, cpu, memory, env, ephemeral_storage, spool_size)
     return {K8S_CONFIG_TAG: json.dumps(config, sort_keys=True)} if config else {}
+
+
+def tag_value(value: Any) -> str:
+    """A run tag's string: strings as they are, mappings and lists as sorted JSON (what dagster-k8s parses)."""
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True)

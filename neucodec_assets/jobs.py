@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dagster as dg
 
-from gpu_executor.k8s import gpu_run_tags
 from neucodec_assets.partitions import shards_partitions
 from neucodec_assets.tokens_metadata import TOKENS_ASSET_KEY
 
@@ -13,7 +12,6 @@ neucodec_tokens_job = dg.define_asset_job(
     selection=dg.AssetSelection.assets(TOKENS_ASSET_KEY),  # includes the asset's checks
     partitions_def=shards_partitions,
     description="Encode shards into neucodec tokens files (pool `gpu`), and check each file.",
-    # The GPU limit, node selector and tolerations for K8sRunLauncher (NEUCODEC_K8S_*); the single-host
-    # GpuRunLauncher ignores the tag.
-    tags=gpu_run_tags(),
+    # No GPU tags here: the run queue (GpuPoolRunCoordinator `gpu_run_tags`) adds them to every encoding run,
+    # whatever job or backfill it comes from; a tag here would win over the instance's and hide the spool disk.
 )

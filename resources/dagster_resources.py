@@ -75,6 +75,30 @@ _CACHE_LOCK = threading.Lock()
 _CACHE: dict[EncoderSettings, LoadedEncoder] = {}
 
 
+def check_cuda_device(device: str) -> None:
+    """Fail in seconds, before minutes of weight loading, when a CUDA device is asked for but unusable: a GPU pod
+    (NEUCODEC_DEVICE=cuda) without a working GPU must never fall back to encoding on the CPU."""
+    if not device.startswith("cuda"):
+        return
+    import os
+    import socket
+
+    import torch
+
+    index = torch.device(device).index or 0
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if index < count:
+        return
+    build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+    raise RuntimeError(
+        f"NEUCODEC_DEVICE={device!r} but torch {torch.__version__} ({build}) sees {count} usable CUDA device(s) on "
+        f"{socket.gethostname()} (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}, "
+        f"NVIDIA_VISIBLE_DEVICES={os.environ.get('NVIDIA_VISIBLE_DEVICES')!r}). On Kubernetes this pod got no GPU: "
+        "check its nvidia.com/gpu limit (the run's dagster-k8s/config tag) and the node's NVIDIA driver and device "
+        "plugin; the image needs a CUDA build of torch. Not falling back to the CPU."
+    )
+
+
 def load_encoder(settings: EncoderSettings) -> LoadedEncoder:
     """Load (or reuse) the encoder for ``settings``; the process keeps only the most recent one."""
     import time
@@ -84,6 +108,7 @@ def load_encoder(settings: EncoderSettings) -> LoadedEncoder:
         if cached is not None:
             return cached
         _CACHE.clear()  # one model in memory at a time: the next one needs the room
+        check_cuda_device(settings.device)
         from gpu_executor.encoder import NeucodecEncoder
 
         model, semantic_model = settings.model, settings.semantic_model

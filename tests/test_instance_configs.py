@@ -7,15 +7,19 @@ from pathlib import Path
 
 import yaml
 
+from dagster._config import process_config
+
 from gpu_executor.coordinator import GpuPoolRunCoordinator
 from gpu_executor.launcher import GpuRunLauncher
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PROFILES = {"single host": REPO_ROOT / "dagster.yaml", "kubernetes": REPO_ROOT / "deploy" / "k8s" / "dagster.yaml"}
 # What a profile may set differently: how runs start, how long a pod may take to start, the pool limit where the
-# launcher cannot count GPUs, and the database port (the Helm chart renders it from its values).
+# launcher cannot count GPUs, the database port (the Helm chart renders it from its values), the pod requirements
+# the queue adds to GPU runs (Kubernetes only), and where worker logs go (the bucket, where pods vanish).
 PROFILE_SPECIFIC = {("run_launcher",), ("run_monitoring", "start_timeout_seconds"),
-                    ("run_coordinator", "config", "gpu_pool_limit"), ("storage", "postgres", "postgres_db", "port")}
+                    ("run_coordinator", "config", "gpu_pool_limit"), ("storage", "postgres", "postgres_db", "port"),
+                    ("run_coordinator", "config", "gpu_run_tags"), ("compute_logs",)}
 
 
 def _flatten(config: dict, path: tuple = ()) -> dict[tuple, object]:
@@ -48,6 +52,15 @@ def test_profiles_share_every_common_setting() -> None:
     k8s_limit = configs["kubernetes"]["run_coordinator"]["config"]["gpu_pool_limit"]
     assert isinstance(k8s_limit, int) and configs["kubernetes"]["concurrency"]["runs"]["max_concurrent_runs"] >= k8s_limit
     assert configs["single host"]["run_coordinator"]["config"]["gpu_pool_limit"] == "auto"
+    # Each profile's queue config passes the coordinator's schema as written (YAML gives `16` as an int).
+    for name, config in configs.items():
+        processed = process_config(GpuPoolRunCoordinator.config_type(), config["run_coordinator"]["config"])
+        assert processed.success, (name, processed.errors)
+    # GpuRunLauncher pins GPUs itself; on Kubernetes the queue must give encoding runs their GPU pod, and worker
+    # logs must outlive the pod.
+    assert "gpu_run_tags" not in configs["single host"]["run_coordinator"]["config"]
+    assert "dagster-k8s/config" in configs["kubernetes"]["run_coordinator"]["config"]["gpu_run_tags"]
+    assert configs["kubernetes"]["compute_logs"]["class"] == "S3ComputeLogManager"
 
 
 def test_production_instance_config(pg_instance) -> None:

@@ -1,12 +1,15 @@
-"""Kubernetes scale-out: the Job dagster-k8s builds for a tokens run, and the deploy/ configs.
+"""Kubernetes scale-out: the Job dagster-k8s builds for the runs the platform really creates, and the deploy/ configs.
 
 No cluster here: the Job is built by the same dagster-k8s code K8sRunLauncher.launch_run uses, right up to the
-API call that would create it. The instance configs load with real Postgres storage.
+API call that would create it. The runs come from the k8s profile's instance (real Postgres, the run queue of
+deploy/k8s/dagster.yaml) through the UI's GraphQL mutations and Dagster's own backfill daemon iteration; the queue
+is never ticked, so nothing is launched.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 from typing import Any
@@ -19,13 +22,30 @@ from dagster._config import process_config
 from dagster._core.code_pointer import ModuleCodePointer
 from dagster._core.instance.config import dagster_instance_config
 from dagster._core.origin import JobPythonOrigin, RepositoryPythonOrigin
+from dagster._core.storage.compute_log_manager import ComputeIOType
+from dagster._core.storage.tags import BACKFILL_ID_TAG
+from dagster._core.workspace.context import WorkspaceProcessContext
+from dagster._core.workspace.load_target import WorkspaceFileTarget
+from dagster._daemon.backfill import execute_backfill_iteration
+from dagster_aws.s3.compute_log_manager import S3ComputeLogManager
+from dagster_graphql.test.utils import execute_dagster_graphql
 from dagster_k8s.job import construct_dagster_k8s_job, get_job_name_from_run_id
 from dagster_k8s.launcher import K8sRunLauncher
 from kubernetes.client import ApiClient
 
+from gpu_executor.coordinator import GpuPoolRunCoordinator, parse_run_tags
 from gpu_executor.k8s import K8S_CONFIG_TAG, default_tolerations, gpu_run_tags, k8s_run_config
+from neucodec_assets.backfills import submit_backfill
+from neucodec_assets.checks import COMPLETE_CHECK_KEY, VALID_CHECK_KEY
+from neucodec_assets.discovery import add_shard_partitions
+from neucodec_assets.tokens_metadata import TOKENS_ASSET_KEY
+from resources.dagster_resources import EncoderResource
 
-DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+REPO = Path(__file__).resolve().parent.parent
+DEPLOY = REPO / "deploy"
+WORKSPACE = str(REPO / "workspace.yaml")
+SFT_PAIRS = dg.AssetKey("sft_pairs")
+log = logging.getLogger(__name__)
 IMAGE = "registry.example.com/neucodec-platform:0.1.0"
 GKE_L4 = {"cloud.google.com/gke-accelerator": "nvidia-l4"}
 
@@ -110,6 +130,7 @@ def test_tokens_run_job_asks_for_a_gpu_node(tmp_path: Path) -> None:
     sources = {(next(iter(s)), next(iter(s.values()))["name"]) for s in container["envFrom"]}
     assert {("secretRef", "neucodec-r2"), ("configMapRef", "neucodec-env")} <= sources
     assert pod["serviceAccountName"] == "dagster"
+    assert {"name": "NEUCODEC_DEVICE", "value": "cuda"} in container["env"]
 
 
 def test_run_without_gpu_tags_gets_no_gpu(tmp_path: Path) -> None:
@@ -138,7 +159,8 @@ def test_gpu_run_tags_read_defaults_from_env() -> None:
     # Arguments win over the environment; JSON forms of selector and tolerations; explicit "no tolerations".
     json_env = {"NEUCODEC_K8S_NODE_SELECTOR": '{"a": "b"}', "NEUCODEC_K8S_TOLERATIONS": "[]"}
     assert k8s_run_config(gpus=1, env=json_env) == {
-        "container_config": {"resources": {"limits": {"nvidia.com/gpu": "1"}}},
+        "container_config": {"resources": {"limits": {"nvidia.com/gpu": "1"}},
+                             "env": [{"name": "NEUCODEC_DEVICE", "value": "cuda"}]},
         "pod_spec_config": {"node_selector": {"a": "b"}},
     }
     assert gpu_run_tags(gpus=0, env={}) == {}
@@ -207,3 +229,189 @@ def test_k8s_instance_config_and_helm_values_agree(
         "maxConcurrentRuns": config["concurrency"]["runs"]["max_concurrent_runs"]}
     deployment = values["dagster-user-deployments"]["deployments"][0]
     assert deployment["dagsterApiGrpcArgs"] == ["-m", "neucodec_assets.definitions"]
+    image = deployment["image"]
+    assert image["tag"] and image["tag"] != "latest" and daemon["image"] == image
+    logs, chart_logs = config["compute_logs"], values["computeLogManager"]
+    assert (logs["module"], logs["class"]) == ("dagster_aws.s3.compute_log_manager", "S3ComputeLogManager")
+    assert chart_logs["type"] == "S3ComputeLogManager"
+    camel = {"local_dir": "localDir", "endpoint_url": "endpointUrl", "skip_empty_files": "skipEmptyFiles",
+             "upload_interval": "uploadInterval"}
+    assert {camel.get(k, k): v for k, v in logs["config"].items()} == chart_logs["config"]["s3ComputeLogManager"]
+    for component in (daemon, values["dagsterWebserver"]):  # both submit runs and load the compute log manager
+        assert [s["name"] for s in component["envSecrets"]] == launcher["env_secrets"]
+
+
+def env_of(container: dict[str, Any]) -> dict[str, str]:
+    return {e["name"]: e.get("value") for e in container.get("env") or []}
+
+
+def test_shipped_gpu_tags_are_the_helpers_config_and_helm_says_the_same() -> None:
+    """The `gpu_run_tags` written out in deploy/k8s/dagster.yaml is what gpu_executor.k8s builds for those sizes,
+    dagster-k8s accepts it, and the Helm values carry the same mapping."""
+    config = yaml.safe_load((DEPLOY / "k8s" / "dagster.yaml").read_text())["run_coordinator"]["config"]
+    tags = parse_run_tags(config["gpu_run_tags"])
+    assert json.loads(tags[K8S_CONFIG_TAG]) == k8s_run_config(
+        gpus=1, cpu="8", memory="32Gi", ephemeral_storage="64Gi", spool_size="60Gi", env={})
+    values = yaml.safe_load((DEPLOY / "helm" / "values.yaml").read_text())
+    custom = values["dagsterDaemon"]["runCoordinator"]["config"]["customRunCoordinator"]["config"]
+    assert custom["gpu_run_tags"] == config["gpu_run_tags"]
+    with pytest.raises(ValueError, match="'k8s' or a mapping"):
+        parse_run_tags("kubernetes")
+
+
+@pytest.fixture
+def k8s_home(postgres_db, s3_env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """DAGSTER_HOME with deploy/k8s/dagster.yaml, changed only where this host differs from a cluster: the test
+    database's port, a kubeconfig naming a cluster nobody contacts, compute logs on moto over HTTP."""
+    config = yaml.safe_load((DEPLOY / "k8s" / "dagster.yaml").read_text())
+    config["storage"]["postgres"]["postgres_db"]["port"] = int(postgres_db["port"])
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(KUBECONFIG)
+    config["run_launcher"]["config"].update(load_incluster_config=False, kubeconfig_file=str(kubeconfig))
+    config["compute_logs"]["config"]["local_dir"] = str(tmp_path / "compute_logs")
+    home = tmp_path / "k8s_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text(yaml.safe_dump(config))
+    bucket_dir = tmp_path / "bucket"
+    bucket_dir.mkdir()
+    _pg_env(monkeypatch, postgres_db)
+    for key, value in {
+        "DAGSTER_HOME": str(home), "DAGSTER_CURRENT_IMAGE": IMAGE,  # what the chart sets in the code server
+        "NEUCODEC_BUCKET": bucket_dir.as_uri(), "NEUCODEC_AUTOMATION": "off",
+        "NEUCODEC_COMPUTE_LOG_BUCKET": s3_env["bucket"],
+        "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",  # moto's placeholders
+    }.items():
+        monkeypatch.setenv(key, value)
+    return home
+
+
+LAUNCH_BACKFILL = """
+mutation LaunchPartitionBackfill($backfillParams: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $backfillParams) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on PythonError { message stack }
+  }
+}
+"""
+LAUNCH_RUN = """
+mutation LaunchRun($executionParams: ExecutionParams!) {
+  launchRun(executionParams: $executionParams) {
+    __typename
+    ... on LaunchRunSuccess { run { runId } }
+    ... on PythonError { message stack }
+    ... on InvalidSubsetError { message }
+    ... on RunConfigValidationInvalid { errors { message } }
+  }
+}
+"""
+
+
+def graphql(context: WorkspaceProcessContext, query: str, variables: dict) -> dict:
+    result = execute_dagster_graphql(context.create_request_context(), query, variables)
+    assert not result.errors, result.errors
+    return result.data
+
+
+def launch_job_run(context: WorkspaceProcessContext, partition: str, checks_only: bool,
+                   tags: dict[str, str] | None = None) -> str:
+    """The launchpad's "Launch run" of neucodec_tokens_job for one shard (`dagster job launch` does the same)."""
+    selector: dict[str, Any] = {"repositoryLocationName": "neucodec_assets", "repositoryName": "__repository__",
+                                "jobName": "neucodec_tokens_job"}
+    if checks_only:
+        selector["assetSelection"] = []
+        selector["assetCheckSelection"] = [{"assetKey": {"path": k.asset_key.path}, "name": k.name}
+                                           for k in (VALID_CHECK_KEY, COMPLETE_CHECK_KEY)]
+    data = graphql(context, LAUNCH_RUN, {"executionParams": {
+        "selector": selector, "mode": "default",
+        "executionMetadata": {"tags": [{"key": k, "value": v}
+                                       for k, v in {"dagster/partition": partition, **(tags or {})}.items()]}}})
+    data = data["launchRun"]
+    assert data["__typename"] == "LaunchRunSuccess", data
+    return data["run"]["runId"]
+
+
+def test_every_encoding_run_gets_a_gpu_pod_and_no_other_run_does(k8s_home: Path) -> None:
+    """A UI backfill of the tokens (the implicit asset job, only the backfill's tags), a CLI-recorded SFT backfill,
+    a launchpad run of the named job and a checks-only run: the queue tags the encoding runs, and the Job
+    dagster-k8s builds from each stored run asks for a GPU exactly when the run encodes."""
+    keys = [f"indicvoices/hi/shard_{i:06d}" for i in range(3)]
+    with dg.DagsterInstance.get() as instance, \
+            WorkspaceProcessContext(instance, WorkspaceFileTarget(paths=[WORKSPACE])) as context:
+        assert isinstance(instance.run_coordinator, GpuPoolRunCoordinator)
+        assert isinstance(instance.run_launcher, K8sRunLauncher)
+        add_shard_partitions(instance, keys)
+        ui = graphql(context, LAUNCH_BACKFILL, {"backfillParams": {
+            "assetSelection": [{"path": TOKENS_ASSET_KEY.path}], "partitionNames": keys, "fromFailure": False,
+            "title": "from the UI"}})["launchPartitionBackfill"]
+        assert ui["__typename"] == "LaunchBackfillSuccess", ui
+        sft = submit_backfill(instance, context.create_request_context().asset_graph, [SFT_PAIRS], keys,
+                              title="neucodec-platform enqueue --sft")
+        for _ in range(5):  # the backfill daemon's own iteration creates and submits the runs
+            for error in execute_backfill_iteration(context, log):
+                assert error is None, error
+            runs = {b: list(instance.get_runs(filters=dg.RunsFilter(tags={BACKFILL_ID_TAG: b})))
+                    for b in (ui["backfillId"], sft)}
+            if all(runs.values()):
+                break
+        assert all(runs.values()), runs
+        named = instance.get_run_by_id(launch_job_run(context, keys[0], checks_only=False))
+        checks = instance.get_run_by_id(launch_job_run(context, keys[1], checks_only=True))
+        assert not checks.asset_selection and checks.asset_check_selection  # Dagster runs the checks alone
+
+        encoding = [*runs[ui["backfillId"]], named]
+        others = [*runs[sft], checks]
+        # Queued, not launched: no queue tick here, and the backfill's runs are the implicit asset job's.
+        assert {r.status for r in encoding + others} == {dg.DagsterRunStatus.QUEUED}
+        assert any(r.job_name == "__ASSET_JOB" for r in runs[ui["backfillId"]])
+        for run in encoding:
+            pod = build_job(instance.run_launcher, run)["spec"]["template"]["spec"]
+            (container,) = pod["containers"]
+            assert container["resources"]["limits"]["nvidia.com/gpu"] == "1", run.tags
+            assert container["resources"]["requests"]["ephemeral-storage"] == "64Gi"
+            assert env_of(container)["NEUCODEC_DEVICE"] == "cuda"
+            assert env_of(container)["NEUCODEC_SPOOL_DIR"] == "/spool"
+            assert {"name": "neucodec-spool", "emptyDir": {"sizeLimit": "60Gi"}} in pod["volumes"]
+            assert pod["tolerations"] == default_tolerations()
+            assert container["image"] == IMAGE
+        for run in others:
+            assert K8S_CONFIG_TAG not in run.tags
+            pod = build_job(instance.run_launcher, run)["spec"]["template"]["spec"]
+            (container,) = pod["containers"]
+            assert "nvidia.com/gpu" not in json.dumps(pod) and "NEUCODEC_DEVICE" not in env_of(container)
+
+        # A run launched with its own dagster-k8s/config (set in the launchpad) keeps it: the queue adds, never replaces.
+        own = json.dumps({"container_config": {"resources": {"limits": {"nvidia.com/gpu": "2"}}}})
+        mine = instance.get_run_by_id(launch_job_run(context, keys[2], checks_only=False, tags={K8S_CONFIG_TAG: own}))
+        assert mine.tags[K8S_CONFIG_TAG] == own
+
+
+def test_compute_logs_outlive_the_pod(k8s_home: Path, s3_env) -> None:
+    """The k8s profile's compute log manager uploads a worker's stderr to the bucket over the R2-style endpoint;
+    another process (the webserver) with an empty local dir reads it back from there."""
+    with dg.DagsterInstance.get() as instance:
+        manager = instance.compute_log_manager
+        assert isinstance(manager, S3ComputeLogManager)
+        log_key = ["run-in-a-pod", "compute_logs", "neucodec_tokens"]
+        with manager.open_log_stream(log_key, ComputeIOType.STDERR) as stream:
+            stream.write("RuntimeError: CUDA error: an illegal memory access was encountered\n")
+    config = yaml.safe_load((k8s_home / "dagster.yaml").read_text())
+    config["compute_logs"]["config"]["local_dir"] = str(k8s_home / "webserver_logs")
+    (k8s_home / "dagster.yaml").write_text(yaml.safe_dump(config))
+    with dg.DagsterInstance.get() as webserver:
+        data, _ = webserver.compute_log_manager.get_log_data_for_type(log_key, ComputeIOType.STDERR, 0, None)
+    assert b"illegal memory access" in data
+
+
+def test_cuda_requested_without_a_gpu_fails_before_loading(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A GPU pod (NEUCODEC_DEVICE=cuda) whose GPU is unusable fails naming the pod's problem, before any weight is
+    read: the model here does not exist, so reaching the loader would fail differently."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this host has a usable GPU")
+    monkeypatch.setenv("NEUCODEC_DEVICE", "cuda")
+    monkeypatch.setenv("NEUCODEC_MODEL", "/nonexistent/neucodec-weights")
+    with pytest.raises(RuntimeError, match="this pod got no GPU") as failure:
+        EncoderResource().load()
+    assert "NEUCODEC_DEVICE='cuda'" in str(failure.value) and "nvidia.com/gpu" in str(failure.value)
