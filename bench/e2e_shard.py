@@ -1,0 +1,238 @@
+#!/usr/bin/env python
+"""One shard end to end against pure encoding: does the reader keep up with the encoder?
+
+Why: a fast GPU is wasted if tar reading, FLAC decoding, resampling or parquet writing make it wait (issue 13's
+target: end to end within 1.1x of pure encoding). This generates a shard of ``--hours`` of real espeak-ng speech as
+44.1/48 kHz stereo FLAC (cached), then times
+  - pure encode: the shard's waves already in memory through ``encode_stream``;
+  - end to end: ``resources.shard_reader.read_shard`` + ``encode_stream`` + ``TokensFileWriter`` (validated after),
+and prints both, their ratio, the GPU's peak memory and its busy share (NVML samples) during the end-to-end run.
+
+    .venv/bin/python bench/e2e_shard.py --hours 0.01                            # CPU smoke run
+    python bench/e2e_shard.py --hours 1 --device cuda --precision bf16          # on a GPU box
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import sys
+import tarfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+PREFIX = "e2e/en/shard_000000"
+FORMATS = ((44_100, "PCM_16"), (48_000, "PCM_24"))  # stereo FLAC, as most of the corpus
+
+
+def utterances(count: int = 24) -> list[tuple[str, np.ndarray]]:
+    """Distinct espeak-ng utterances (text, 22.05 kHz samples): several voices, pitches and speeds."""
+    from resources.sample_bucket import SENTENCES, VARIANTS, espeak
+
+    out = []
+    for k in range(count):
+        lang = ("en", "hi", "ta", "bn")[k % 4]
+        text = " ".join(SENTENCES[lang][(k + j) % 4] for j in range(1 + k % 3))
+        samples, _ = espeak(text, lang, VARIANTS[k % len(VARIANTS)], 35 + (7 * k) % 35, 145 + (11 * k) % 40)
+        out.append((text, samples))
+    return out
+
+
+def segment_flac(parts: list[np.ndarray], sr: int, subtype: str, seed: int) -> tuple[bytes, float]:
+    import soundfile as sf
+    import soxr
+
+    rng = np.random.default_rng(seed)
+    joined = []
+    for p in parts:
+        joined += [p, np.zeros(int(rng.integers(1000, 6000)), np.float32)]
+    x = soxr.resample(np.concatenate(joined), 22_050, sr, quality="HQ").astype(np.float32)
+    x = np.clip(0.9 * x / max(1e-6, float(np.abs(x).max())), -1, 1)
+    buf = io.BytesIO()
+    sf.write(buf, np.stack([x, 0.8 * x], axis=1), sr, format="FLAC", subtype=subtype)
+    return buf.getvalue(), len(x) / sr
+
+
+def build_shard(root: Path, hours: float, seed: int, workers: int) -> tuple[int, float]:
+    """Write ``audio.tar`` + ``metadata.parquet`` of ``hours`` of speech under ``root/PREFIX`` (kept if present)."""
+    import polars as pl
+
+    shard = root / PREFIX
+    done = shard / "done.txt"
+    if done.is_file():
+        n, seconds = done.read_text().split()
+        return int(n), float(seconds)
+    shard.mkdir(parents=True, exist_ok=True)
+    pool_of = utterances()
+    rng = np.random.default_rng(seed)
+    plans = []  # (segment id, utterance indices, format, seed): segments of 1-20 s, about ``hours`` in all
+    total = 0.0
+    while total < hours * 3600:
+        picks = [int(i) for i in rng.integers(0, len(pool_of), int(rng.integers(1, 6)))]
+        seconds = sum(len(pool_of[i][1]) for i in picks) / 22_050
+        plans.append((f"spk{len(plans) % 7:02d}_{len(plans):06d}", picks, FORMATS[len(plans) % 2], len(plans)))
+        total += seconds
+    with ThreadPoolExecutor(workers) as pool:
+        made = list(pool.map(lambda p: segment_flac([pool_of[i][1] for i in p[1]], *p[2], seed + p[3]), plans))
+    with tarfile.open(shard / "audio.tar", "w", format=tarfile.PAX_FORMAT) as tar:
+        for (sid, _, _, _), (data, _) in zip(plans, made):
+            info = tarfile.TarInfo(f"{sid}.flac")
+            info.size, info.mtime = len(data), 0
+            tar.addfile(info, io.BytesIO(data))
+    pl.DataFrame({"segment_id": [p[0] for p in plans],
+                  "text": [" ".join(pool_of[i][0] for i in p[1]) for p in plans],
+                  "duration": [m[1] for m in made]}).write_parquet(shard / "metadata.parquet")
+    seconds = sum(m[1] for m in made)
+    done.write_text(f"{len(plans)} {seconds}")
+    return len(plans), seconds
+
+
+class GpuBusy:
+    """Samples NVML utilization (share of time a kernel ran) every 50 ms while active."""
+
+    def __init__(self, device: str) -> None:
+        self.device, self.samples, self._stop = device, [], threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        import torch
+
+        while not self._stop.wait(0.05):
+            try:
+                self.samples.append(torch.cuda.utilization(self.device))
+            except Exception:  # noqa: BLE001 - no NVML (pynvml) here: the share stays unknown
+                return
+
+    def __enter__(self) -> "GpuBusy":
+        if self.device.startswith("cuda"):
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def share(self) -> str:
+        return f"{np.mean(self.samples):.0f}% ({len(self.samples)} samples)" if self.samples else "n/a (no NVML)"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--hours", type=float, default=1.0)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--precision", default=None, help="default: bf16 on CUDA, fp32 on CPU")
+    ap.add_argument("--graphs", default="off", help="off, cuda or buckets (the engine's graphs option)")
+    ap.add_argument("--overlap", action="store_true", help="second CUDA stream for upload and fbank")
+    ap.add_argument("--workers", type=int, default=None, help="decode threads (default: default_decode_workers())")
+    ap.add_argument("--root", default=None, help="where the shard is generated (default: the neucodec cache)")
+    ap.add_argument("--model", default=None, help="neucodec hub id or folder (default: the cached random model)")
+    ap.add_argument("--semantic-model", default=None)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+
+    import torch
+
+    from gpu_executor.encoder import NeucodecEncoder
+    from gpu_executor.encoder.engine import resolve_device
+    from gpu_executor.random_model import cached_random_model, default_cache_root
+    from resources.bucket import open_bucket
+    from resources.shard_reader import available_cores, default_decode_workers, read_shard
+    from resources.tokens_file import TokensFileWriter, validate_tokens_file
+
+    device = str(resolve_device(args.device))
+    cuda = device.startswith("cuda")
+    precision = args.precision or ("bf16" if cuda else "fp32")
+    workers = args.workers or default_decode_workers()
+    root = Path(args.root) if args.root else default_cache_root() / f"e2e-shard-{args.hours:g}h-seed{args.seed}"
+    t0 = time.perf_counter()
+    segments, audio_s = build_shard(root, args.hours, args.seed, available_cores())
+    size_mib = (root / PREFIX / "audio.tar").stat().st_size / 2**20
+    print(f"shard: {segments} segments, {audio_s / 3600:.3f} h of 44.1/48 kHz stereo FLAC ({size_mib:.0f} MiB), "
+          f"ready in {time.perf_counter() - t0:.1f} s")
+
+    if args.model is None:
+        dirs = cached_random_model()
+        model, semantic = str(dirs.model_dir), str(dirs.semantic_model_dir)
+    else:
+        model, semantic = args.model, args.semantic_model or "facebook/w2v-bert-2.0"
+    bucket = open_bucket(str(root))
+    # In memory first (untimed): the waves for the pure-encode pass, and a full warm-up on GPUs.
+    with read_shard(bucket, PREFIX, workers=workers) as reader:
+        items = [(s.segment_id, s.wave) for s in reader.segments()]
+    warm = [w for _, w in items] if cuda else [items[0][1][:16000]]
+    options = {"graphs": args.graphs, "overlap_stream": args.overlap}
+    try:
+        enc = load_and_warm(NeucodecEncoder, model, semantic, device, precision, options, warm)
+    except Exception as exc:  # noqa: BLE001 - a fast path failing must not cost the end-to-end figure
+        print(f"encoder with {options} FAILED ({type(exc).__name__}: {exc}); falling back to the plain path")
+        options = {"graphs": "off", "overlap_stream": False}
+        enc = load_and_warm(NeucodecEncoder, model, semantic, device, precision, options, warm)
+    print(f"{workers} decode threads of {available_cores()} cores")
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+
+    t0 = time.perf_counter()
+    pure = enc.encode_stream(items)
+    pure_codes = dict(pure)
+    pure_s = time.perf_counter() - t0
+    del items
+
+    out = root / "out" / "neucodec_tokens.parquet"
+    seconds: dict[str, float] = {}
+    t0 = time.perf_counter()
+    with GpuBusy(device) as busy, read_shard(bucket, PREFIX, workers=workers) as reader:
+        def waves():
+            for seg in reader.segments():
+                seconds[seg.segment_id] = seg.seconds
+                yield seg.segment_id, seg.wave
+
+        with TokensFileWriter(out, enc.provenance) as writer:
+            stream = enc.encode_stream(waves())
+            for sid, codes in stream:
+                writer.add(sid, codes)
+            writer.close([(f.segment_id, f.reason) for f in reader.failures])
+    e2e_s = time.perf_counter() - t0
+    report = validate_tokens_file(out, seconds)
+    same = all(np.array_equal(pure_codes[k], c) for k, c in stream_codes(out).items())
+    gpu_peak = f"{torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if cuda else "n/a"
+    print(f"\n| figure | value |\n|---|---:|\n| audio | {audio_s:.0f} s ({segments} segments) |"
+          f"\n| pure encode | {pure_s:.1f} s ({audio_s / pure_s:.0f}x real time) |"
+          f"\n| end to end (read + decode + encode + write) | {e2e_s:.1f} s ({audio_s / e2e_s:.0f}x real time) |"
+          f"\n| end to end / pure | {e2e_s / pure_s:.3f} (target <= 1.1) |"
+          f"\n| time inside encode calls, end to end | {stream.encode_seconds:.1f} s "
+          f"({stream.encode_seconds / e2e_s * 100:.0f}% of the wall) |"
+          f"\n| GPU peak memory | {gpu_peak} |\n| GPU busy, end to end | {busy.share()} |"
+          f"\n| tokens file | {report.rows} rows, {'valid' if report.ok else 'INVALID: ' + '; '.join(report.problems)},"
+          f" {'equal to' if same else 'DIFFERENT from'} the pure pass |")
+    if not report.ok or not same or report.rows != segments:
+        sys.exit(1)
+
+
+def load_and_warm(cls, model: str, semantic: str, device: str, precision: str, options: dict, warm: list):
+    t0 = time.perf_counter()
+    enc = cls.from_pretrained(model, semantic, device=device, precision=precision, **options)
+    load_s = time.perf_counter() - t0
+    enc.encode(warm)
+    print(f"encoder {precision} on {device} {options}: loaded in {load_s:.1f} s, warmed up in "
+          f"{time.perf_counter() - t0 - load_s:.1f} s")
+    return enc
+
+
+def stream_codes(path: Path) -> dict[str, np.ndarray]:
+    from resources.tokens_file import read_tokens_file, tokens_of
+
+    frame, _ = read_tokens_file(path)
+    return {sid: tokens_of(b) for sid, b in zip(frame["segment_id"], frame["neucodec_tokens"])}
+
+
+if __name__ == "__main__":
+    main()
