@@ -12,7 +12,8 @@ import dagster as dg
 from neucodec_assets.alerts import neucodec_alert_sensor
 from neucodec_assets.automation import automation_sensor
 from neucodec_assets.jobs import neucodec_tokens_job
-from neucodec_assets.progress_asset import encoding_progress, encoding_progress_job, encoding_progress_schedule
+from neucodec_assets.progress_asset import encoding_progress, encoding_progress_after_backfills, \
+    encoding_progress_job, encoding_progress_schedule
 from neucodec_assets.sensors import shard_discovery_sensor
 from neucodec_assets.sft import SftResource, sft_assets
 from neucodec_assets.tokens_asset import neucodec_tokens
@@ -22,7 +23,8 @@ defs = dg.Definitions(
     assets=[neucodec_tokens, *sft_assets, encoding_progress],
     jobs=[neucodec_tokens_job, encoding_progress_job],
     schedules=[encoding_progress_schedule],
-    sensors=[shard_discovery_sensor, automation_sensor(), neucodec_alert_sensor],
+    sensors=[shard_discovery_sensor, automation_sensor(), neucodec_alert_sensor,
+             encoding_progress_after_backfills],
     resources={"bucket": BucketResource(), "encoder": EncoderResource(), "sft": SftResource()},
     executor=dg.in_process_executor,
 )

@@ -146,7 +146,8 @@ def done_shard_from_record(record: dg.EventLogRecord) -> DoneShard | None:
     return DoneShard(
         key=record.partition_key, storage_id=record.storage_id, timestamp=record.timestamp,
         status=str(metadata_value(meta, "status") or UNKNOWN),
-        dataset=str(metadata_value(meta, "dataset") or UNKNOWN), language=str(metadata_value(meta, "language") or UNKNOWN),
+        dataset=str(metadata_value(meta, "dataset") or UNKNOWN),
+        language=str(metadata_value(meta, "language") or UNKNOWN),
         audio_seconds=float(number("total_audio_seconds")), tokens=int(number("total_tokens", int)),
         segments=int(number("segment_count", int)), failed_count=int(failed_count),
         failed_reasons=json.dumps(dict(sorted(reasons.items()))),
@@ -554,6 +555,8 @@ def format_duration(seconds: float | None) -> str:
         return "-"
     if seconds <= 0:
         return "done"
+    if seconds < 60:
+        return "< 1 min"
     minutes = int(round(seconds / 60))
     days, rest = divmod(minutes, 24 * 60)
     hours, minutes = divmod(rest, 60)
@@ -585,9 +588,10 @@ def _cells(name: str, group: GroupProgress) -> tuple[str, ...]:
 
 def _footer(report: ProgressReport) -> list[str]:
     w = report.window
-    lines = [f"throughput over the last {w.wall_hours * 60:.0f} min: {_rate(w.per_wall_hour)} audio hours per wall "
-             f"hour, {_rate(w.per_gpu_hour)} per GPU-hour ({w.gpu_hours:.2f} GPU-hours in the window, "
-             f"{report.runs_active} runs running)"]
+    span = w.wall_hours * 3600
+    lines = [f"throughput over the last {format_duration(span) if span >= 60 else f'{span:.0f} s'}: "
+             f"{_rate(w.per_wall_hour)} audio hours per wall hour, {_rate(w.per_gpu_hour)} per GPU-hour "
+             f"({w.gpu_hours:.2f} GPU-hours in the window; runs running now: {report.runs_active})"]
     cost = ""
     if report.cost is not None:
         cost = f"; cost {report.cost:,.2f} at {report.gpu_hour_price:g} per GPU-hour"
@@ -636,7 +640,8 @@ def numeric_metadata(report: ProgressReport) -> dict[str, dg.MetadataValue]:
         if prefix != "dataset":
             meta[f"tokens{suffix}"] = dg.MetadataValue.int(group.tokens)
             meta[f"failed_segments{suffix}"] = dg.MetadataValue.int(group.failed_segments)
-            meta[f"audio_hours_per_hour{suffix}"] = dg.MetadataValue.float(round(group.throughput_hours_per_hour or 0.0, 4))
+            rate = group.throughput_hours_per_hour or 0.0
+            meta[f"audio_hours_per_hour{suffix}"] = dg.MetadataValue.float(round(rate, 4))
             if group.eta_seconds is not None:
                 meta[f"eta_hours{suffix}"] = dg.MetadataValue.float(round(group.eta_seconds / 3600, 4))
 

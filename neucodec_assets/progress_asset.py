@@ -1,7 +1,8 @@
 """`encoding_progress`: the fleet's progress, rate, ETA and cost as an asset whose metadata the UI plots over time.
 
 It is refreshed by `encoding_progress_schedule` (NEUCODEC_PROGRESS_CRON, default every 10 minutes) rather than by an
-automation condition, so that it keeps reporting when the automation sensor is off (NEUCODEC_AUTOMATION=off). The
+automation condition, so that it keeps reporting when the automation sensor is off (NEUCODEC_AUTOMATION=off), and by
+`encoding_progress_after_backfills` when a backfill of `neucodec_tokens` ends (one small query per minute). The
 computation is neucodec_assets/progress.py; `neucodec-platform status` prints the same report.
 """
 
@@ -38,7 +39,8 @@ def encoding_progress(context: dg.AssetExecutionContext, bucket: BucketResource)
     rows = [("total", report.total)]
     metadata["by_language"] = dg.MetadataValue.md(
         format_markdown(report, rows + [(k, v) for k, v in report.by_language.items()]))
-    metadata["by_dataset"] = dg.MetadataValue.md(format_markdown(report, [(k, v) for k, v in report.by_dataset.items()]))
+    metadata["by_dataset"] = dg.MetadataValue.md(
+        format_markdown(report, [(k, v) for k, v in report.by_dataset.items()]))
     metadata["failed_segments_by_reason"] = dg.MetadataValue.json(report.total.failed_by_reason)
     for name, draw in CHARTS.items():
         png = draw(report)
@@ -68,3 +70,35 @@ encoding_progress_schedule = dg.ScheduleDefinition(
     default_status=dg.DefaultScheduleStatus.RUNNING,
     description="Refreshes encoding_progress (NEUCODEC_PROGRESS_CRON, default every 10 minutes).",
 )
+
+
+BACKFILLS_SEEN = 20
+
+
+@dg.sensor(
+    name="encoding_progress_after_backfills",
+    job=encoding_progress_job,
+    minimum_interval_seconds=60,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Refreshes encoding_progress when a backfill of neucodec_tokens ends, so the numbers do not wait "
+    "for the next scheduled refresh.",
+)
+def encoding_progress_after_backfills(context: dg.SensorEvaluationContext):
+    """The cursor is the end time of the last backfill seen; the first tick only sets it (no refresh on deploy)."""
+    from dagster._core.execution.backfill import BulkActionStatus
+
+    from neucodec_assets.tokens_metadata import TOKENS_ASSET_KEY
+
+    ended = [b for b in context.instance.get_backfills(limit=BACKFILLS_SEEN)
+             if b.status != BulkActionStatus.REQUESTED and b.backfill_end_timestamp
+             and TOKENS_ASSET_KEY in (b.asset_selection or ())]
+    latest = max((b.backfill_end_timestamp for b in ended), default=0.0)
+    if context.cursor is None:
+        context.update_cursor(str(latest))
+        return dg.SkipReason("first tick: remembering the latest backfill end")
+    new = [b for b in ended if b.backfill_end_timestamp > float(context.cursor)]
+    if not new:
+        return dg.SkipReason("no backfill of neucodec_tokens ended since the last tick")
+    context.update_cursor(str(latest))
+    return dg.RunRequest(run_key=f"progress-after-{max(new, key=lambda b: b.backfill_end_timestamp).backfill_id}",
+                         tags={"neucodec/progress_after_backfills": ",".join(b.backfill_id for b in new)})

@@ -137,7 +137,8 @@ def test_status_reads_done_failed_in_flight_and_pending_shards(fleet, capsys) ->
     running = instance.get_run_record_by_id(runs["in_flight_run"].run_id)
     assert failed.end_time is not None and running.end_time is None
     finished = failed.end_time - failed.start_time
-    assert (finished + before - running.start_time) / H <= data["gpu_hours"] <= (finished + after - running.start_time) / H
+    low, high = finished + before - running.start_time, finished + after - running.start_time
+    assert low / H <= data["gpu_hours"] <= high / H
 
     assert main(["status"]) == 0
     text = capsys.readouterr().out
@@ -349,3 +350,28 @@ def test_webhook_off_without_url_and_errors_never_show_it(fleet, webhook, monkey
     assert len(hook.received) == 3  # retried
     hook.status = 204
     assert post_json(url, {"text": "t"}, attempts=1) == 204
+
+
+def test_progress_refreshes_after_a_tokens_backfill_ends(pg_instance) -> None:
+    from dagster._core.execution.backfill import BulkActionStatus
+
+    from neucodec_assets.backfills import submit_backfill
+    from neucodec_assets.definitions import defs
+    from neucodec_assets.progress_asset import encoding_progress_after_backfills
+
+    pg_instance.add_dynamic_partitions("shards", ["d/hi/a"])
+    graph = defs.resolve_asset_graph()
+    first = submit_backfill(pg_instance, graph, [TOKENS_ASSET_KEY], ["d/hi/a"], title="earlier")
+    pg_instance.update_backfill(pg_instance.get_backfill(first).with_status(BulkActionStatus.COMPLETED_SUCCESS)
+                                .with_end_timestamp(time.time()))
+    context = dg.build_sensor_context(instance=pg_instance)
+    assert isinstance(encoding_progress_after_backfills(context), dg.SkipReason)  # first tick: cursor only
+    assert isinstance(encoding_progress_after_backfills(context), dg.SkipReason)  # nothing new
+
+    second = submit_backfill(pg_instance, graph, [TOKENS_ASSET_KEY], ["d/hi/a"], title="now")
+    assert isinstance(encoding_progress_after_backfills(context), dg.SkipReason)  # still running
+    pg_instance.update_backfill(pg_instance.get_backfill(second).with_status(BulkActionStatus.COMPLETED_FAILED)
+                                .with_end_timestamp(time.time() + 1))
+    request = encoding_progress_after_backfills(context)
+    assert isinstance(request, dg.RunRequest) and request.run_key == f"progress-after-{second}"
+    assert isinstance(encoding_progress_after_backfills(context), dg.SkipReason)  # once per backfill
