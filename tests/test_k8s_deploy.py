@@ -415,3 +415,15 @@ def test_cuda_requested_without_a_gpu_fails_before_loading(monkeypatch: pytest.M
     with pytest.raises(RuntimeError, match="this pod got no GPU") as failure:
         EncoderResource().load()
     assert "NEUCODEC_DEVICE='cuda'" in str(failure.value) and "nvidia.com/gpu" in str(failure.value)
+
+
+def test_dockerfile_bakes_what_the_loader_reads() -> None:
+    """A baked image runs offline (HF_HUB_OFFLINE=1): it must hold every file the loader asks the hub cache for,
+    and it runs as the non-root user."""
+    from gpu_executor.encoder import loading
+
+    text = (REPO / "Dockerfile").read_text()
+    for pattern in [*loading._MODEL_FILES, *loading._SEMANTIC_FILES]:
+        assert repr(pattern) in text, pattern
+    assert [line for line in text.splitlines() if line.startswith("USER ")][-1] == "USER 10001"
+    assert "HF_HUB_OFFLINE=${BAKE_WEIGHTS}" in text and "HF_HOME=/cache/hf" in text
