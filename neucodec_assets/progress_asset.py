@@ -16,11 +16,15 @@ import dagster as dg
 from neucodec_assets.progress import CHARTS, PROGRESS_ASSET_KEY, ProgressCache, collect, format_markdown, \
     numeric_metadata, progress_cron, progress_prefix, report_from
 from neucodec_assets.sft.charts import markdown_image
+from neucodec_assets.tokens_metadata import TOKENS_ASSET_KEY
 from resources.dagster_resources import BucketResource
 
 
 @dg.asset(
     key=PROGRESS_ASSET_KEY,
+    # Lineage, and order in a backfill of every asset (the demo's): after the shards' tokens. It reads their
+    # records, not their files.
+    deps=[TOKENS_ASSET_KEY],
     group_name="neucodec",
     kinds={"python"},
     description="Shards done / failed / in flight / pending, hours done and remaining, tokens, failed segments, "
@@ -86,8 +90,6 @@ BACKFILLS_SEEN = 20
 def encoding_progress_after_backfills(context: dg.SensorEvaluationContext):
     """The cursor is the end time of the last backfill seen; the first tick only sets it (no refresh on deploy)."""
     from dagster._core.execution.backfill import BulkActionStatus
-
-    from neucodec_assets.tokens_metadata import TOKENS_ASSET_KEY
 
     ended = [b for b in context.instance.get_backfills(limit=BACKFILLS_SEEN)
              if b.status != BulkActionStatus.REQUESTED and b.backfill_end_timestamp
