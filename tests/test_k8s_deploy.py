@@ -230,7 +230,9 @@ def test_k8s_instance_config_and_helm_values_agree(
     deployment = values["dagster-user-deployments"]["deployments"][0]
     assert deployment["dagsterApiGrpcArgs"] == ["-m", "neucodec_assets.definitions"]
     image = deployment["image"]
-    assert image["tag"] and image["tag"] != "latest" and daemon["image"] == image
+    # The daemon and the webserver load the instance's run queue (gpu_executor): the platform image, same tag.
+    assert image["tag"] and image["tag"] != "latest"
+    assert daemon["image"] == image and values["dagsterWebserver"]["image"] == image
     logs, chart_logs = config["compute_logs"], values["computeLogManager"]
     assert (logs["module"], logs["class"]) == ("dagster_aws.s3.compute_log_manager", "S3ComputeLogManager")
     assert chart_logs["type"] == "S3ComputeLogManager"
