@@ -261,6 +261,17 @@ def test_shipped_gpu_tags_are_the_helpers_config_and_helm_says_the_same() -> Non
         parse_run_tags("kubernetes")
 
 
+def test_gpu_run_tags_k8s_reads_the_submitting_process_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`gpu_run_tags: k8s` builds the tag from NEUCODEC_K8S_* where runs are submitted (daemon, webserver)."""
+    monkeypatch.setenv("NEUCODEC_K8S_SPOOL_SIZE", "30Gi")
+    monkeypatch.setenv("NEUCODEC_K8S_NODE_SELECTOR", "pool=l4")
+    config = json.loads(parse_run_tags("k8s")[K8S_CONFIG_TAG])
+    assert config["container_config"]["resources"]["limits"] == {"nvidia.com/gpu": "1"}
+    assert {"name": "NEUCODEC_SPOOL_DIR", "value": "/spool"} in config["container_config"]["env"]
+    assert config["pod_spec_config"]["node_selector"] == {"pool": "l4"}
+    assert config["pod_spec_config"]["volumes"] == [{"name": "neucodec-spool", "empty_dir": {"size_limit": "30Gi"}}]
+
+
 @pytest.fixture
 def k8s_home(postgres_db, s3_env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """DAGSTER_HOME with deploy/k8s/dagster.yaml, changed only where this host differs from a cluster: the test
