@@ -2,12 +2,14 @@
 """Benchmark: the package's ``NeuCodec.encode_code`` (one clip at a time) vs ``NeucodecEncoder.encode``.
 
 Same weights, same machine, one process. Prints audio-seconds per wall-second for both, their ratio, token
-agreement with the reference, and peak resident memory. Without --model it uses the cached random full-size
+agreement with the reference, peak resident memory, and for the fast modes (tf32, bf16, fp16) their token agreement
+with our fp32 pass and the relative error of their pre-quantization latent against it (meaningful on random
+weights too: it is the quantizer's input, before rounding to codes). Without --model it uses the cached random full-size
 model (the hub is not needed); clips are synthesized speech (espeak-ng), a mix of 0.5-25 s.
 
     .venv/bin/python bench/encode_bench.py --seconds 60                # quick
     .venv/bin/python bench/encode_bench.py                             # the issue's spec: ~8 min, ~60 clips
-    .venv/bin/python bench/encode_bench.py --precision fp32,bf16,fp16 --device cuda
+    .venv/bin/python bench/encode_bench.py --precision fp32,tf32,bf16,fp16,bf16+graphs+overlap --device cuda
 """
 
 from __future__ import annotations
@@ -77,8 +79,8 @@ def sync(device: str) -> None:
 
 
 def run_ours(args, model: str, semantic: str, clips: list[np.ndarray], audio_s: float, label: str,
-             precision: str, fused: bool | None):
-    """Load the engine in one variant, warm it up, time ``encode`` over all clips."""
+             precision: str, options: dict, want_latents: bool):
+    """Load the engine in one variant, warm it up, time ``encode`` over all clips (then, untimed, the latents)."""
     import torch
 
     from gpu_executor.encoder import NeucodecEncoder
@@ -86,7 +88,7 @@ def run_ours(args, model: str, semantic: str, clips: list[np.ndarray], audio_s: 
     base_rss = rss_mib()
     t0 = time.perf_counter()
     enc = NeucodecEncoder.from_pretrained(model, semantic, device=args.device, precision=precision,
-                                          batch_seconds=args.batch_seconds, fused_activation=fused)
+                                          batch_seconds=args.batch_seconds, **options)
     load_s = time.perf_counter() - t0
     loaded_rss = rss_mib()
     device = enc.device
@@ -102,21 +104,54 @@ def run_ours(args, model: str, semantic: str, clips: list[np.ndarray], audio_s: 
     sync(device)
     ours_s = time.perf_counter() - t0
     gpu_peak = torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else 0.0
-    if enc.fused_activation and "+" not in label:
+    if enc.fused_activation and "fused" not in label:
         label += " (fused)"
+    latents = enc.encode_latents(clips) if want_latents else None
     print(f"ours {label} on {device}: {ours_s:.1f} s ({audio_s / ours_s:.1f} audio s per s); load "
           f"{load_s:.1f} s; RSS before load {base_rss:.0f} MiB, after loading {loaded_rss:.0f} MiB, after the "
           f"warm-up {warm_rss:.0f} MiB (encoder resident: +{warm_rss - base_rss:.0f} MiB)"
           + (f"; GPU peak {gpu_peak:.0f} MiB" if gpu_peak else ""), flush=True)
-    return f"ours {label}", ours_s, peak_rss_mib(), gpu_peak, ours
+    return f"ours {label}", ours_s, peak_rss_mib(), gpu_peak, ours, latents
+
+
+FLAGS = {"fused": ("fused_activation", True), "unfused": ("fused_activation", False), "graphs": ("graphs", "cuda"),
+         "buckets": ("graphs", "buckets"), "overlap": ("overlap_stream", True)}
+
+
+def parse_variants(ap, spec: str) -> list[tuple[str, str, dict]]:
+    """``fp32,bf16+graphs+overlap`` -> [(label, precision, engine options)]."""
+    out = []
+    for item in (p.strip() for p in spec.split(",")):
+        precision, *flags = item.split("+")
+        if precision not in ("fp32", "tf32", "bf16", "fp16") or any(f not in FLAGS for f in flags):
+            ap.error(f"--precision {item!r}: fp32, tf32, bf16 or fp16, optionally with +{', +'.join(FLAGS)}")
+        out.append((item, precision, dict(FLAGS[f] for f in flags)))
+    return out
+
+
+def agreement(codes: list[np.ndarray], refs: list[np.ndarray]) -> float:
+    """Percent of equal tokens over all clips."""
+    same = sum(int(np.sum(a.astype(np.int64) == b.astype(np.int64))) for a, b in zip(codes, refs))
+    return same / max(1, sum(len(r) for r in refs)) * 100
+
+
+def latent_error(latents: list[np.ndarray], refs: list[np.ndarray]) -> tuple[float, float]:
+    """Relative L2 error of the pre-quantization latent: over all frames, and the worst clip's."""
+    num = sum(float(np.sum((a.astype(np.float64) - b) ** 2)) for a, b in zip(latents, refs))
+    den = sum(float(np.sum(b.astype(np.float64) ** 2)) for b in refs)
+    worst = max(float(np.linalg.norm(a.astype(np.float64) - b) / max(np.linalg.norm(b), 1e-30))
+                for a, b in zip(latents, refs))
+    return (num / max(den, 1e-30)) ** 0.5, worst
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=480.0, help="total audio (default 480 s, ~60 clips)")
     ap.add_argument("--precision", default="fp32",
-                    help="fp32, bf16 or fp16, each optionally +fused or +unfused (the CUDA activation kernel; "
-                    "default: the engine's choice), several separated by commas (one reference pass for all)")
+                    help="fp32, tf32, bf16 or fp16, each optionally with +fused or +unfused (the CUDA activation "
+                    "kernel; default: the engine's choice), +graphs (CUDA graphs per length bucket), +buckets (their "
+                    "padding, eagerly), +overlap (second stream); several separated by commas (one reference pass "
+                    "for all; a fast mode adds an fp32 pass of ours to compare with)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--model", default=None, help="neucodec hub id or folder (default: the cached random model)")
     ap.add_argument("--semantic-model", default=None, help="w2v-bert hub id or folder")
@@ -124,12 +159,10 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip-reference", action="store_true", help="time ours only (no agreement figure)")
     args = ap.parse_args()
-    variants = []  # (label, precision, fused_activation)
-    for item in (p.strip() for p in args.precision.split(",")):
-        precision, _, kernel = item.partition("+")
-        if precision not in ("fp32", "bf16", "fp16") or kernel not in ("", "fused", "unfused"):
-            ap.error(f"--precision {item!r}: choose fp32, bf16 or fp16, optionally with +fused or +unfused")
-        variants.append((item, precision, None if not kernel else kernel == "fused"))
+    variants = parse_variants(ap, args.precision)
+    fast = any(p != "fp32" or opts for _, p, opts in variants)
+    if fast and not any(p == "fp32" and not opts for _, p, opts in variants):
+        variants.insert(0, ("fp32", "fp32", {}))  # the fast modes are measured against our own fp32 pass
 
     import torch
 
@@ -147,11 +180,11 @@ def main() -> None:
     print(f"{len(clips)} clips, {audio_s:.1f} s of audio ({min(map(len, clips)) / 16000:.2f}-"
           f"{max(map(len, clips)) / 16000:.2f} s); torch {torch.__version__}, threads {torch.get_num_threads()}")
 
-    rows = []  # (name, wall seconds, peak RSS MiB, GPU peak MiB, codes)
+    rows = []  # (name, wall seconds, peak RSS MiB, GPU peak MiB, codes, latents)
     device = str(resolve_device(args.device))
-    for label, precision, fused in variants:
+    for label, precision, options in variants:
         try:
-            rows.append(run_ours(args, model, semantic, clips, audio_s, label, precision, fused))
+            rows.append(run_ours(args, model, semantic, clips, audio_s, label, precision, options, fast))
         except Exception as exc:  # one failing variant must not hide the others' figures
             print(f"ours {label}: FAILED: {type(exc).__name__}: {exc}", flush=True)
         if device.startswith("cuda"):
@@ -162,6 +195,7 @@ def main() -> None:
         ref = load_reference(model, semantic, device)
         if device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False  # the exact reference
         with torch.inference_mode():
             ref.encode_code(torch.from_numpy(clips[0][:16000])[None, None].to(device))  # warm-up
             sync(device)
@@ -170,22 +204,27 @@ def main() -> None:
             sync(device)
             ref_s = time.perf_counter() - t0
         gpu_peak = torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else 0.0
-        rows.insert(0, ("package encode_code", ref_s, peak_rss_mib(), gpu_peak, refs))
+        rows.insert(0, ("package encode_code", ref_s, peak_rss_mib(), gpu_peak, refs, None))
         del ref
 
-    print(f"\ndevice {device}" + (f" ({torch.cuda.get_device_name(device)})" if device.startswith("cuda") else ""))
-    print("\n| run | wall s | audio s / wall s | vs reference | token agreement | peak RSS MiB (process, cumulative) |"
-          + (" GPU peak MiB |" if device.startswith("cuda") else ""))
-    print("|---|---:|---:|---:|---:|---:|" + ("---:|" if device.startswith("cuda") else ""))
-    total = sum(len(r) for r in refs) if refs else 0
-    for name, wall, peak, gpu_peak, codes in rows:
+    cuda = device.startswith("cuda")
+    print(f"\ndevice {device}" + (f" ({torch.cuda.get_device_name(device)})" if cuda else ""))
+    ours32 = next((r for r in rows if r[0] == "ours fp32"), None)
+    print("\n| run | wall s | audio s / wall s | vs reference | token agreement | vs ours fp32: tokens | latent rel. "
+          "error (all, worst clip) | peak RSS MiB (process, cumulative) |" + (" GPU peak MiB |" if cuda else ""))
+    print("|---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if cuda else ""))
+    for name, wall, peak, gpu_peak, codes, latents in rows:
         ratio = f"{ref_s / wall:.2f}x" if ref_s else "-"
-        agree = "-"
-        if refs is not None:
-            same = sum(int(np.sum(a.astype(np.int64) == b.astype(np.int64))) for a, b in zip(codes, refs))
-            agree = f"{same / total * 100:.3f}%"
-        print(f"| {name} | {wall:.1f} | {audio_s / wall:.2f} | {ratio} | {agree} | {peak:.0f} |"
-              + (f" {gpu_peak:.0f} |" if device.startswith("cuda") else ""))
+        agree = f"{agreement(codes, refs):.3f}%" if refs is not None else "-"
+        vs32 = err = "-"
+        if ours32 is not None and name != ours32[0] and name != "package encode_code":
+            vs32 = f"{agreement(codes, ours32[4]):.3f}%"
+            if latents is not None and ours32[5] is not None:
+                total_err, worst = latent_error(latents, ours32[5])
+                err = f"{total_err:.2e}, {worst:.2e}"
+        print(f"| {name} | {wall:.1f} | {audio_s / wall:.2f} | {ratio} | {agree} | {vs32} | {err} | {peak:.0f} |"
+              + (f" {gpu_peak:.0f} |" if cuda else ""))
+    total = sum(len(r) for r in refs) if refs else 0
     if refs is not None:
         print(f"\ntoken agreement counted over {total} reference tokens "
               f"({np.unique(np.concatenate(refs)).size} distinct codes)")
