@@ -205,8 +205,8 @@ def main() -> None:
     same = all(np.array_equal(pure_codes[k], c) for k, c in stream_codes(out).items())
     gpu_peak = f"{torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if cuda else "n/a"
     print(f"\n| figure | value |\n|---|---:|\n| audio | {audio_s:.0f} s ({segments} segments) |"
-          f"\n| pure encode | {pure_s:.1f} s ({audio_s / pure_s:.0f}x real time) |"
-          f"\n| end to end (read + decode + encode + write) | {e2e_s:.1f} s ({audio_s / e2e_s:.0f}x real time) |"
+          f"\n| pure encode | {pure_s:.1f} s ({audio_s / pure_s:.1f}x real time) |"
+          f"\n| end to end (read + decode + encode + write) | {e2e_s:.1f} s ({audio_s / e2e_s:.1f}x real time) |"
           f"\n| end to end / pure | {e2e_s / pure_s:.3f} (target <= 1.1) |"
           f"\n| time inside encode calls, end to end | {stream.encode_seconds:.1f} s "
           f"({stream.encode_seconds / e2e_s * 100:.0f}% of the wall) |"
