@@ -63,7 +63,8 @@ def test_sensor_on_by_default_adds_shards_and_requests_no_runs(
         list(execute_sensor_iteration(workspace, logger, None, None))  # default status RUNNING: it ticks
     assert sorted(pg_instance.get_dynamic_partitions(shards_partitions.name)) == sorted(s.prefix for s in shards)
     assert not pg_instance.get_backfills() and not pg_instance.get_runs()  # encoding is automation's business
-    [state] = pg_instance.all_instigator_state(instigator_type=InstigatorType.SENSOR)
+    states = {s.instigator_name: s for s in pg_instance.all_instigator_state(instigator_type=InstigatorType.SENSOR)}
+    state = states["shard_discovery_sensor"]
     cursor = DiscoveryCursor.parse(state.instigator_data.cursor)
     assert cursor.tail == f"{shards[-1].prefix}/metadata.parquet"  # the daemon kept the sensor's place
 
