@@ -12,7 +12,6 @@ import logging
 import os
 import signal
 import sys
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,31 +32,11 @@ from dagster._daemon.run_coordinator.queued_run_coordinator_daemon import Queued
 
 from gpu_executor.gpus import current_gpu_slot, detect_gpus
 from gpu_executor.launcher import GPU_TAG, HOST_TAG, PID_TAG, GpuRunLauncher
+from tests.fixtures.dagster_api import wait_for
 
 JOBS_FILE = Path(__file__).with_name("launcher_jobs.py")
 LOCATION = "launcher_jobs"
-WAIT_S = 90.0  # generous: a loaded 2-core box takes seconds to start each worker
 log = logging.getLogger(__name__)
-
-
-def wait_for(
-    what: str,
-    predicate: Callable[[], Any],
-    timeout: float = WAIT_S,
-    tick: Callable[[], None] | None = None,
-    explain: Callable[[], str] | None = None,
-):
-    """Polls until predicate() is truthy; on timeout fails with what it was waiting for (and explain())."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if tick is not None:
-            tick()
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n{explain() if explain else ''}")
-        time.sleep(0.2)
 
 
 def write_instance(home: Path, pg_url: str, launcher_config: dict[str, Any], pools: bool) -> None:

@@ -28,7 +28,6 @@ from dagster._core.workspace.context import WorkspaceProcessContext
 from dagster._core.workspace.load_target import WorkspaceFileTarget
 from dagster._daemon.backfill import execute_backfill_iteration
 from dagster_aws.s3.compute_log_manager import S3ComputeLogManager
-from dagster_graphql.test.utils import execute_dagster_graphql
 from dagster_k8s.job import construct_dagster_k8s_job, get_job_name_from_run_id
 from dagster_k8s.launcher import K8sRunLauncher
 from kubernetes.client import ApiClient
@@ -40,6 +39,7 @@ from neucodec_assets.checks import COMPLETE_CHECK_KEY, VALID_CHECK_KEY
 from neucodec_assets.discovery import add_shard_partitions
 from neucodec_assets.tokens_metadata import TOKENS_ASSET_KEY
 from resources.dagster_resources import EncoderResource
+from tests.fixtures.dagster_api import graphql, launch_asset_backfill
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"
@@ -298,15 +298,6 @@ def k8s_home(postgres_db, s3_env, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     return home
 
 
-LAUNCH_BACKFILL = """
-mutation LaunchPartitionBackfill($backfillParams: LaunchBackfillParams!) {
-  launchPartitionBackfill(backfillParams: $backfillParams) {
-    __typename
-    ... on LaunchBackfillSuccess { backfillId }
-    ... on PythonError { message stack }
-  }
-}
-"""
 LAUNCH_RUN = """
 mutation LaunchRun($executionParams: ExecutionParams!) {
   launchRun(executionParams: $executionParams) {
@@ -318,12 +309,6 @@ mutation LaunchRun($executionParams: ExecutionParams!) {
   }
 }
 """
-
-
-def graphql(context: WorkspaceProcessContext, query: str, variables: dict) -> dict:
-    result = execute_dagster_graphql(context.create_request_context(), query, variables)
-    assert not result.errors, result.errors
-    return result.data
 
 
 def launch_job_run(context: WorkspaceProcessContext, partition: str, checks_only: bool,
@@ -354,10 +339,7 @@ def test_every_encoding_run_gets_a_gpu_pod_and_no_other_run_does(k8s_home: Path)
         assert isinstance(instance.run_coordinator, GpuPoolRunCoordinator)
         assert isinstance(instance.run_launcher, K8sRunLauncher)
         add_shard_partitions(instance, keys)
-        ui = graphql(context, LAUNCH_BACKFILL, {"backfillParams": {
-            "assetSelection": [{"path": TOKENS_ASSET_KEY.path}], "partitionNames": keys, "fromFailure": False,
-            "title": "from the UI"}})["launchPartitionBackfill"]
-        assert ui["__typename"] == "LaunchBackfillSuccess", ui
+        ui = {"backfillId": launch_asset_backfill(context, TOKENS_ASSET_KEY, keys, title="from the UI")}
         sft = submit_backfill(instance, context.create_request_context().asset_graph, [SFT_PAIRS], keys,
                               title="neucodec-platform enqueue --sft")
         for _ in range(5):  # the backfill daemon's own iteration creates and submits the runs

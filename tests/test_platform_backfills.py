@@ -14,8 +14,7 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -26,35 +25,21 @@ from dagster._core.storage.tags import ASSET_EVALUATION_ID_TAG, ASSET_PARTITION_
     ASSET_PARTITION_RANGE_START_TAG, AUTOMATION_CONDITION_TAG, BACKFILL_ID_TAG, PARTITION_NAME_TAG, SENSOR_NAME_TAG
 from dagster._core.workspace.context import WorkspaceProcessContext
 from dagster._core.workspace.load_target import WorkspaceFileTarget
-from dagster._daemon.backfill import execute_backfill_iteration
-from dagster._daemon.monitoring.run_monitoring import execute_run_monitoring_iteration
-from dagster._daemon.run_coordinator.queued_run_coordinator_daemon import QueuedRunCoordinatorDaemon
-from dagster_graphql.test.utils import execute_dagster_graphql
 
+from neucodec_assets.backfills import TERMINAL, DaemonLoop
 from neucodec_assets.discovery import add_shard_partitions
 from neucodec_assets.tokens_metadata import TOKENS_ASSET_KEY, metadata_value, tokens_key
 from resources.bucket import AUDIO_TAR, METADATA_PARQUET, LocalBucket
 from resources.tokens_file import validate_tokens_file
+from tests.fixtures.dagster_api import graphql, launch_asset_backfill, wait_for
 from tests.fixtures.platform import REPO_ROOT, copy_tiny_shards
 
 WORKSPACE = str(REPO_ROOT / "workspace.yaml")
 BROKEN = "zz_broken/xx/shard_999999"
-TERMINAL = {BulkActionStatus.COMPLETED_SUCCESS, BulkActionStatus.COMPLETED_FAILED, BulkActionStatus.FAILED,
-            BulkActionStatus.CANCELED, BulkActionStatus.COMPLETED}
 log = logging.getLogger(__name__)
 
-# The mutation and query the UI sends: the asset page's partition backfill dialog, the backfill page's
-# "Re-execute from failure", and the asset page's partition bar.
-LAUNCH_BACKFILL = """
-mutation LaunchPartitionBackfill($backfillParams: LaunchBackfillParams!) {
-  launchPartitionBackfill(backfillParams: $backfillParams) {
-    __typename
-    ... on LaunchBackfillSuccess { backfillId }
-    ... on PythonError { message stack }
-    ... on InvalidSubsetError { message }
-  }
-}
-"""
+# What the UI sends besides the backfill dialog (tests/fixtures/dagster_api.py): the backfill page's "Re-execute
+# from failure", and the asset page's partition bar.
 REEXECUTE_BACKFILL = """
 mutation ReexecuteBackfill($reexecutionParams: ReexecutionParams!) {
   reexecutePartitionBackfill(reexecutionParams: $reexecutionParams) {
@@ -92,34 +77,6 @@ def deployment(pg_dagster_home: Path, tmp_path: Path, monkeypatch: pytest.Monkey
     return LocalBucket(bucket_dir)
 
 
-def wait_for(what: str, predicate: Callable[[], object], timeout: float, tick: Callable[[], None] | None = None,
-             explain: Callable[[], str] | None = None, every: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while True:
-        if tick is not None:
-            tick()
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n{explain() if explain else ''}")
-        time.sleep(every)
-
-
-def graphql(context: WorkspaceProcessContext, query: str, variables: dict) -> dict:
-    result = execute_dagster_graphql(context.create_request_context(), query, variables)
-    assert not result.errors, result.errors
-    return result.data
-
-
-def launch_backfill(context: WorkspaceProcessContext, keys: list[str]) -> str:
-    data = graphql(context, LAUNCH_BACKFILL, {"backfillParams": {
-        "assetSelection": [{"path": TOKENS_ASSET_KEY.path}], "partitionNames": keys, "fromFailure": False,
-        "title": "test backfill"}})["launchPartitionBackfill"]
-    assert data["__typename"] == "LaunchBackfillSuccess", data
-    return data["backfillId"]
-
-
 def partition_statuses(context: WorkspaceProcessContext) -> dict[str, set[str]]:
     data = graphql(context, PARTITION_STATUSES, {"assetKey": {"path": TOKENS_ASSET_KEY.path}})
     statuses = data["assetNodeOrError"]["assetPartitionStatuses"]
@@ -151,22 +108,7 @@ def assert_never_overlapped(instance: dg.DagsterInstance, runs: list[dg.DagsterR
     assert peak <= slots, f"{peak} runs at once on {slots} slot(s): {spans}"
 
 
-class InProcessDaemons:
-    """One iteration of each daemon that executes a backfill (backfill, run queue, run monitoring), called in
-    this process: the daemon's own code, ticked faster than its 30-second cadence."""
-
-    def __init__(self, context: WorkspaceProcessContext):
-        self.context = context
-        self.queue = QueuedRunCoordinatorDaemon(interval_seconds=1)
-
-    def tick(self) -> None:
-        for error in execute_backfill_iteration(self.context, log):
-            assert error is None, error
-        list(self.queue.run_iteration(self.context))
-        list(execute_run_monitoring_iteration(self.context, log))
-
-
-def wait_backfill(instance: dg.DagsterInstance, daemons: InProcessDaemons, backfill_id: str) -> BulkActionStatus:
+def wait_backfill(instance: dg.DagsterInstance, daemons: DaemonLoop, backfill_id: str) -> BulkActionStatus:
     def explain() -> str:
         lines = [f"backfill {backfill_id}: {instance.get_backfill(backfill_id).status}"]
         for run in backfill_runs(instance, backfill_id):
@@ -175,7 +117,7 @@ def wait_backfill(instance: dg.DagsterInstance, daemons: InProcessDaemons, backf
         return "\n".join(lines)
 
     wait_for(f"backfill {backfill_id} to end", lambda: instance.get_backfill(backfill_id).status in TERMINAL,
-             timeout=300, tick=daemons.tick, explain=explain)
+             timeout=300, tick=daemons.tick, explain=explain, every=0.5)
     return instance.get_backfill(backfill_id).status
 
 
@@ -193,14 +135,14 @@ def test_graphql_backfills_run_through_the_daemon(deployment, pg_dagster_home, t
             WorkspaceProcessContext(instance, WorkspaceFileTarget(paths=[WORKSPACE])) as context:
         keys = add_shard_partitions(instance, [s.prefix for s in shards] + [BROKEN])
         assert keys[-1] == BROKEN
-        daemons = InProcessDaemons(context)
+        daemons = DaemonLoop(context)  # Dagster's daemon iterations, ticked in this process
         slots = instance.run_launcher.total_capacity
         assert slots == 1  # one CPU slot on this GPU-less host
 
         # Non-contiguous keys (the first shard, then the third with the broken one after it): one run per
         # contiguous stretch of at most two shards, the shard between them untouched; the broken shard fails
         # alone (the good shard of its run is recorded) and the backfill ends.
-        second = launch_backfill(context, [keys[0], keys[2], BROKEN])
+        second = launch_asset_backfill(context, TOKENS_ASSET_KEY, [keys[0], keys[2], BROKEN])
         assert wait_backfill(instance, daemons, second) == BulkActionStatus.COMPLETED_FAILED
         runs = backfill_runs(instance, second)
         by_keys = {tuple(run_keys(r, keys)): r.status for r in runs}
