@@ -9,7 +9,7 @@ monitoring daemon can tell a dead worker from a live one.
 
 Queueing stays with Dagster: the GPU assets declare `pool="gpu"`, `concurrency.pools.granularity: run`, and
 `gpu_executor.coordinator.GpuPoolRunCoordinator` keeps the `gpu` pool limit at `total_capacity`. Only runs in the
-`gpu` pool get a slot; other runs (SFT, checks) start with no GPU visible. The launcher never fails a run for lack
+`gpu` pool that materialize assets get a slot; other runs (SFT, checks-only) start with no GPU visible. The launcher never fails a run for lack
 of a free GPU; if the pool limit is set too high it puts the run on the least-loaded GPU and warns in the run's
 events.
 """
@@ -44,6 +44,7 @@ from dagster._core.launcher.base import (
 from dagster._serdes import ConfigurableClass, ConfigurableClassData
 from typing_extensions import Self
 
+from gpu_executor.coordinator import GPU_POOL, encodes
 from gpu_executor.gpus import GPU_SLOT_ENV, WORKER_HOST_ENV, detect_gpus, parse_gpu_list
 
 GPU_TAG = "neucodec/gpu"
@@ -105,7 +106,7 @@ class GpuRunLauncher(RunLauncher, ConfigurableClass):
         log_dir: str | None = None,
         host: str | None = None,
         terminate_grace_seconds: float = 20.0,
-        gpu_pool: str = "gpu",
+        gpu_pool: str = GPU_POOL,
     ):
         self._inst_data = inst_data
         self.gpu_pool = gpu_pool
@@ -142,7 +143,7 @@ class GpuRunLauncher(RunLauncher, ConfigurableClass):
             "log_dir": dg.Field(dg.StringSource, is_required=False),
             "host": dg.Field(dg.StringSource, is_required=False),
             "terminate_grace_seconds": dg.Field(float, is_required=False, default_value=20.0),
-            "gpu_pool": dg.Field(dg.StringSource, is_required=False, default_value="gpu"),
+            "gpu_pool": dg.Field(dg.StringSource, is_required=False, default_value=GPU_POOL),
         }
 
     @classmethod
@@ -183,9 +184,8 @@ class GpuRunLauncher(RunLauncher, ConfigurableClass):
         return counts
 
     def needs_gpu(self, run: dg.DagsterRun) -> bool:
-        """A run needs a slot when it holds the `gpu` pool (the tokens asset declares ``pool="gpu"``)."""
-        pools = run.run_op_concurrency.all_pools if run.run_op_concurrency else None
-        return bool(pools) and self.gpu_pool in pools
+        """A run needs a slot when it encodes: it holds the `gpu` pool and materializes assets (the queue's rule)."""
+        return encodes(run, self.gpu_pool)
 
     def _pick_slot(self) -> tuple[str, bool]:
         """The least-loaded slot (first one on ties) and whether it is over capacity."""

@@ -1,10 +1,10 @@
 """`neucodec_tokens`: one tokens file per shard partition, encoded on the `gpu` pool.
 
-A run may hold several shards (the backfill policy groups them): the model is loaded once, the next shard is
-downloaded while the current one encodes, and every shard gets its own materialization metadata and check
-evaluations. A shard whose tokens file already exists (same model, precision and chunking, and valid) is reported
-as existing without encoding, unless the run config says ``force: true``. A shard that cannot be read fails alone:
-the others of the run are still recorded, then the run fails naming it.
+A run may hold several shards (the backfill policy groups them); the shard loop is `TokensRun`, and this asset only
+turns its outcomes into Dagster events: one materialization per shard (encoded, or existing: a valid file made the
+same way, unless the run config says ``force: true``) with its check evaluations, then a failure naming the shards
+that could not be read. Around the loop: a hang watchdog, `dagster/max_runtime` from the run's shards, and, for
+runs executing in the caller's process, a GPU that no launched run holds.
 """
 
 # No `from __future__ import annotations`: Dagster reads the config and resource types from the runtime
@@ -17,6 +17,7 @@ from collections.abc import Iterator
 import dagster as dg
 from pydantic import Field
 
+from gpu_executor.coordinator import GPU_POOL
 from neucodec_assets.automation import tokens_condition
 from neucodec_assets.checks import TOKENS_CHECK_SPECS, complete_evaluation, completeness_of, shard_audio_ids, \
     valid_evaluation
@@ -40,7 +41,6 @@ DEFAULT_MAX_SECONDS_PER_SHARD = 7200.0
 MAX_RUNTIME_BASE_SECONDS = 900.0  # worker start and model load (a first download of the weights included)
 MAX_RUNTIME_TAG = "dagster/max_runtime"
 HUNG_EXIT_CODE = 75
-GPU_POOL = "gpu"
 
 
 def shards_per_run() -> int:
@@ -68,7 +68,7 @@ class TokensConfig(dg.Config):
 
     force: bool = Field(
         default=False,
-        description="Encode even where a valid tokens file made with the same model, precision and chunking exists.",
+        description="Encode even where a valid tokens file made the same way (same encoding identity) exists.",
     )
 
 
