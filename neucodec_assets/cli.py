@@ -153,6 +153,30 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_compare_precision(args: argparse.Namespace) -> int:
+    """fp32 against a faster precision on a seeded sample of one shard: token agreement and decoded quality."""
+    import dataclasses
+    import json
+
+    from neucodec_assets.precision_compare import compare_precision
+    from resources.bucket import open_bucket
+    from resources.dagster_resources import EncoderResource
+
+    settings = EncoderResource().settings()
+    if args.model:
+        settings = dataclasses.replace(settings, model=args.model)
+    if args.device:
+        settings = dataclasses.replace(settings, device=args.device)
+    try:
+        result = compare_precision(open_bucket(args.bucket), args.partition, samples=args.samples,
+                                   precision=args.precision, settings=settings,
+                                   log=lambda line: print(line, file=sys.stderr))
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
+    print(json.dumps(result.to_json(), indent=1) if args.json else result.text())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="neucodec-platform",
@@ -229,6 +253,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--segments", type=int, default=6, help="segments per shard (default 6)")
     p.add_argument("--dir", default=".demo", help="folder for the bucket and DAGSTER_HOME (default .demo)")
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser(
+        "compare-precision",
+        help="encode a seeded sample of a shard in fp32 and a faster precision, decode both, print token agreement "
+        "and STOI/PESQ/SI-SDR/log-mel side by side",
+    )
+    p.add_argument("--partition", required=True, help="the shard's partition key (its prefix in the bucket)")
+    p.add_argument("--samples", type=int, default=4, help="segments in the seeded sample (default 4)")
+    p.add_argument("--precision", choices=("bf16", "fp16", "tf32"), default="bf16",
+                   help="the faster precision to compare with fp32 (default bf16; on a CPU only fp32 runs)")
+    p.add_argument("--bucket", default=None, help="bucket URL (default: NEUCODEC_BUCKET)")
+    p.add_argument("--model", default=None, help="model (default: NEUCODEC_MODEL; 'random' for the test model)")
+    p.add_argument("--device", default=None, help="device (default: NEUCODEC_DEVICE)")
+    p.add_argument("--json", action="store_true", help="print the comparison as JSON")
+    p.set_defaults(func=_cmd_compare_precision)
     return parser
 
 

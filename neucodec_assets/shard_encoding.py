@@ -21,6 +21,7 @@ import polars as pl
 from gpu_executor.encoder.provenance import IDENTITY_KEYS
 from neucodec_assets.checks import Completeness, complete_evaluation, completeness_of, shard_audio_ids, \
     tar_audio_ids, valid_evaluation
+from neucodec_assets.roundtrip import RoundtripSample, roundtrip_for_shard
 from neucodec_assets.tokens_metadata import STATUS_ENCODED, STATUS_EXISTING, ShardFigures, \
     audio_seconds_from_tokens, tokens_key
 from resources.bucket import AUDIO_TAR, METADATA_PARQUET, Bucket, BucketError, ObjectHead
@@ -281,10 +282,13 @@ def encode_shard(
     log(f"encoding shard {prefix}: {len(expected)} segments ({reader.dataset}/{reader.language}) on "
         f"{loaded.device}")
     encoder = loaded.encoder
+    roundtrip = RoundtripSample.for_shard(reader)  # None when NEUCODEC_ROUNDTRIP_SAMPLES=0
 
     def waves():
         for segment in reader.segments():
             seconds[segment.segment_id] = segment.seconds
+            if roundtrip is not None:
+                roundtrip.keep_wave(segment.segment_id, segment.wave)
             yield segment.segment_id, segment.wave
 
     start = time.perf_counter()
@@ -292,6 +296,8 @@ def encode_shard(
         stream = encoder.encode_stream(waves())
         for segment_id, codes in stream:
             writer.add(segment_id, codes)
+            if roundtrip is not None:
+                roundtrip.keep_codes(segment_id, codes)
             progress.update(seconds.get(segment_id, 0.0))
             if on_segment is not None:
                 on_segment()
@@ -322,6 +328,7 @@ def encode_shard(
     }
     if stats.metadata_problem:
         extra["metadata_problem"] = stats.metadata_problem
+    extra.update(roundtrip_for_shard(roundtrip, target, loaded, log, encode_seconds=wall))
     figures = ShardFigures(
         prefix=prefix, status=STATUS_ENCODED, dataset=reader.dataset, language=reader.language,
         segment_count=report.rows, total_audio_seconds=sum(seconds[s] for s in report.segment_ids),
