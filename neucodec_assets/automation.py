@@ -22,6 +22,7 @@ AUTOMATION_INTERVAL_ENV = "NEUCODEC_AUTOMATION_INTERVAL_SECONDS"
 DATASET_CRON_ENV = "NEUCODEC_SFT_DATASET_CRON"
 DEFAULT_DATASET_CRON = "0 * * * *"
 SENSOR_NAME = "neucodec_automation"
+PROGRESS_KEY = dg.AssetKey("encoding_progress")  # read by the dataset card; its refreshes alone rebuild nothing
 _ON, _OFF = ("on", "true", "1", "yes"), ("off", "false", "0", "no")
 
 
@@ -45,9 +46,10 @@ def pairs_condition() -> dg.AutomationCondition:
 def dataset_condition(cron: str | None = None) -> dg.AutomationCondition:
     """Rebuild the dataset once per cron period, as soon as any shard's pairs changed since the last build."""
     cron = cron or env_str(DATASET_CRON_ENV) or DEFAULT_DATASET_CRON
+    pairs_updated = dg.AutomationCondition.any_deps_updated().ignore(dg.AssetSelection.assets(PROGRESS_KEY))
     return (
         dg.AutomationCondition.cron_tick_passed(cron).since_last_handled()
-        & dg.AutomationCondition.any_deps_updated().since_last_handled()
+        & pairs_updated.since_last_handled()
         & ~dg.AutomationCondition.in_progress()
     ).with_label(f"pairs changed, at most once per {cron}")
 

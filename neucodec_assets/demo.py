@@ -25,6 +25,7 @@ from dagster._core.workspace.load_target import ModuleTarget
 from neucodec_assets.backfills import DaemonLoop, submit_backfill
 from neucodec_assets.discovery import add_shard_partitions, plan_discovery
 from neucodec_assets.partitions import shards_partitions
+from neucodec_assets.roundtrip import figures_from_metadata
 from neucodec_assets.tokens_metadata import TOKENS_ASSET_KEY, metadata_value
 from resources.bucket import LocalBucket
 from resources.dagster_resources import DEFAULT_MODEL, RANDOM_LABEL, RANDOM_MODEL, EncoderResource, \
@@ -61,6 +62,7 @@ class DemoSummary:
     runs: list[str] = field(default_factory=list)
     downstream: list[str] = field(default_factory=list)
     sft: str | None = None  # one line about the SFT dataset, when that asset exists
+    roundtrip: str | None = None  # the decode round-trip figures and where to listen
     wall_seconds: float = 0.0
 
     @property
@@ -135,6 +137,29 @@ def _summary_rows(instance: dg.DagsterInstance, keys: Sequence[str]) -> list[Sha
             rtf=metadata_value(meta, "real_time_factor"),
         ))
     return rows
+
+
+def _roundtrip_line(instance: dg.DagsterInstance, keys: Sequence[str], bucket_url: str) -> str | None:
+    """Segment-weighted means of the shards' round-trip figures, and the folder of the first shard's WAV pairs."""
+    sums: dict[str, float] = {}
+    segments, random, listen = 0, False, None
+    for key in keys:
+        records = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=TOKENS_ASSET_KEY, asset_partitions=[key]), limit=1).records
+        meta = records[0].asset_materialization.metadata if records else {}
+        n = int(metadata_value(meta, "roundtrip_segments") or 0)
+        if not n:
+            continue
+        segments += n
+        random |= bool(metadata_value(meta, "roundtrip_random_weights"))
+        listen = listen or f"{bucket_url}/{metadata_value(meta, 'roundtrip_wav_prefix')}"
+        for name, value in figures_from_metadata(meta).items():
+            sums[name] = sums.get(name, 0.0) + value * n
+    if not segments:
+        return None
+    figures = ", ".join(f"{name} {total / segments:.3f}" for name, total in sums.items())
+    label = " (random weights: the figures are meaningless)" if random else ""
+    return f"decode round trip of {segments} sampled segments{label}: {figures}; listen: {listen}"
 
 
 def _sft_line(instance: dg.DagsterInstance) -> str | None:
@@ -215,5 +240,6 @@ def run_demo(model: str = "hub", *, shards: int = 3, segments: int = 6, root: Pa
                             f"`DAGSTER_HOME={home} dagster dev -w workspace.yaml` and {home / 'run_worker_logs'}")
         summary.sft = _sft_line(instance)
         summary.rows = _summary_rows(instance, keys)
+        summary.roundtrip = _roundtrip_line(instance, keys, bucket_url)
     summary.wall_seconds = time.perf_counter() - start
     return summary

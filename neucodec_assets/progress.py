@@ -33,6 +33,8 @@ import dagster as dg
 import polars as pl
 
 from neucodec_assets.partitions import shards_partitions
+from neucodec_assets.roundtrip import FIGURES as ROUNDTRIP_FIGURES
+from neucodec_assets.roundtrip import figures_from_metadata
 from neucodec_assets.tokens_metadata import STATUS_ENCODED, TOKENS_ASSET_KEY, metadata_value
 from resources.bucket import Bucket, BucketError
 from resources.bucket.base import ShardLayout
@@ -92,9 +94,13 @@ class DoneShard:
     segments: int
     failed_count: int
     failed_reasons: str = "{}"  # JSON {kind: count} of the listed failures (the table holds the first 500)
+    roundtrip: str = "{}"  # JSON of the shard's decode round-trip means, sample size and random-weights flag
 
     def reasons(self) -> dict[str, int]:
         return json.loads(self.failed_reasons or "{}")
+
+    def roundtrip_figures(self) -> dict:
+        return json.loads(self.roundtrip or "{}")
 
 
 @dataclass
@@ -151,6 +157,8 @@ def done_shard_from_record(record: dg.EventLogRecord) -> DoneShard | None:
         audio_seconds=float(number("total_audio_seconds")), tokens=int(number("total_tokens", int)),
         segments=int(number("segment_count", int)), failed_count=int(failed_count),
         failed_reasons=json.dumps(dict(sorted(reasons.items()))),
+        roundtrip=json.dumps({**figures_from_metadata(meta), "segments": number("roundtrip_segments", int),
+                              "random": bool(metadata_value(meta, "roundtrip_random_weights"))}),
     )
 
 
@@ -393,14 +401,31 @@ class GroupProgress:
     failed_by_reason: dict[str, int] = field(default_factory=dict)
     throughput_hours_per_hour: float | None = None
     eta_seconds: float | None = None
+    roundtrip_sums: dict[str, float] = field(default_factory=dict)  # figure -> sum over sampled segments
+    roundtrip_segments: dict[str, int] = field(default_factory=dict)  # figure -> sampled segments with it
+    roundtrip_random: bool = False  # some figures came from random weights
 
     @property
     def hours_total(self) -> float:
         return self.hours_done + self.hours_remaining_estimated + self.hours_failed
 
+    def add_roundtrip(self, figures: Mapping) -> None:
+        """Fold in one shard's round-trip means, weighted by its sampled segments."""
+        segments = int(figures.get("segments") or 0)
+        for name in ROUNDTRIP_FIGURES:
+            if segments and isinstance(figures.get(name), (int, float)):
+                self.roundtrip_sums[name] = self.roundtrip_sums.get(name, 0.0) + figures[name] * segments
+                self.roundtrip_segments[name] = self.roundtrip_segments.get(name, 0) + segments
+        self.roundtrip_random |= bool(segments and figures.get("random"))
+
+    @property
+    def roundtrip_means(self) -> dict[str, float]:
+        return {name: self.roundtrip_sums[name] / n for name, n in self.roundtrip_segments.items() if n}
+
     def to_json(self) -> dict:
         data = asdict(self)
         data["hours_total"] = self.hours_total
+        data["roundtrip_means"] = self.roundtrip_means
         return data
 
 
@@ -485,6 +510,7 @@ def compute_progress(states: Mapping[str, str], done: Mapping[str, DoneShard], d
                 group.failed_segments += figures.failed_count
                 for kind, count in figures.reasons().items():
                     group.failed_by_reason[kind] = group.failed_by_reason.get(kind, 0) + count
+                group.add_roundtrip(figures.roundtrip_figures())
             elif state == FAILED:
                 if duration is not None and duration.seconds is not None:
                     group.hours_failed += duration.seconds / 3600
@@ -604,6 +630,12 @@ def _footer(report: ProgressReport) -> list[str]:
                                                                sorted(reasons.items(), key=lambda kv: -kv[1])))
     if any(g.shards_without_duration for _, g in _rows(report)):
         lines.append("~: includes shards without metadata durations, estimated at the mean shard of their language")
+    for label, group in sorted(report.by_language.items()):
+        means = group.roundtrip_means
+        if means:
+            random = " (random weights: meaningless)" if group.roundtrip_random else ""
+            lines.append(f"round trip {label}{random}: " + ", ".join(
+                f"{name} {value:.3f}" for name, value in means.items()))
     lines.extend(f"note: {note}" for note in report.notes)
     return lines
 
@@ -644,6 +676,10 @@ def numeric_metadata(report: ProgressReport) -> dict[str, dg.MetadataValue]:
             meta[f"audio_hours_per_hour{suffix}"] = dg.MetadataValue.float(round(rate, 4))
             if group.eta_seconds is not None:
                 meta[f"eta_hours{suffix}"] = dg.MetadataValue.float(round(group.eta_seconds / 3600, 4))
+            for name, value in group.roundtrip_means.items():
+                meta[f"roundtrip_{name}{suffix}"] = dg.MetadataValue.float(round(value, 4))
+            if group.roundtrip_means:
+                meta[f"roundtrip_random_weights{suffix}"] = dg.MetadataValue.bool(group.roundtrip_random)
 
     put("total", report.total)
     for label, group in report.by_language.items():

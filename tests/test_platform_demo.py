@@ -27,7 +27,8 @@ def test_demo_random_model_end_to_end(tmp_path, monkeypatch, capsys):
     assert cli.main(["demo", "--model", "random", "--shards", "1", "--segments", "1", "--dir", str(demo_dir)]) == 0
     out = capsys.readouterr().out
     assert f"model: {RANDOM_LABEL}" in out
-    assert "downstream assets materialized: sft_pairs, sft_dataset" in out
+    downstream = out[out.index("downstream assets materialized: "):].splitlines()[0].split(": ", 1)[1]
+    assert set(downstream.split(", ")) == {"sft_pairs", "encoding_progress", "sft_dataset"}
     table = out[out.index("shard  "):].splitlines()
     assert table[0].split() == ["shard", "status", "segments", "failed", "hours", "tokens", "real-time", "factor"]
     row = table[2].split()
@@ -36,6 +37,8 @@ def test_demo_random_model_end_to_end(tmp_path, monkeypatch, capsys):
     assert total[:3] == ["total", "(1", "shards)"] and total[3] == "1"
     assert int(total[6]) == int(row[5]) > 0
     assert "SFT dataset: 1 records" in out
+    assert "decode round trip of 1 sampled segments (random weights: the figures are meaningless): stoi" in out
+    assert f"listen: {(demo_dir / 'bucket').as_uri()}/" in out and "/roundtrip/" in out
 
     # Everything lives under the demo folder: SQLite DAGSTER_HOME and the bucket folder with tokens and SFT files.
     bucket = LocalBucket(demo_dir / "bucket")
@@ -44,6 +47,9 @@ def test_demo_random_model_end_to_end(tmp_path, monkeypatch, capsys):
     for shard in shards:
         assert validate_tokens_file(bucket.read_bytes(f"{shard.prefix}/neucodec_tokens.parquet")).ok
         assert bucket.exists(f"sft/{shard.prefix}.parquet")
+        assert any(k.endswith(".decoded.wav") for k, _ in bucket.list_keys(f"{shard.prefix}/roundtrip/"))
+    card = bucket.read_bytes("sft/README.md").decode()
+    assert "## Token quality (decode round trip)" in card  # per language, from encoding_progress
     with dg.DagsterInstance.from_config(str(demo_dir / "dagster_home")) as instance:
         assert "Sqlite" in type(instance.run_storage).__name__  # the embedded default
         keys = set(instance.get_dynamic_partitions(shards_partitions.name))
@@ -56,6 +62,12 @@ def test_demo_random_model_end_to_end(tmp_path, monkeypatch, capsys):
         assert runs and all(r.tags["dagster/backfill"] == backfill.backfill_id for r in runs)
         assert all(r.status == dg.DagsterRunStatus.SUCCESS and r.tags.get("neucodec/pid") for r in runs)
         assert {r.tags["neucodec/gpu"] for r in runs} == {"cpu0", "none"}  # tokens on the slot, SFT on none
+        # encoding_progress ran in the same backfill: per-language progress with the round-trip figures.
+        progress = instance.get_latest_materialization_event(dg.AssetKey("encoding_progress"))
+        meta = progress.asset_materialization.metadata
+        language = shards[0].prefix.split("/")[1]
+        assert meta["shards_done"].value == 1 and meta[f"hours_done/{language}"].value > 0
+        assert f"roundtrip_stoi/{language}" in meta and meta[f"roundtrip_random_weights/{language}"].value is True
 
 
 def test_demo_without_hub_access_names_the_offline_option(tmp_path):

@@ -30,6 +30,8 @@ from resources.bucket import METADATA_PARQUET, LocalBucket
 
 H = 3600.0
 
+# Decode round-trip figures of the encoded Hindi shards (sampled segments, STOI), as encode_shard records them.
+ROUNDTRIP = {"corpus_a/hi/shard_000": (4, 0.9), "corpus_a/hi/shard_001": (2, 0.6)}
 # Done shards: (key, status, audio seconds, tokens, failed segments with reasons)
 DONE_SHARDS = [
     ("corpus_a/hi/shard_000", STATUS_ENCODED, 1800.0, 90_000, [("s1", "corrupt: LibsndfileError bad header"),
@@ -87,6 +89,9 @@ def fleet(pg_instance: dg.DagsterInstance, pg_dagster_home: Path, tmp_path: Path
         figures = ShardFigures(prefix=key, status=status, dataset=dataset, language=language, segment_count=7,
                                total_audio_seconds=seconds, total_tokens=tokens, output_key=f"{key}/t.parquet",
                                failed=failed, encode_wall_seconds=seconds / 50)
+        if key in ROUNDTRIP:
+            samples, stoi = ROUNDTRIP[key]
+            figures.extra = {"roundtrip_segments": samples, "roundtrip_stoi": stoi, "roundtrip_random_weights": True}
         instance.report_runless_asset_event(dg.AssetMaterialization(
             asset_key=TOKENS_ASSET_KEY, partition=key, metadata=figures.to_metadata()))
     return instance, bucket, {"failed_run": failed_run, "in_flight_run": in_flight_run}
@@ -143,6 +148,10 @@ def test_status_reads_done_failed_in_flight_and_pending_shards(fleet, capsys) ->
     assert main(["status"]) == 0
     text = capsys.readouterr().out
     assert "language hi" in text and "dataset corpus_b" in text and "failed segments by reason: corrupt 2" in text
+    # The round-trip figures per language, weighted by sampled segments, and labelled when the weights are random.
+    assert data["by_language"]["hi"]["roundtrip_means"] == {"stoi": pytest.approx((4 * 0.9 + 2 * 0.6) / 6)}
+    assert data["by_language"]["en"]["roundtrip_means"] == {}
+    assert "round trip hi (random weights: meaningless): stoi 0.800" in text
     assert "GPU-hours used" in text and "cost" not in text
 
 

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import dagster as dg
 import polars as pl
 
-from neucodec_assets.automation import dataset_condition, pairs_condition
+from neucodec_assets.automation import PROGRESS_KEY, dataset_condition, pairs_condition
 from neucodec_assets.partitions import shards_partitions
 from neucodec_assets.sft.charts import markdown_image
 from neucodec_assets.sft.dataset_build import DURATION_CHART, HOURS_CHART, DatasetSettings, build_dataset
@@ -116,8 +116,24 @@ def sft_pairs(context: dg.AssetExecutionContext, bucket: BucketResource, sft: Sf
         raise dg.Failure(description=f"sft_pairs failed for {len(failed)} shards: " + "; ".join(failed[:5]))
 
 
+def roundtrip_by_language(instance: dg.DagsterInstance) -> pl.DataFrame | None:
+    """Decode round-trip means per language as `encoding_progress` last recorded them (None before its first run):
+    the dataset card reports token quality without reading every shard's materialization again."""
+    event = instance.get_latest_materialization_event(PROGRESS_KEY)
+    if event is None or event.asset_materialization is None:
+        return None
+    rows: dict[str, dict] = {}
+    for key, entry in event.asset_materialization.metadata.items():
+        name, _, language = key.partition("/")
+        if name.startswith("roundtrip_") and language and "/" not in language:
+            rows.setdefault(language, {"language": language})[name.removeprefix("roundtrip_")] = entry.value
+    if not rows:
+        return None
+    return pl.DataFrame(sorted(rows.values(), key=lambda r: r["language"]))
+
+
 @dg.asset(
-    deps=[sft_pairs],
+    deps=[sft_pairs, PROGRESS_KEY],  # the card reports the round-trip quality encoding_progress summarizes
     group_name=GROUP,
     automation_condition=dataset_condition(),
     kinds={"parquet", "huggingface"},
@@ -134,7 +150,8 @@ def sft_dataset(context: dg.AssetExecutionContext, bucket: BucketResource, sft: 
         block_size=sft.packing_block_size(),
     )
     try:
-        outcome = build_dataset(store, layout, settings, log=context.log.info)
+        outcome = build_dataset(store, layout, settings, log=context.log.info,
+                                quality=roundtrip_by_language(context.instance))
     except (FileNotFoundError, ValueError) as exc:
         raise dg.Failure(description=f"sft_dataset: {exc}") from exc
     totals = outcome.totals

@@ -26,6 +26,7 @@ class CardInputs:
     packed_paths: dict[str, str] = field(default_factory=dict)  # split -> glob
     split_path: str = "__sft_meta__/split.parquet"
     chart_paths: dict[str, str] = field(default_factory=dict)  # alt text -> relative path
+    quality: pl.DataFrame | None = None  # decode round-trip means per language (from encoding_progress)
 
 
 def _table(frame: pl.DataFrame) -> str:
@@ -130,6 +131,17 @@ def render_card(inputs: CardInputs) -> str:
             "(restarting at 0 per document) and `attention_mask` (the document lengths), all uint32. "
             f"{int(p['blocks']):,} blocks, {int(p['tokens']):,} tokens, fill {float(p['fill_ratio']):.1%}, "
             f"{int(p['oversized_documents']):,} documents longer than a block (each alone in its block).",
+            "",
+        ]
+    if inputs.quality is not None and not inputs.quality.is_empty():
+        parts += [
+            "## Token quality (decode round trip)",
+            "",
+            "A seeded sample of each shard's segments decoded with neucodec's own decoder and compared with the "
+            "source audio at 16 kHz (STOI, wide-band PESQ, SI-SDR, log-mel distance; means per language, weighted "
+            "by sampled segments). Listenable pairs are in the bucket under `<shard>/roundtrip/`.",
+            "",
+            _table(inputs.quality),
             "",
         ]
     if inputs.dropped:

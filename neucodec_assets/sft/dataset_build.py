@@ -132,6 +132,7 @@ def build_dataset(
     layout: SftLayout,
     settings: DatasetSettings,
     log: Callable[[str], None] = lambda message: None,
+    quality: pl.DataFrame | None = None,
 ) -> DatasetOutcome:
     """Write manifest, split, totals, charts, card (and packed blocks) under the SFT prefix."""
     start = time.perf_counter()
@@ -269,6 +270,7 @@ def build_dataset(
             packed=packed,
             packed_paths={s: layout.packed_glob(s) for s, parts in packed_parts.items() if parts},
             split_path=f"{keys['split'].removeprefix(layout.prefix + '/')}",
+            quality=quality,
             chart_paths={
                 "Hours per language": keys[HOURS_CHART].removeprefix(layout.prefix + "/"),
                 "Clip durations": keys[DURATION_CHART].removeprefix(layout.prefix + "/"),
