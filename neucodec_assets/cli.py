@@ -148,6 +148,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print(summary.table())
     if summary.sft:
         print(summary.sft)
+    if summary.roundtrip:
+        print(summary.roundtrip)
+    print(f"progress: DAGSTER_HOME={summary.dagster_home} neucodec-platform status")
     print(f"demo finished in {summary.wall_seconds:.1f} s; browse it with "
           f"`DAGSTER_HOME={summary.dagster_home} dagster dev -w workspace.yaml`")
     return 0
