@@ -257,6 +257,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dir", default=".demo", help="folder for the bucket and DAGSTER_HOME (default .demo)")
     p.set_defaults(func=_cmd_demo)
 
+    from gpu_executor.gpu_worker_cli import add_parser as add_gpu_worker_parser
+
+    add_gpu_worker_parser(sub)  # rented GPU boxes: one Celery worker per GPU (deploy/README.md)
+
     p = sub.add_parser(
         "compare-precision",
         help="encode a seeded sample of a shard in fp32 and a faster precision, decode both, print token agreement "

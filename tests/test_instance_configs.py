@@ -13,7 +13,8 @@ from gpu_executor.coordinator import GpuPoolRunCoordinator
 from gpu_executor.launcher import GpuRunLauncher
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-PROFILES = {"single host": REPO_ROOT / "dagster.yaml", "kubernetes": REPO_ROOT / "deploy" / "k8s" / "dagster.yaml"}
+PROFILES = {"single host": REPO_ROOT / "dagster.yaml", "kubernetes": REPO_ROOT / "deploy" / "k8s" / "dagster.yaml",
+            "celery": REPO_ROOT / "deploy" / "celery" / "dagster.yaml"}
 # What a profile may set differently: how runs start, how long a pod may take to start, the pool limit where the
 # launcher cannot count GPUs, the database port (the Helm chart renders it from its values), the pod requirements
 # the queue adds to GPU runs (Kubernetes only), and where worker logs go (the bucket, where pods vanish).
@@ -42,6 +43,11 @@ def test_profiles_share_every_common_setting() -> None:
     configs = {name: yaml.safe_load(path.read_text()) for name, path in PROFILES.items()}
     single, k8s = _common(configs["single host"]), _common(configs["kubernetes"])
     assert single == k8s
+    assert _common(configs["celery"]) == single
+    # Celery cannot count the boxes' GPUs either: an integer pool limit, the fleet's GPUs.
+    celery_limit = configs["celery"]["run_coordinator"]["config"]["gpu_pool_limit"]
+    assert isinstance(celery_limit, int) and configs["celery"]["concurrency"]["runs"]["max_concurrent_runs"] >= celery_limit
+    assert configs["celery"]["run_launcher"]["class"] == "CeleryGpuRunLauncher"
     for name, config in configs.items():
         assert config["run_retries"]["retry_on_asset_or_op_failure"] is False, name
         assert config["concurrency"]["pools"]["granularity"] == "run", name

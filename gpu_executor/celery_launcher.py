@@ -1,0 +1,216 @@
+"""dagster-celery's run launcher for rented GPU boxes: runs become Celery tasks that GPU workers pull.
+
+`CeleryRunLauncher` (dagster-celery) already sends each run as a Celery task, terminates it with a revoke that
+reaches the worker through the broker, and reads the task's state for run monitoring. What it lacks for a fleet of
+rented boxes, added here:
+
+- routing: runs in the `gpu` pool go to the `gpu` queue (one Celery worker per GPU consumes it, see
+  gpu_executor.celery_worker), every other run to the default queue; a run's own `dagster-celery/queue` tag wins;
+- a dead box is noticed: Celery leaves a SIGKILLed worker's task STARTED forever, so the worker writes a heartbeat
+  counter into a run tag and the monitoring daemon fails a STARTED run whose counter stopped moving for
+  ``heartbeat_timeout_seconds`` (measured on the daemon's clock, so box clocks do not matter). Run retries then
+  start the run again and, with pool granularity `run`, the failed run's `gpu` slot is free at once;
+- broker and result backend from the environment (``NEUCODEC_CELERY_BROKER``, else ``CELERY_BROKER_URL``), and a
+  result backend every process shares (the broker itself when it is Redis; dagster-celery's default `rpc://` is
+  readable only by the process that sent the task, not by the monitoring daemon);
+- queues declared the same way here and on the workers (a topic exchange per queue, `<queue>.#`).
+
+Resuming a run in a dead worker is not supported (workers register no resume task): run retries start a fresh run.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import dagster as dg
+from celery import Celery
+from dagster import Field, IntSource, Noneable, StringSource
+from dagster._core.launcher import CheckRunHealthResult, LaunchRunContext, WorkerStatus
+from dagster._serdes import ConfigurableClassData
+from dagster_celery.launcher import CeleryRunLauncher
+from dagster_celery.tags import DAGSTER_CELERY_QUEUE_TAG, DAGSTER_CELERY_TASK_ID_TAG
+from kombu import Exchange, Queue
+from typing_extensions import Self
+
+GPU_POOL = "gpu"
+GPU_QUEUE = "gpu"
+DEFAULT_QUEUE = "dagster"
+BROKER_ENVS = ("NEUCODEC_CELERY_BROKER", "CELERY_BROKER_URL")
+BACKEND_ENVS = ("NEUCODEC_CELERY_BACKEND", "CELERY_RESULT_BACKEND")
+#: Written by the worker while its run executes: "<celery task id>:<counter>".
+HEARTBEAT_TAG = "neucodec/celery_heartbeat"
+#: The Celery worker (``gpuN@box``) and GPU a run was given, for the UI and for tests.
+WORKER_TAG = "neucodec/celery_worker"
+SLOT_TAG = "neucodec/gpu"
+DEFAULT_HEARTBEAT_TIMEOUT_S = 120
+
+#: Celery settings both sides need. A publish retries while the broker restarts instead of failing the launch.
+COMMON_SETTINGS: dict[str, Any] = {
+    "task_publish_retry_policy": {"max_retries": 60, "interval_start": 0, "interval_step": 1, "interval_max": 2},
+    "broker_connection_retry_on_startup": True,
+    "broker_connection_max_retries": None,
+    "result_extended": True,
+}
+
+
+def env_first(names: Sequence[str]) -> str | None:
+    for name in names:
+        if os.environ.get(name):
+            return os.environ[name]
+    return None
+
+
+def broker_from_env() -> str:
+    broker = env_first(BROKER_ENVS)
+    if not broker:
+        raise ValueError(f"no Celery broker: set {' or '.join(BROKER_ENVS)} (e.g. redis://host:6379/0)")
+    return broker
+
+
+def default_backend(broker: str) -> str:
+    """The shared result backend: the env's, else a Redis broker itself (rpc:// is private to one process)."""
+    backend = env_first(BACKEND_ENVS)
+    if backend:
+        return backend
+    if broker.startswith(("redis://", "rediss://")):
+        return broker
+    raise ValueError(f"set {BACKEND_ENVS[0]} to a result backend every process can read (e.g. redis://...)")
+
+
+def task_queues(names: Sequence[str]) -> list[Queue]:
+    """One topic exchange per queue matching dagster-celery's `<queue>.<task>` routing keys."""
+    return [Queue(name, Exchange(name, type="topic"), routing_key=f"{name}.#",
+                  queue_arguments={"x-max-priority": 10}) for name in dict.fromkeys(names)]
+
+
+def configure_app(app: Celery, queues: Sequence[str]) -> Celery:
+    app.conf.update(COMMON_SETTINGS)
+    app.conf.task_queues = task_queues(queues)
+    return app
+
+
+def in_pool(run: dg.DagsterRun, pool: str) -> bool:
+    pools = run.run_op_concurrency.all_pools if run.run_op_concurrency else None
+    return bool(pools) and pool in pools
+
+
+class CeleryGpuRunLauncher(CeleryRunLauncher):
+    """CeleryRunLauncher that sends `gpu` pool runs to the `gpu` queue and fails runs whose box went silent."""
+
+    def __init__(
+        self,
+        default_queue: str = DEFAULT_QUEUE,
+        broker: str | None = None,
+        backend: str | None = None,
+        include: list[str] | None = None,
+        config_source: dict | None = None,
+        inst_data: ConfigurableClassData | None = None,
+        gpu_queue: str = GPU_QUEUE,
+        gpu_pool: str = GPU_POOL,
+        heartbeat_timeout_seconds: int = DEFAULT_HEARTBEAT_TIMEOUT_S,
+    ) -> None:
+        broker = broker or broker_from_env()
+        super().__init__(default_queue=default_queue, broker=broker, backend=backend or default_backend(broker),
+                         include=include, config_source=config_source, inst_data=inst_data)
+        self.gpu_queue = gpu_queue
+        self.gpu_pool = gpu_pool
+        self.heartbeat_timeout_seconds = heartbeat_timeout_seconds
+        configure_app(self.celery, [default_queue, gpu_queue])
+        # run id -> (last heartbeat value seen, monotonic time it was first seen): the monitoring daemon's view.
+        self._beats: dict[str, tuple[str | None, float]] = {}
+        self._lock = threading.Lock()
+
+    def queue_for(self, run: dg.DagsterRun) -> str:
+        if DAGSTER_CELERY_QUEUE_TAG in run.tags:
+            return run.tags[DAGSTER_CELERY_QUEUE_TAG]
+        return self.gpu_queue if in_pool(run, self.gpu_pool) else self.default_queue
+
+    def launch_run(self, context: LaunchRunContext) -> None:
+        run = context.dagster_run
+        queue = self.queue_for(run)
+        if run.tags.get(DAGSTER_CELERY_QUEUE_TAG) != queue:
+            self._instance.add_run_tags(run.run_id, {DAGSTER_CELERY_QUEUE_TAG: queue})
+            run = self._instance.get_run_by_id(run.run_id)
+        super().launch_run(LaunchRunContext(dagster_run=run, workspace=context.workspace))
+
+    def terminate(self, run_id: str) -> bool:
+        run = self._instance.get_run_by_id(run_id)
+        if run is None or DAGSTER_CELERY_TASK_ID_TAG not in run.tags:
+            return False
+        return super().terminate(run_id)
+
+    @property
+    def supports_resume_run(self) -> bool:
+        return False
+
+    def _silent_seconds(self, run: dg.DagsterRun) -> float:
+        """Seconds (daemon clock) since this run's heartbeat tag last changed; 0 when it just did."""
+        value, now = run.tags.get(HEARTBEAT_TAG), time.monotonic()
+        with self._lock:
+            seen = self._beats.get(run.run_id)
+            if seen is None or seen[0] != value:
+                self._beats[run.run_id] = (value, now)
+                if len(self._beats) > 10_000:  # runs that ended are never asked about again
+                    for old in sorted(self._beats, key=lambda k: self._beats[k][1])[:5_000]:
+                        del self._beats[old]
+                return 0.0
+            return now - seen[1]
+
+    def check_run_worker_health(self, run: dg.DagsterRun) -> CheckRunHealthResult:
+        task_id = run.tags.get(DAGSTER_CELERY_TASK_ID_TAG)
+        if not task_id:
+            return CheckRunHealthResult(WorkerStatus.UNKNOWN, "no Celery task yet")
+        if run.status == dg.DagsterRunStatus.STARTED:
+            silent = self._silent_seconds(run)
+            if silent > self.heartbeat_timeout_seconds:
+                worker = run.tags.get(WORKER_TAG, "its Celery worker")
+                return CheckRunHealthResult(
+                    WorkerStatus.FAILED,
+                    f"no heartbeat from {worker} for {silent:.0f} s (its box died, or lost the broker or Postgres)",
+                )
+        try:
+            state = self.celery.AsyncResult(task_id).state
+        except Exception as exc:  # the result backend restarting must not fail runs
+            return CheckRunHealthResult(WorkerStatus.UNKNOWN, f"result backend unreachable: {exc}")
+        if state == "SUCCESS":
+            return CheckRunHealthResult(WorkerStatus.SUCCESS)
+        if state == "FAILURE":
+            return CheckRunHealthResult(WorkerStatus.FAILED, "Celery task failed (its run worker process died).")
+        if state == "REVOKED":
+            return CheckRunHealthResult(WorkerStatus.FAILED, "Celery task revoked.")
+        if state == "STARTED" or run.status == dg.DagsterRunStatus.STARTED:
+            return CheckRunHealthResult(WorkerStatus.RUNNING)
+        return CheckRunHealthResult(WorkerStatus.UNKNOWN, f"Celery task {state}")
+
+    def get_run_worker_debug_info(self, run: dg.DagsterRun, include_container_logs: bool | None = True) -> str | None:
+        if DAGSTER_CELERY_TASK_ID_TAG not in run.tags:
+            return None
+        try:
+            return super().get_run_worker_debug_info(run, include_container_logs)
+        except Exception as exc:
+            return f"Celery task {run.tags[DAGSTER_CELERY_TASK_ID_TAG]}: backend unreachable ({exc})"
+
+    @classmethod
+    def config_type(cls) -> Mapping[str, Any]:
+        config = dict(CeleryRunLauncher.config_type())
+        config["broker"] = Field(Noneable(StringSource), is_required=False,
+                                 description=f"Celery broker URL (default: {' or '.join(BROKER_ENVS)}).")
+        config["backend"] = Field(Noneable(StringSource), is_required=False,
+                                  description="Result backend every process reads (default: NEUCODEC_CELERY_BACKEND,"
+                                  " else the broker when it is Redis).")
+        config["default_queue"] = Field(StringSource, is_required=False, default_value=DEFAULT_QUEUE)
+        config["gpu_queue"] = Field(StringSource, is_required=False, default_value=GPU_QUEUE,
+                                    description="Queue of runs in the GPU pool (the GPU workers consume it).")
+        config["gpu_pool"] = Field(StringSource, is_required=False, default_value=GPU_POOL)
+        config["heartbeat_timeout_seconds"] = Field(
+            IntSource, is_required=False, default_value=DEFAULT_HEARTBEAT_TIMEOUT_S,
+            description="A STARTED run whose worker heartbeat did not move for this long is failed (and retried).")
+        return config
+
+    @classmethod
+    def from_config_value(cls, inst_data: ConfigurableClassData, config_value: Mapping[str, Any]) -> Self:
+        return cls(inst_data=inst_data, **config_value)
