@@ -19,8 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from gpu_executor.encoder.loading import _MODEL_FILES, ModelLoadError, _load_checkpoint, _load_strict, \
-    resolve_folder
+from gpu_executor.encoder.loading import _load_strict, load_codec_checkpoint
 from gpu_executor.neucodec_compat import import_neucodec
 
 __all__ = ["NeucodecDecoder", "DECODER_SAMPLE_RATE"]
@@ -58,11 +57,7 @@ class NeucodecDecoder:
                         device: str | torch.device = "cpu") -> "NeucodecDecoder":
         """Load the decoder weights from a hub id (through the local cache first) or a local folder."""
         start = time.perf_counter()
-        folder = resolve_folder(model, _MODEL_FILES, "neucodec model")
-        ckpt = folder.path / "pytorch_model.bin"
-        if not ckpt.is_file():
-            raise ModelLoadError(f"{folder.source}: no pytorch_model.bin in {folder.path}")
-        state = _load_checkpoint(ckpt)
+        folder, state = load_codec_checkpoint(model)
         parts = _DecodeParts()
         _load_strict(parts.generator, "generator", state, folder.source)
         _load_strict(parts.fc_post_a, "fc_post_a", state, folder.source)

@@ -41,16 +41,19 @@ def submit_backfill(
 
 
 class DaemonLoop:
-    """One iteration each of the daemons that carry a backfill (backfill, run queue, run monitoring), in this
-    process: Dagster's own daemon code, called faster than `dagster-daemon`'s 30-second backfill cadence."""
+    """One iteration each of the daemons that carry a backfill (backfill, run queue, run monitoring, run retries),
+    in this process: Dagster's own daemon code, called faster than `dagster-daemon`'s 30-second backfill cadence."""
 
     def __init__(self, context):
         from dagster._daemon.run_coordinator.queued_run_coordinator_daemon import QueuedRunCoordinatorDaemon
 
         self.context = context  # a WorkspaceProcessContext
         self.queue = QueuedRunCoordinatorDaemon(interval_seconds=1)
+        self._seen_failures: set[str] = set()  # failed runs already handed to the run retries step
 
     def tick(self) -> None:
+        from dagster._daemon.auto_run_reexecution.auto_run_reexecution import \
+            consume_new_runs_for_automatic_reexecution
         from dagster._daemon.backfill import execute_backfill_iteration
         from dagster._daemon.monitoring.run_monitoring import execute_run_monitoring_iteration
 
@@ -59,6 +62,11 @@ class DaemonLoop:
                 raise RuntimeError(f"backfill daemon iteration failed: {error.message}")
         list(self.queue.run_iteration(self.context))
         list(execute_run_monitoring_iteration(self.context, logger))
+        failed = [r for r in self.context.instance.get_run_records(
+            dg.RunsFilter(statuses=[dg.DagsterRunStatus.FAILURE])) if r.dagster_run.run_id not in self._seen_failures]
+        if failed:
+            list(consume_new_runs_for_automatic_reexecution(self.context, failed, logger))
+            self._seen_failures.update(r.dagster_run.run_id for r in failed)
 
     def until_done(self, backfill_id: str, *, timeout: float, every: float = 0.5,
                    progress: Callable[[str], None] | None = None) -> BulkActionStatus:

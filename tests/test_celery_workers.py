@@ -10,7 +10,6 @@ shared Redis are never disturbed.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import signal
 import socket
@@ -32,12 +31,9 @@ from dagster._core.remote_origin import InProcessCodeLocationOrigin
 from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
 from dagster._core.workspace.context import WorkspaceProcessContext
 from dagster._core.workspace.load_target import InProcessWorkspaceLoadTarget
-from dagster._daemon.auto_run_reexecution.auto_run_reexecution import consume_new_runs_for_automatic_reexecution
-from dagster._daemon.backfill import execute_backfill_iteration
-from dagster._daemon.monitoring.run_monitoring import execute_run_monitoring_iteration
-from dagster._daemon.run_coordinator.queued_run_coordinator_daemon import QueuedRunCoordinatorDaemon
 
 from gpu_executor.celery_launcher import SLOT_TAG, WORKER_TAG, CeleryGpuRunLauncher
+from neucodec_assets.backfills import DaemonLoop
 from tests.fixtures.dagster_api import launch_asset_backfill, wait_for
 
 JOBS_FILE = Path(__file__).with_name("celery_jobs.py")
@@ -46,7 +42,6 @@ ASSET = dg.AssetKey("held_shard")
 SHARDS = [f"shard-{i:02d}" for i in range(8)]
 REDIS_URL = os.environ.get("NEUCODEC_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 HEARTBEAT_TIMEOUT_S = 6
-log = logging.getLogger(__name__)
 
 def _redis_up(url: str) -> bool:
     host, port = url.split("//")[1].split("/")[0].split(":")
@@ -90,7 +85,6 @@ class Fleet:
         }
         (self.home / "dagster.yaml").write_text(yaml.safe_dump(config))
         self.boxes: dict[str, subprocess.Popen] = {}
-        self.retried: set[str] = set()
 
     @contextmanager
     def running(self) -> Iterator["Fleet"]:
@@ -105,7 +99,7 @@ class Fleet:
                     WorkspaceProcessContext(instance, InProcessWorkspaceLoadTarget(origin)) as context:
                 assert isinstance(instance.run_launcher, CeleryGpuRunLauncher)
                 self.instance, self.context = instance, context
-                self.queue = QueuedRunCoordinatorDaemon(interval_seconds=1)
+                self.daemons = DaemonLoop(context)
                 yield self
         finally:
             for name in list(self.boxes):
@@ -144,16 +138,7 @@ class Fleet:
 
     def tick(self) -> None:
         """One iteration of each daemon that carries a backfill: backfill, queue, monitoring, run retries."""
-        for error in execute_backfill_iteration(self.context, log):
-            if error is not None:
-                raise RuntimeError(f"backfill daemon iteration failed: {error.message}")
-        list(self.queue.run_iteration(self.context))
-        list(execute_run_monitoring_iteration(self.context, log))
-        failed = [r for r in self.instance.get_run_records(dg.RunsFilter(statuses=[dg.DagsterRunStatus.FAILURE]))
-                  if r.dagster_run.run_id not in self.retried]
-        if failed:
-            list(consume_new_runs_for_automatic_reexecution(self.context, failed, log))
-            self.retried.update(r.dagster_run.run_id for r in failed)
+        self.daemons.tick()
 
     def started(self) -> dict[str, dict]:
         return {p.name.split(".")[0]: json.loads(p.read_text()) for p in (self.records / "runs").glob("*.start.json")}

@@ -198,14 +198,19 @@ def _load_semantic(folder: ResolvedFolder, overrides: dict[str, torch.Tensor]):
     return model.eval(), fe
 
 
+def load_codec_checkpoint(model: str | os.PathLike):
+    """The neucodec folder (hub id through the local cache first, or a local folder) and its checkpoint's state."""
+    folder = resolve_folder(model, _MODEL_FILES, "neucodec model")
+    ckpt_path = folder.path / "pytorch_model.bin"
+    if not ckpt_path.is_file():
+        raise ModelLoadError(f"{folder.source}: no pytorch_model.bin in {folder.path}")
+    return folder, _load_checkpoint(ckpt_path)
+
+
 def load_parts(model: str | os.PathLike, semantic_model: str | os.PathLike) -> EncoderParts:
     """Resolve both models (hub ids or local folders) and build the verified encoder parts on CPU in fp32."""
-    model_folder = resolve_folder(model, _MODEL_FILES, "neucodec model")
+    model_folder, state = load_codec_checkpoint(model)
     semantic_folder = resolve_folder(semantic_model, _SEMANTIC_FILES, "semantic model")
-    ckpt_path = model_folder.path / "pytorch_model.bin"
-    if not ckpt_path.is_file():
-        raise ModelLoadError(f"{model_folder.source}: no pytorch_model.bin in {model_folder.path}")
-    state = _load_checkpoint(ckpt_path)
     modules = _new_codec_modules()
     for prefix, module in modules.items():
         _load_strict(module, prefix, state, model_folder.source)
@@ -223,7 +228,7 @@ def load_parts(model: str | os.PathLike, semantic_model: str | os.PathLike) -> E
     info = {
         "model": model_folder.source,
         "model_revision": model_folder.revision,
-        "model_sha256": file_sha256(ckpt_path),
+        "model_sha256": file_sha256(model_folder.path / "pytorch_model.bin"),
         "semantic_model": semantic_folder.source,
         "semantic_model_revision": semantic_folder.revision,
         "random_weights": "true" if random_weights else "false",
