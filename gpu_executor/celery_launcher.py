@@ -10,6 +10,8 @@ rented boxes, added here:
   counter into a run tag and the monitoring daemon fails a STARTED run whose counter stopped moving for
   ``heartbeat_timeout_seconds`` (measured on the daemon's clock, so box clocks do not matter). Run retries then
   start the run again and, with pool granularity `run`, the failed run's `gpu` slot is free at once;
+- terminate marks the run CANCELING before the revoke (as Dagster's own launchers do), so the interrupted run ends
+  CANCELED and monitoring does not take the task's REVOKED state for a dead worker;
 - broker and result backend from the environment (``NEUCODEC_CELERY_BROKER``, else ``CELERY_BROKER_URL``), and a
   result backend every process shares (the broker itself when it is Redis; dagster-celery's default `rpc://` is
   readable only by the process that sent the task, not by the monitoring daemon);
@@ -139,8 +141,13 @@ class CeleryGpuRunLauncher(CeleryRunLauncher):
 
     def terminate(self, run_id: str) -> bool:
         run = self._instance.get_run_by_id(run_id)
-        if run is None or DAGSTER_CELERY_TASK_ID_TAG not in run.tags:
+        if run is None or run.is_finished or DAGSTER_CELERY_TASK_ID_TAG not in run.tags:
             return False
+        # CANCELING first, as Dagster's own launchers do: the run process, interrupted by the revoke's SIGTERM,
+        # then ends the run CANCELED (not "interrupted unexpectedly"), and run monitoring stops health-checking it,
+        # so the task's REVOKED state, written at once by the box's worker, is not read as a dead worker
+        # (which failed the run, and run retries started it again).
+        self._instance.report_run_canceling(run, message="Terminating: revoking its Celery task on the box.")
         return super().terminate(run_id)
 
     @property

@@ -136,7 +136,9 @@ def register_tasks(app: Celery) -> Celery:
                     signal.signal(sig, handler)
                 heartbeat.stop()
             run = instance.get_run_by_id(args.run_id)
-            if run is not None and not run.is_finished:
+            if run is not None and run.status == dg.DagsterRunStatus.CANCELING:
+                instance.report_run_canceled(run, f"run worker process exited with code {code} while canceling")
+            elif run is not None and not run.is_finished:
                 instance.report_run_failed(run, f"run worker process exited with code {code} before the run ended")
             return code
 

@@ -34,7 +34,7 @@ from dagster._core.workspace.load_target import InProcessWorkspaceLoadTarget
 
 from gpu_executor.celery_launcher import SLOT_TAG, WORKER_TAG, CeleryGpuRunLauncher
 from neucodec_assets.backfills import DaemonLoop
-from tests.fixtures.dagster_api import launch_asset_backfill, wait_for
+from tests.fixtures.dagster_api import graphql, launch_asset_backfill, wait_for
 
 JOBS_FILE = Path(__file__).with_name("celery_jobs.py")
 LOCATION = "celery_jobs"
@@ -230,3 +230,46 @@ def test_two_boxes_spread_survive_a_killed_box_and_take_a_joining_box(postgres_d
         assert sorted(finals) == SHARDS and all("end" in rec for rec in finals.values())
         assert {r["worker"].split("@")[1] for r in fleet.ended().values()} == {"boxB", "boxC"}
         _assert_no_slot_held_two_runs(fleet, killed_at)
+
+
+TERMINATE_RUN = """
+mutation Terminate($runId: String!) {
+  terminateRun(runId: $runId) {
+    __typename
+    ... on TerminateRunFailure { message }
+    ... on PythonError { message stack }
+  }
+}
+"""
+
+
+def test_terminate_from_the_ui_stops_the_remote_run(postgres_db, tmp_path: Path) -> None:
+    """The UI's terminateRun on a run held on a box: the run's processes on the box exit, the run ends CANCELED,
+    its output is never written, and the box's worker takes the next run."""
+    fleet = Fleet(tmp_path, postgres_db["url"], REDIS_URL, pool_limit=1)
+    with fleet.running():
+        fleet.start_box("boxA", "0")
+        backfill_id = launch_asset_backfill(fleet.context, ASSET, SHARDS[:2], title="celery terminate")
+        first = fleet.wait("a run holding on the GPU", lambda: fleet.started())
+        (run_id, rec), = first.items()
+        step = psutil.Process(rec["pid"])
+        run_process = step.parent()
+        assert "execute_run" in " ".join(run_process.cmdline()), run_process.cmdline()
+        assert fleet.instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.STARTED
+
+        data = graphql(fleet.context, TERMINATE_RUN, {"runId": run_id})["terminateRun"]
+        assert data["__typename"] == "TerminateRunSuccess", data
+        fleet.wait("the run CANCELED and its processes on the box gone", lambda: (
+            fleet.instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.CANCELED
+            and not _alive(step.pid) and not _alive(run_process.pid)), timeout=45)
+        assert not (fleet.records / "final" / f"{rec['partition']}.json").exists()
+        assert run_id not in fleet.ended()
+        again = [r.run_id for r in fleet.instance.get_runs() if r.tags.get("dagster/partition") == rec["partition"]]
+        assert again == [run_id], "a canceled run is not retried"
+
+        # The box's worker survived the terminate: it takes the backfill's other shard.
+        (fleet.records / "release").touch()
+        fleet.wait("the backfill to finish", lambda: _backfill_done(fleet, backfill_id), timeout=45)
+        other = [r for r in fleet.ended().values() if r["run_id"] != run_id]
+        assert [r["partition"] for r in other] == [p for p in SHARDS[:2] if p != rec["partition"]]
+        assert other[0]["worker"] == "gpu0@boxA"
