@@ -61,7 +61,7 @@ def _needs_redis() -> None:
 class Fleet:
     """An instance on the CeleryGpuRunLauncher, the daemons in-process, and gpu-worker boxes as processes."""
 
-    def __init__(self, tmp: Path, pg_url: str, broker: str, pool_limit: int) -> None:
+    def __init__(self, tmp: Path, pg_url: str, broker: str, pool_limit: int, start_timeout_s: int = 120) -> None:
         self.tmp, self.broker = tmp, broker
         suffix = uuid.uuid4().hex[:8]
         self.gpu_queue, self.cpu_queue = f"gpu-{suffix}", f"dagster-{suffix}"
@@ -78,7 +78,7 @@ class Fleet:
             "run_coordinator": {"module": "gpu_executor.coordinator", "class": "GpuPoolRunCoordinator",
                                 "config": {"gpu_pool_limit": pool_limit}},
             "concurrency": {"pools": {"granularity": "run"}},
-            "run_monitoring": {"enabled": True, "poll_interval_seconds": 1, "start_timeout_seconds": 120,
+            "run_monitoring": {"enabled": True, "poll_interval_seconds": 1, "start_timeout_seconds": start_timeout_s,
                                "max_resume_run_attempts": 0},
             "run_retries": {"enabled": True, "max_retries": 2, "retry_on_asset_or_op_failure": False},
             "telemetry": {"enabled": False},
@@ -273,3 +273,81 @@ def test_terminate_from_the_ui_stops_the_remote_run(postgres_db, tmp_path: Path)
         other = [r for r in fleet.ended().values() if r["run_id"] != run_id]
         assert [r["partition"] for r in other] == [p for p in SHARDS[:2] if p != rec["partition"]]
         assert other[0]["worker"] == "gpu0@boxA"
+
+
+class DedicatedRedis:
+    """A redis-server of the test's own on a free port, without persistence (a restart loses every message)."""
+
+    def __init__(self, tmp: Path) -> None:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.dir, self.proc = tmp, None
+
+    def start(self) -> None:
+        logfile = open(self.dir / "redis.log", "ab")
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(self.dir)], stdout=logfile, stderr=subprocess.STDOUT)
+        wait_for(f"redis-server on port {self.port}", lambda: _redis_up(self.url), timeout=15)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=15)
+        self.proc = None
+
+
+def test_broker_restart_mid_backfill_every_shard_done_once(postgres_db, tmp_path: Path) -> None:
+    """Redis restarts (losing its queued messages and task results) while two runs hold on two boxes and two more
+    wait in its queue. The boxes reconnect and finish their runs; the two lost runs, never started, are failed by
+    run monitoring's start timeout and started again by run retries on the reconnected boxes; every shard is
+    written exactly once."""
+    redis = DedicatedRedis(tmp_path)
+    redis.start()
+    shards = SHARDS[:4]
+    fleet = Fleet(tmp_path, postgres_db["url"], redis.url, pool_limit=4, start_timeout_s=20)
+    try:
+        with fleet.running():
+            fleet.start_box("boxA", "0")
+            fleet.start_box("boxB", "1")
+            backfill_id = launch_asset_backfill(fleet.context, ASSET, shards, title="celery broker restart")
+
+            def statuses() -> list[dg.DagsterRunStatus]:
+                return sorted(r.status.value for r in fleet.instance.get_runs())
+
+            # Two runs hold on the two GPUs, two more are launched and wait in Redis's queue for a free worker.
+            fleet.wait("2 runs holding and 2 launched runs waiting in the broker", lambda: len(fleet.started()) == 2
+                       and statuses() == ["STARTED", "STARTED", "STARTING", "STARTING"])
+            held = set(fleet.started())
+            waiting = {r.run_id for r in fleet.instance.get_runs() if r.status == dg.DagsterRunStatus.STARTING}
+
+            redis.stop()
+            redis.start()
+            (fleet.records / "release").touch()
+            fleet.wait("the held runs to finish over the restarted broker", lambda: held <= set(fleet.ended())
+                       and all(fleet.instance.get_run_by_id(r).status == dg.DagsterRunStatus.SUCCESS for r in held))
+            (fleet.records / "release").unlink()
+
+            # The waiting runs' messages died with Redis: run monitoring fails them, run retries launch them again.
+            fleet.wait("the lost runs failed by the start timeout", lambda: all(
+                fleet.instance.get_run_by_id(r).status == dg.DagsterRunStatus.FAILURE for r in waiting), timeout=60)
+            for run_id in waiting:
+                assert run_id not in fleet.started(), "a run whose message was lost started anyway"
+            retried = fleet.wait("the 2 retried runs holding, one on each reconnected box", lambda: (
+                s := {k: v for k, v in fleet.started().items() if k not in held}) and len(s) == 2 and s)
+            assert {r["worker"] for r in retried.values()} == {"gpu0@boxA", "gpu1@boxB"}
+            assert {r["partition"] for r in retried.values()} == {
+                fleet.instance.get_run_by_id(r).tags["dagster/partition"] for r in waiting}
+            (fleet.records / "release").touch()
+            fleet.wait("the backfill to finish", lambda: _backfill_done(fleet, backfill_id), timeout=60)
+
+            assert fleet.instance.get_backfill(backfill_id).status == BulkActionStatus.COMPLETED_SUCCESS
+            writes = (fleet.records / "writes.log").read_text().split()
+            assert sorted(writes[0::2]) == shards, "each shard written exactly once"
+            assert set(writes[1::2]) == held | set(retried)
+            finals = {p.stem for p in (fleet.records / "final").glob("*.json")}
+            assert sorted(finals) == shards
+    finally:
+        redis.stop()
