@@ -3,6 +3,7 @@ key-value metadata, never visible half-written, and a validator that also accept
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -80,7 +81,9 @@ def test_audio_tar_record_round_trip(tmp_path: Path) -> None:
     """The tar identity a re-run compares with a HEAD, and the member ids (with repeats) completeness needs."""
     ids = {f"SPK_{i:04d}_0.00-{i + 1}.50": 1 for i in range(3000)}
     ids.update({"dup": 2, "trip/le": 3})
-    record = AudioTarRecord(etag='"9b2cf535f27731c974343645a3985328"', size=123_456_789, member_ids=ids)
+    etag = f'"{hashlib.md5(b"audio.tar").hexdigest()}"'  # an S3 ETag is the quoted MD5 of a single-part object
+    other = f'"{hashlib.md5(b"another audio.tar").hexdigest()}"'
+    record = AudioTarRecord(etag=etag, size=123_456_789, member_ids=ids)
     w = TokensFileWriter(tmp_path / "t.parquet", PROVENANCE)
     w.add("SPK_0000_0.00-1.50", codes(75, 0))
     path = w.close([("dup", "duplicate: 2 members share this segment id")], audio_tar=record)
@@ -91,9 +94,9 @@ def test_audio_tar_record_round_trip(tmp_path: Path) -> None:
     assert pq.read_schema(path).names == ["segment_id", "neucodec_tokens", "token_count"]  # the contract holds
     raw = pq.read_metadata(path).metadata[AUDIO_TAR_KEY.encode()]
     assert len(raw) < 10_000  # 3,002 ids compressed, not ~100 kB of JSON in every footer
-    assert record.matches('"9b2cf535f27731c974343645a3985328"', 123_456_789)
-    assert not record.matches('"9b2cf535f27731c974343645a3985328"', 123_456_788)
-    assert not record.matches('"0b2cf535f27731c974343645a3985328"', 123_456_789)
+    assert record.matches(etag, 123_456_789)
+    assert not record.matches(etag, 123_456_788)
+    assert not record.matches(other, 123_456_789)
 
     # A record that cannot be read makes the file fall back to reading the tar; the file itself stays valid.
     broken = TokensFileWriter(tmp_path / "b.parquet", PROVENANCE)
