@@ -2,9 +2,9 @@
 
 The discovery sensor adds shards as partitions; the automation sensor below then requests, as backfills (so the
 backfill policies group shards into runs, one model load per run):
-- `neucodec_tokens` for partitions that became missing (new shards) — once: a failed shard is not retried in a
-  loop;
-- `sft_pairs` for shards whose tokens were (re)materialized;
+- `neucodec_tokens` for every shard without tokens that is not in flight and whose last try did not fail (a failed
+  shard is not retried in a loop: fix it, then backfill it);
+- `sft_pairs` for shards whose tokens exist and that have no pairs yet, or whose tokens were materialized again;
 - `sft_dataset` at most once per ``NEUCODEC_SFT_DATASET_CRON`` period (default hourly), when pairs changed.
 
 ``NEUCODEC_AUTOMATION=off`` starts the sensor stopped, for teams that backfill by hand; the sensor's toggle in the UI
@@ -33,14 +33,30 @@ def automation_enabled() -> bool:
     return raw in _ON
 
 
+def _missing_not_failed() -> dg.AutomationCondition:
+    """Never materialized, not being materialized, and its last try did not fail. Unlike `on_missing` (only
+    partitions added after the condition's first evaluation), this also catches shards the discovery sensor added
+    before the automation sensor first ticked, such as a whole bucket on the first start."""
+    return (
+        dg.AutomationCondition.missing()
+        & ~dg.AutomationCondition.in_progress()
+        & ~dg.AutomationCondition.execution_failed()
+    )
+
+
 def tokens_condition() -> dg.AutomationCondition:
-    """Encode shards whose partition was added (they are missing) once."""
-    return dg.AutomationCondition.on_missing()
+    """Encode every shard that has no tokens yet, once: a failed shard waits for a backfill by hand."""
+    return _missing_not_failed().with_label("shard not encoded yet")
 
 
 def pairs_condition() -> dg.AutomationCondition:
-    """Pair a shard again whenever its tokens were materialized."""
-    return dg.AutomationCondition.eager()
+    """Pair a shard whose tokens exist and that has no pairs yet, and again whenever its tokens are materialized."""
+    return (
+        (_missing_not_failed() | dg.AutomationCondition.any_deps_updated().since_last_handled())
+        & ~dg.AutomationCondition.any_deps_missing()
+        & ~dg.AutomationCondition.any_deps_in_progress()
+        & ~dg.AutomationCondition.in_progress()
+    ).with_label("tokens new or updated")
 
 
 def dataset_condition(cron: str | None = None) -> dg.AutomationCondition:
