@@ -98,14 +98,16 @@ def current_gpu_slot(env: Mapping[str, str] | None = None) -> dict[str, str]:
 
 
 def main() -> None:
-    """`python -m gpu_executor.gpus [RUNS_PER_GPU]`: the GPUs this host would hand out and the pool limit to set."""
+    """`python -m gpu_executor.gpus [RUNS_PER_GPU]`: the GPUs this host would hand out and the `gpu` pool limit the
+    queue keeps for them (GpuPoolRunCoordinator, gpu_pool_limit: auto)."""
     import sys
 
     runs_per_gpu = int(sys.argv[1]) if len(sys.argv) > 1 else 1
     gpus, source = detect_gpus()
     limit = len(gpus) * runs_per_gpu if gpus else 1
     print(f"GPUs: {','.join(gpus) or 'none'} (from {source})")
-    print(f"pool limit: dagster instance concurrency set gpu {limit}")
+    print(f"gpu pool limit: {limit} (set by the run queue; gpu_pool_limit: manual leaves it to "
+          "`dagster instance concurrency set gpu N`)")
 
 
 if __name__ == "__main__":
