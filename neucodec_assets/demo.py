@@ -22,6 +22,7 @@ from dagster._core.execution.backfill import BulkActionStatus
 from dagster._core.workspace.context import WorkspaceProcessContext
 from dagster._core.workspace.load_target import ModuleTarget
 
+from neucodec_assets.automation import PROGRESS_KEY
 from neucodec_assets.backfills import DaemonLoop, submit_backfill
 from neucodec_assets.discovery import add_shard_partitions, plan_discovery
 from neucodec_assets.partitions import shards_partitions
@@ -140,26 +141,20 @@ def _summary_rows(instance: dg.DagsterInstance, keys: Sequence[str]) -> list[Sha
 
 
 def _roundtrip_line(instance: dg.DagsterInstance, keys: Sequence[str], bucket_url: str) -> str | None:
-    """Segment-weighted means of the shards' round-trip figures, and the folder of the first shard's WAV pairs."""
-    sums: dict[str, float] = {}
-    segments, random, listen = 0, False, None
-    for key in keys:
-        records = instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=TOKENS_ASSET_KEY, asset_partitions=[key]), limit=1).records
-        meta = records[0].asset_materialization.metadata if records else {}
-        n = int(metadata_value(meta, "roundtrip_segments") or 0)
-        if not n:
-            continue
-        segments += n
-        random |= bool(metadata_value(meta, "roundtrip_random_weights"))
-        listen = listen or f"{bucket_url}/{metadata_value(meta, 'roundtrip_wav_prefix')}"
-        for name, value in figures_from_metadata(meta).items():
-            sums[name] = sums.get(name, 0.0) + value * n
+    """The round-trip means over all shards as `encoding_progress` summarized them (it ran after the tokens in the
+    demo's backfill), and the folder of the first shard's WAV pairs."""
+    event = instance.get_latest_materialization_event(PROGRESS_KEY)
+    progress = event.asset_materialization.metadata if event and event.asset_materialization else {}
+    segments = int(metadata_value(progress, "roundtrip_segments") or 0)
     if not segments:
         return None
-    figures = ", ".join(f"{name} {total / segments:.3f}" for name, total in sums.items())
-    label = " (random weights: the figures are meaningless)" if random else ""
-    return f"decode round trip of {segments} sampled segments{label}: {figures}; listen: {listen}"
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=TOKENS_ASSET_KEY, asset_partitions=list(keys)), limit=1).records
+    prefix = metadata_value(records[0].asset_materialization.metadata, "roundtrip_wav_prefix") if records else None
+    figures = ", ".join(f"{name} {value:.3f}" for name, value in figures_from_metadata(progress).items())
+    label = " (random weights: the figures are meaningless)" if metadata_value(
+        progress, "roundtrip_random_weights") else ""
+    return f"decode round trip of {segments} sampled segments{label}: {figures}; listen: {bucket_url}/{prefix}"
 
 
 def _sft_line(instance: dg.DagsterInstance) -> str | None:

@@ -680,6 +680,7 @@ def numeric_metadata(report: ProgressReport) -> dict[str, dg.MetadataValue]:
                 meta[f"roundtrip_{name}{suffix}"] = dg.MetadataValue.float(round(value, 4))
             if group.roundtrip_means:
                 meta[f"roundtrip_random_weights{suffix}"] = dg.MetadataValue.bool(group.roundtrip_random)
+                meta[f"roundtrip_segments{suffix}"] = dg.MetadataValue.int(max(group.roundtrip_segments.values()))
 
     put("total", report.total)
     for label, group in report.by_language.items():
