@@ -144,7 +144,11 @@ def main() -> None:
     from gpu_executor.encoder.engine import resolve_device
     from gpu_executor.random_model import cached_random_model, default_cache_root
     from resources.bucket import open_bucket
-    from resources.shard_reader import available_cores, default_decode_workers, read_shard
+    from resources.shard_reader import (
+        available_cores,
+        default_decode_workers,
+        read_shard,
+    )
     from resources.tokens_file import TokensFileWriter, validate_tokens_file
 
     device = str(resolve_device(args.device))

@@ -175,14 +175,14 @@ def verdict(seconds: float, target: float) -> str:
 def run_size(n: int, endpoint: str, args: argparse.Namespace) -> None:
     import boto3
     from botocore.config import Config
-
     from dagster._core.test_utils import create_test_daemon_workspace_context
     from dagster._core.workspace.load_target import WorkspaceFileTarget
     from dagster_graphql.test.utils import execute_dagster_graphql
 
-    from neucodec_assets import cli, sensors
-    from neucodec_assets.discovery import DiscoveryCursor
-    from neucodec_assets.partitions import shards_partitions
+    from neucodec_assets import cli
+    from neucodec_assets.tokens import discovery_sensor
+    from neucodec_assets.tokens.discovery import DiscoveryCursor
+    from neucodec_assets.tokens.partitions import shards_partitions
     from resources.dagster_resources import BucketResource
 
     bucket_name = f"fleet-{n}-{uuid.uuid4().hex[:6]}"
@@ -215,11 +215,11 @@ def run_size(n: int, endpoint: str, args: argparse.Namespace) -> None:
             context = dg.build_sensor_context(instance=instance, cursor=cursor,
                                               resources={"bucket": BucketResource()})
             start = time.perf_counter()
-            result = sensors.shard_discovery_sensor(context)
+            result = discovery_sensor.shard_discovery_sensor(context)
             tick_s = time.perf_counter() - start
             found = sorted(k for r in result.dynamic_partitions_requests for k in r.partition_keys)
             assert found == sorted(new), f"the tick found {len(found)} of {len(new)} new shards"
-            budget = sensors.listing_budget()
+            budget = discovery_sensor.listing_budget()
             print(f"sensor tick ({len(found)} new found of {n + len(new):,}; budget {budget.max_keys:,} keys / "
                   f"{budget.seconds:g} s)  {verdict(tick_s, TARGET_S)}")
             instance.add_dynamic_partitions(shards_partitions.name, found)
@@ -243,7 +243,7 @@ def run_size(n: int, endpoint: str, args: argparse.Namespace) -> None:
                 # 4. one backfill-daemon iteration: it plans the runs (backfill policy) and queues them all. It runs
                 # in a child process (Dagster's own iteration over this instance and workspace), stopped at
                 # --daemon-cap seconds; past the cap the time for all runs is projected from the rate so far.
-                from neucodec_assets.tokens_asset import shards_per_run
+                from neucodec_assets.tokens.asset import shards_per_run
 
                 expected = -(-len(keys) // shards_per_run())
                 child = subprocess.Popen([sys.executable, __file__, "--daemon-iteration"], cwd=REPO_ROOT,

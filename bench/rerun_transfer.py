@@ -60,7 +60,7 @@ def mib(n: float) -> str:
 
 def rerun(bucket_name: str, prefixes: list[str], provenance: dict, proxy) -> dict:
     """The asset's per-shard decision over every shard, through the proxy; what it found and what it moved."""
-    from neucodec_assets.shard_encoding import existing_result, existing_tokens
+    from neucodec_assets.tokens.encoding import existing_result, existing_tokens
     from resources.bucket import S3Bucket
     from tests.fixtures.transfer import s3_client_via
 

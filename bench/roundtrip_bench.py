@@ -37,9 +37,9 @@ def main() -> int:
     os.environ.setdefault("NEUCODEC_MODEL", "random")
     os.environ.setdefault("NEUCODEC_DEVICE", "cpu")
     os.environ["NEUCODEC_ROUNDTRIP_SAMPLES"] = str(args.samples)
-    from neucodec_assets.roundtrip import decoder_for
-    from neucodec_assets.shard_encoding import encode_shard
-    from neucodec_assets.tokens_metadata import metadata_value
+    from neucodec_assets.tokens.encoding import encode_shard
+    from neucodec_assets.tokens.metadata import metadata_value
+    from neucodec_assets.tokens.roundtrip import decoder_for
     from resources.bucket import LocalBucket
     from resources.dagster_resources import EncoderResource
     from resources.sample_bucket import write_sample_bucket
@@ -86,7 +86,7 @@ def reader_waves(bucket, prefix, meta):
 
     import soundfile as sf
 
-    from neucodec_assets.tokens_metadata import metadata_value
+    from neucodec_assets.tokens.metadata import metadata_value
 
     table = metadata_value(meta, "roundtrip_pairs")
     for row in table.records:

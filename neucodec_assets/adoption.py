@@ -16,8 +16,12 @@ from dataclasses import dataclass, field
 
 import dagster as dg
 
-from neucodec_assets.shard_encoding import existing_result, read_shard_metadata, validate_existing
-from neucodec_assets.tokens_metadata import STATUS_ADOPTED, TOKENS_ASSET_KEY, tokens_key
+from neucodec_assets.tokens.encoding import (
+    existing_result,
+    read_shard_metadata,
+    validate_existing,
+)
+from neucodec_assets.tokens.metadata import STATUS_ADOPTED, TOKENS_ASSET_KEY, tokens_key
 from resources.bucket import Bucket, BucketError, ShardInfo
 
 

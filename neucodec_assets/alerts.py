@@ -14,10 +14,13 @@ import urllib.request
 from collections.abc import Sequence
 
 import dagster as dg
-from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG, \
-    PARTITION_NAME_TAG
+from dagster._core.storage.tags import (
+    ASSET_PARTITION_RANGE_END_TAG,
+    ASSET_PARTITION_RANGE_START_TAG,
+    PARTITION_NAME_TAG,
+)
 
-from neucodec_assets.partitions import shards_partitions
+from neucodec_assets.tokens.partitions import shards_partitions
 from resources.env_settings import env_str
 
 WEBHOOK_ENV = "NEUCODEC_ALERT_WEBHOOK_URL"

@@ -45,17 +45,22 @@ class DaemonLoop:
     in this process: Dagster's own daemon code, called faster than `dagster-daemon`'s 30-second backfill cadence."""
 
     def __init__(self, context):
-        from dagster._daemon.run_coordinator.queued_run_coordinator_daemon import QueuedRunCoordinatorDaemon
+        from dagster._daemon.run_coordinator.queued_run_coordinator_daemon import (
+            QueuedRunCoordinatorDaemon,
+        )
 
         self.context = context  # a WorkspaceProcessContext
         self.queue = QueuedRunCoordinatorDaemon(interval_seconds=1)
         self._seen_failures: set[str] = set()  # failed runs already handed to the run retries step
 
     def tick(self) -> None:
-        from dagster._daemon.auto_run_reexecution.auto_run_reexecution import \
-            consume_new_runs_for_automatic_reexecution
+        from dagster._daemon.auto_run_reexecution.auto_run_reexecution import (
+            consume_new_runs_for_automatic_reexecution,
+        )
         from dagster._daemon.backfill import execute_backfill_iteration
-        from dagster._daemon.monitoring.run_monitoring import execute_run_monitoring_iteration
+        from dagster._daemon.monitoring.run_monitoring import (
+            execute_run_monitoring_iteration,
+        )
 
         for error in execute_backfill_iteration(self.context, logger):
             if error is not None:

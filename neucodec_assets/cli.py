@@ -40,8 +40,8 @@ class CliError(RuntimeError):
 
 def _cmd_discover(args: argparse.Namespace) -> int:
     from neucodec_assets.adoption import adopt_existing
-    from neucodec_assets.discovery import add_shard_partitions, plan_discovery
-    from neucodec_assets.partitions import shards_partitions
+    from neucodec_assets.tokens.discovery import add_shard_partitions, plan_discovery
+    from neucodec_assets.tokens.partitions import shards_partitions
     from resources.bucket import open_bucket
 
     bucket = open_bucket(args.bucket)
@@ -88,8 +88,8 @@ def _cmd_enqueue(args: argparse.Namespace) -> int:
 
     from neucodec_assets.backfills import submit_backfill
     from neucodec_assets.definitions import defs
-    from neucodec_assets.partitions import shards_partitions
-    from neucodec_assets.tokens_metadata import TOKENS_ASSET_KEY
+    from neucodec_assets.tokens.metadata import TOKENS_ASSET_KEY
+    from neucodec_assets.tokens.partitions import shards_partitions
 
     with _instance() as instance:
         known = instance.get_dynamic_partitions(shards_partitions.name)
@@ -122,7 +122,13 @@ def _cmd_status(args: argparse.Namespace) -> int:
     asset's report, computed now. Reads the asset's cache in the bucket when there is one; writes nothing."""
     import json
 
-    from neucodec_assets.progress import ProgressCache, collect, format_text, progress_prefix, report_from
+    from neucodec_assets.progress import (
+        ProgressCache,
+        collect,
+        format_text,
+        progress_prefix,
+        report_from,
+    )
     from resources.bucket import open_bucket
 
     bucket = None if args.no_bucket else open_bucket(args.bucket)

@@ -11,12 +11,16 @@ import dagster as dg
 
 from neucodec_assets.alerts import neucodec_alert_sensor
 from neucodec_assets.automation import automation_sensor
-from neucodec_assets.jobs import neucodec_tokens_job
-from neucodec_assets.progress_asset import encoding_progress, encoding_progress_after_backfills, \
-    encoding_progress_job, encoding_progress_schedule
-from neucodec_assets.sensors import shard_discovery_sensor
+from neucodec_assets.progress_asset import (
+    encoding_progress,
+    encoding_progress_after_backfills,
+    encoding_progress_job,
+    encoding_progress_schedule,
+)
 from neucodec_assets.sft import SftResource, sft_assets
-from neucodec_assets.tokens_asset import neucodec_tokens
+from neucodec_assets.tokens.asset import neucodec_tokens
+from neucodec_assets.tokens.discovery_sensor import shard_discovery_sensor
+from neucodec_assets.tokens.job import neucodec_tokens_job
 from resources.dagster_resources import BucketResource, EncoderResource
 
 defs = dg.Definitions(

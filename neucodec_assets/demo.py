@@ -24,13 +24,18 @@ from dagster._core.workspace.load_target import ModuleTarget
 
 from neucodec_assets.automation import PROGRESS_KEY
 from neucodec_assets.backfills import DaemonLoop, submit_backfill
-from neucodec_assets.discovery import add_shard_partitions, plan_discovery
-from neucodec_assets.partitions import shards_partitions
-from neucodec_assets.roundtrip import figures_from_metadata
-from neucodec_assets.tokens_metadata import TOKENS_ASSET_KEY, metadata_value
+from neucodec_assets.tokens.discovery import add_shard_partitions, plan_discovery
+from neucodec_assets.tokens.metadata import TOKENS_ASSET_KEY, metadata_value
+from neucodec_assets.tokens.partitions import shards_partitions
+from neucodec_assets.tokens.roundtrip import figures_from_metadata
 from resources.bucket import LocalBucket
-from resources.dagster_resources import DEFAULT_MODEL, RANDOM_LABEL, RANDOM_MODEL, EncoderResource, \
-    unload_encoders
+from resources.dagster_resources import (
+    DEFAULT_MODEL,
+    RANDOM_LABEL,
+    RANDOM_MODEL,
+    EncoderResource,
+    unload_encoders,
+)
 
 MODEL_CHOICES = ("hub", "random")
 OFFLINE_HINT = "make demo MODEL=random"

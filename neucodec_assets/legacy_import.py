@@ -13,8 +13,13 @@ from dataclasses import dataclass, field
 
 import dagster as dg
 
-from neucodec_assets.partitions import shards_partitions
-from neucodec_assets.tokens_metadata import STATUS_LEGACY, TOKENS_ASSET_KEY, ShardFigures, tokens_key
+from neucodec_assets.tokens.metadata import (
+    STATUS_LEGACY,
+    TOKENS_ASSET_KEY,
+    ShardFigures,
+    tokens_key,
+)
+from neucodec_assets.tokens.partitions import shards_partitions
 from resources.bucket import Bucket, BucketError
 
 LEGACY_TABLE = "neucodec_shards"

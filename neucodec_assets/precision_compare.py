@@ -18,7 +18,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from neucodec_assets.roundtrip import RANDOM_NOTE, decode_and_score, decoder_for, sample_ids
+from neucodec_assets.tokens.roundtrip import (
+    RANDOM_NOTE,
+    decode_and_score,
+    decoder_for,
+    sample_ids,
+)
 
 __all__ = ["PrecisionColumn", "PrecisionComparison", "compare_precision", "read_sample"]
 

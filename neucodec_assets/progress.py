@@ -32,10 +32,14 @@ from datetime import datetime, timezone
 import dagster as dg
 import polars as pl
 
-from neucodec_assets.partitions import shards_partitions
-from neucodec_assets.roundtrip import FIGURES as ROUNDTRIP_FIGURES
-from neucodec_assets.roundtrip import figures_from_metadata
-from neucodec_assets.tokens_metadata import STATUS_ENCODED, TOKENS_ASSET_KEY, metadata_value
+from neucodec_assets.tokens.metadata import (
+    STATUS_ENCODED,
+    TOKENS_ASSET_KEY,
+    metadata_value,
+)
+from neucodec_assets.tokens.partitions import shards_partitions
+from neucodec_assets.tokens.roundtrip import FIGURES as ROUNDTRIP_FIGURES
+from neucodec_assets.tokens.roundtrip import figures_from_metadata
 from resources.bucket import Bucket, BucketError
 from resources.bucket.base import ShardLayout
 from resources.env_settings import env_number, env_str
@@ -132,7 +136,7 @@ def reason_kind(reason: str) -> str:
 
 
 def done_shard_from_record(record: dg.EventLogRecord) -> DoneShard | None:
-    """The figures a materialization of `neucodec_tokens` carries (tokens_metadata.ShardFigures)."""
+    """The figures a materialization of `neucodec_tokens` carries (tokens.metadata.ShardFigures)."""
     materialization = record.asset_materialization
     if materialization is None or record.partition_key is None:
         return None
@@ -251,7 +255,7 @@ def read_new_materializations(instance: dg.DagsterInstance, cache: ProgressCache
 
 
 def is_tokens_run(run: dg.DagsterRun) -> bool:
-    from neucodec_assets.jobs import neucodec_tokens_job
+    from neucodec_assets.tokens.job import neucodec_tokens_job
 
     return run.job_name == neucodec_tokens_job.name or TOKENS_ASSET_KEY in (run.asset_selection or ())
 
@@ -273,7 +277,7 @@ def read_runs(instance: dg.DagsterInstance, cache: ProgressCache) -> int:
 
 def read_durations(bucket: Bucket, keys: Sequence[str], threads: int = READ_THREADS) -> list[ShardDuration]:
     """Labels and summed durations of each shard's metadata.parquet (one GET each, in a thread pool)."""
-    from neucodec_assets.shard_encoding import read_shard_metadata, shard_labels
+    from neucodec_assets.tokens.encoding import read_shard_metadata, shard_labels
 
     def one(key: str) -> ShardDuration:
         meta = read_shard_metadata(bucket, key)

@@ -13,10 +13,19 @@ import time
 
 import dagster as dg
 
-from neucodec_assets.progress import CHARTS, PROGRESS_ASSET_KEY, ProgressCache, collect, format_markdown, \
-    numeric_metadata, progress_cron, progress_prefix, report_from
+from neucodec_assets.progress import (
+    CHARTS,
+    PROGRESS_ASSET_KEY,
+    ProgressCache,
+    collect,
+    format_markdown,
+    numeric_metadata,
+    progress_cron,
+    progress_prefix,
+    report_from,
+)
 from neucodec_assets.sft.charts import markdown_image
-from neucodec_assets.tokens_metadata import TOKENS_ASSET_KEY
+from neucodec_assets.tokens.metadata import TOKENS_ASSET_KEY
 from resources.dagster_resources import BucketResource
 
 

@@ -10,7 +10,13 @@ import pytest
 import torch
 
 from gpu_executor.encoder import NeucodecEncoder
-from gpu_executor.encoder.graphs import BucketedSemantic, BucketPlan, GraphKey, batch_buckets, frame_buckets
+from gpu_executor.encoder.graphs import (
+    BucketedSemantic,
+    BucketPlan,
+    GraphKey,
+    batch_buckets,
+    frame_buckets,
+)
 from gpu_executor.encoder.precision import cast_matmul_weights
 from gpu_executor.encoder.semantic import SemanticStack
 from tests.fixtures.model import TEST_DEVICE, assert_diverse

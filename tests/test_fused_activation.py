@@ -21,7 +21,10 @@ def _checks() -> dict:
     import torch
 
     from gpu_executor.encoder.acoustic import BatchedCodecEnc
-    from gpu_executor.encoder.fused_activation import fused_activation_available, fused_snake_activation
+    from gpu_executor.encoder.fused_activation import (
+        fused_activation_available,
+        fused_snake_activation,
+    )
     from gpu_executor.neucodec_compat import import_neucodec
 
     import_neucodec()

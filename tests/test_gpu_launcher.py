@@ -24,11 +24,18 @@ import yaml
 from dagster._core.launcher.base import WorkerStatus
 from dagster._core.remote_origin import InProcessCodeLocationOrigin
 from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
-from dagster._core.workspace.context import WorkspaceProcessContext, WorkspaceRequestContext
+from dagster._core.workspace.context import (
+    WorkspaceProcessContext,
+    WorkspaceRequestContext,
+)
 from dagster._core.workspace.load_target import InProcessWorkspaceLoadTarget
-from dagster._daemon.auto_run_reexecution.auto_run_reexecution import consume_new_runs_for_automatic_reexecution
+from dagster._daemon.auto_run_reexecution.auto_run_reexecution import (
+    consume_new_runs_for_automatic_reexecution,
+)
 from dagster._daemon.monitoring.run_monitoring import execute_run_monitoring_iteration
-from dagster._daemon.run_coordinator.queued_run_coordinator_daemon import QueuedRunCoordinatorDaemon
+from dagster._daemon.run_coordinator.queued_run_coordinator_daemon import (
+    QueuedRunCoordinatorDaemon,
+)
 
 from gpu_executor.gpus import current_gpu_slot, detect_gpus
 from gpu_executor.launcher import GPU_TAG, HOST_TAG, PID_TAG, GpuRunLauncher

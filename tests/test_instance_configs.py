@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
-
 from dagster._config import process_config
 
 from gpu_executor.coordinator import GpuPoolRunCoordinator

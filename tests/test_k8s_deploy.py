@@ -33,11 +33,16 @@ from dagster_k8s.launcher import K8sRunLauncher
 from kubernetes.client import ApiClient
 
 from gpu_executor.coordinator import GpuPoolRunCoordinator, parse_run_tags
-from gpu_executor.k8s import K8S_CONFIG_TAG, default_tolerations, gpu_run_tags, k8s_run_config
+from gpu_executor.k8s import (
+    K8S_CONFIG_TAG,
+    default_tolerations,
+    gpu_run_tags,
+    k8s_run_config,
+)
 from neucodec_assets.backfills import submit_backfill
-from neucodec_assets.checks import COMPLETE_CHECK_KEY, VALID_CHECK_KEY
-from neucodec_assets.discovery import add_shard_partitions
-from neucodec_assets.tokens_metadata import TOKENS_ASSET_KEY
+from neucodec_assets.tokens.checks import COMPLETE_CHECK_KEY, VALID_CHECK_KEY
+from neucodec_assets.tokens.discovery import add_shard_partitions
+from neucodec_assets.tokens.metadata import TOKENS_ASSET_KEY
 from resources.dagster_resources import EncoderResource
 from tests.fixtures.dagster_api import graphql, launch_asset_backfill
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 import dagster as dg
 
 from neucodec_assets.definitions import defs
-from neucodec_assets.discovery import add_shard_partitions
-from neucodec_assets.tokens_metadata import TOKENS_ASSET_KEY
+from neucodec_assets.tokens.discovery import add_shard_partitions
+from neucodec_assets.tokens.metadata import TOKENS_ASSET_KEY
 
 PAIRS = dg.AssetKey("sft_pairs")
 KEYS = ["ds/hi/shard_000000", "ds/hi/shard_000001", "ds/ta/shard_000000"]

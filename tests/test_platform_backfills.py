@@ -21,14 +21,21 @@ from pathlib import Path
 import dagster as dg
 import pytest
 from dagster._core.execution.backfill import BulkActionStatus
-from dagster._core.storage.tags import ASSET_EVALUATION_ID_TAG, ASSET_PARTITION_RANGE_END_TAG, \
-    ASSET_PARTITION_RANGE_START_TAG, AUTOMATION_CONDITION_TAG, BACKFILL_ID_TAG, PARTITION_NAME_TAG, SENSOR_NAME_TAG
+from dagster._core.storage.tags import (
+    ASSET_EVALUATION_ID_TAG,
+    ASSET_PARTITION_RANGE_END_TAG,
+    ASSET_PARTITION_RANGE_START_TAG,
+    AUTOMATION_CONDITION_TAG,
+    BACKFILL_ID_TAG,
+    PARTITION_NAME_TAG,
+    SENSOR_NAME_TAG,
+)
 from dagster._core.workspace.context import WorkspaceProcessContext
 from dagster._core.workspace.load_target import WorkspaceFileTarget
 
 from neucodec_assets.backfills import TERMINAL, DaemonLoop
-from neucodec_assets.discovery import add_shard_partitions
-from neucodec_assets.tokens_metadata import TOKENS_ASSET_KEY, metadata_value, tokens_key
+from neucodec_assets.tokens.discovery import add_shard_partitions
+from neucodec_assets.tokens.metadata import TOKENS_ASSET_KEY, metadata_value, tokens_key
 from resources.bucket import AUDIO_TAR, METADATA_PARQUET, LocalBucket
 from resources.tokens_file import validate_tokens_file
 from tests.fixtures.dagster_api import graphql, launch_asset_backfill, wait_for

@@ -10,8 +10,14 @@ import numpy as np
 import polars as pl
 import pytest
 
-from neucodec_assets.checks import complete_evaluation, completeness_of, recorded_audio_ids, shard_audio_ids, \
-    tar_audio_ids, valid_evaluation
+from neucodec_assets.tokens.checks import (
+    complete_evaluation,
+    completeness_of,
+    recorded_audio_ids,
+    shard_audio_ids,
+    tar_audio_ids,
+    valid_evaluation,
+)
 from resources.bucket import AUDIO_TAR, LocalBucket, open_bucket
 from resources.shard_reader import ShardError
 from resources.tokens_file import AudioTarRecord, TokensFileWriter, validate_tokens_file

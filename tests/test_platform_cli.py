@@ -18,8 +18,9 @@ from pathlib import Path
 
 import dagster as dg
 import yaml
-from neucodec_assets.discovery import add_shard_partitions
-from neucodec_assets.tokens_metadata import TOKENS_ASSET_KEY, metadata_value, tokens_key
+
+from neucodec_assets.tokens.discovery import add_shard_partitions
+from neucodec_assets.tokens.metadata import TOKENS_ASSET_KEY, metadata_value, tokens_key
 from resources.bucket import AUDIO_TAR, METADATA_PARQUET, LocalBucket
 from resources.tokens_file import read_tokens_file, validate_tokens_file
 from tests.fixtures.platform import REPO_ROOT, copy_tiny_shards

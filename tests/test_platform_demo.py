@@ -8,9 +8,10 @@ import subprocess
 import sys
 
 import dagster as dg
+
 from neucodec_assets import cli
-from neucodec_assets.partitions import shards_partitions
-from neucodec_assets.tokens_metadata import TOKENS_ASSET_KEY
+from neucodec_assets.tokens.metadata import TOKENS_ASSET_KEY
+from neucodec_assets.tokens.partitions import shards_partitions
 from resources.bucket import LocalBucket
 from resources.dagster_resources import RANDOM_LABEL
 from resources.tokens_file import validate_tokens_file

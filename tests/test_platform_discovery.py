@@ -9,16 +9,17 @@ import io
 import logging
 import re
 
+import dagster as dg
 import polars as pl
 import psycopg2
 import pytest
 
-import dagster as dg
-from neucodec_assets import cli, sensors
-from neucodec_assets.checks import VALID_CHECK_KEY
-from neucodec_assets.discovery import DiscoveryCursor
-from neucodec_assets.partitions import shards_partitions
-from neucodec_assets.tokens_metadata import TOKENS_ASSET_KEY, metadata_value, tokens_key
+from neucodec_assets import cli
+from neucodec_assets.tokens import discovery_sensor
+from neucodec_assets.tokens.checks import VALID_CHECK_KEY
+from neucodec_assets.tokens.discovery import DiscoveryCursor
+from neucodec_assets.tokens.metadata import TOKENS_ASSET_KEY, metadata_value, tokens_key
+from neucodec_assets.tokens.partitions import shards_partitions
 from resources.bucket import Bucket, LocalBucket, S3Bucket, open_bucket
 from tests.fixtures.platform import REPO_ROOT, TinyShard, copy_tiny_shards
 
@@ -69,14 +70,14 @@ def test_sensor_on_by_default_adds_shards_and_requests_no_runs(
     assert cursor.tail == f"{shards[-1].prefix}/metadata.parquet"  # the daemon kept the sensor's place
 
     # The interval comes from the environment of the code location.
-    monkeypatch.setenv(sensors.INTERVAL_ENV, "45")
+    monkeypatch.setenv(discovery_sensor.INTERVAL_ENV, "45")
     try:
-        assert importlib.reload(sensors).shard_discovery_sensor.minimum_interval_seconds == 45
+        assert importlib.reload(discovery_sensor).shard_discovery_sensor.minimum_interval_seconds == 45
     finally:
-        monkeypatch.delenv(sensors.INTERVAL_ENV)
-        reloaded = importlib.reload(sensors)
+        monkeypatch.delenv(discovery_sensor.INTERVAL_ENV)
+        reloaded = importlib.reload(discovery_sensor)
     assert reloaded.shard_discovery_sensor.default_status == dg.DefaultSensorStatus.RUNNING
-    assert reloaded.shard_discovery_sensor.minimum_interval_seconds == sensors.DEFAULT_INTERVAL_SECONDS
+    assert reloaded.shard_discovery_sensor.minimum_interval_seconds == discovery_sensor.DEFAULT_INTERVAL_SECONDS
 
 
 def fake_shard(bucket: Bucket, prefix: str) -> None:
@@ -97,7 +98,7 @@ class SensorTicks:
     def tick(self) -> tuple[list[str], int | None]:
         """The keys added, and the keys read from the bucket when the tick found nothing (its skip message)."""
         context = dg.build_sensor_context(instance=self.instance, cursor=self.cursor, resources=self.resources)
-        result = sensors.shard_discovery_sensor(context)
+        result = discovery_sensor.shard_discovery_sensor(context)
         assert not result.run_requests
         self.cursor = result.cursor
         added = [k for r in result.dynamic_partitions_requests for k in r.partition_keys]
@@ -125,7 +126,7 @@ def test_sensor_cursor_lists_new_shards_only(discovery_bucket, pg_instance, monk
     first = [f"ds/hi/shard_{i:04d}" for i in range(30)]  # 60 objects
     for prefix in first:
         fake_shard(bucket, prefix)
-    monkeypatch.setenv(sensors.KEYS_PER_TICK_ENV, "25")
+    monkeypatch.setenv(discovery_sensor.KEYS_PER_TICK_ENV, "25")
     ticks = SensorTicks(pg_instance, url)
 
     found: list[str] = []
@@ -151,11 +152,11 @@ def test_sensor_cursor_finds_shards_sorting_before_it(discovery_bucket, pg_insta
     bucket, url = discovery_bucket
     for i in range(40):
         fake_shard(bucket, f"ds/hi/shard_{i:04d}")  # 80 objects
-    monkeypatch.setenv(sensors.KEYS_PER_TICK_ENV, "100")
+    monkeypatch.setenv(discovery_sensor.KEYS_PER_TICK_ENV, "100")
     ticks = SensorTicks(pg_instance, url)
     assert len(ticks.tick()[0]) == 40
 
-    monkeypatch.setenv(sensors.KEYS_PER_TICK_ENV, "20")
+    monkeypatch.setenv(discovery_sensor.KEYS_PER_TICK_ENV, "20")
     early = ["aa/new/shard_0000", "ds/hi/shard_0007b", "ds/en/shard_0000"]  # all before the cursor's tail
     for prefix in early:
         fake_shard(bucket, prefix)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from neucodec_assets.prefetch import ShardPrefetcher
+from neucodec_assets.tokens.prefetch import ShardPrefetcher
 from resources.bucket import AUDIO_TAR, METADATA_PARQUET, LocalBucket, open_bucket
 from resources.shard_reader import read_shard
 from tests.fixtures.platform import copy_tiny_shards

@@ -21,11 +21,32 @@ import polars as pl
 import pytest
 from dagster._core.events import DagsterEvent, DagsterEventType
 
-from neucodec_assets.alerts import SENSOR_NAME, WEBHOOK_ENV, neucodec_alert_sensor, post_json
+from neucodec_assets.alerts import (
+    SENSOR_NAME,
+    WEBHOOK_ENV,
+    neucodec_alert_sensor,
+    post_json,
+)
 from neucodec_assets.cli import main
-from neucodec_assets.progress import DONE, FAILED, IN_FLIGHT, PENDING, DoneShard, RunSpan, ShardDuration, \
-    compute_progress, eta_seconds, format_text, throughput
-from neucodec_assets.tokens_metadata import STATUS_ADOPTED, STATUS_ENCODED, TOKENS_ASSET_KEY, ShardFigures
+from neucodec_assets.progress import (
+    DONE,
+    FAILED,
+    IN_FLIGHT,
+    PENDING,
+    DoneShard,
+    RunSpan,
+    ShardDuration,
+    compute_progress,
+    eta_seconds,
+    format_text,
+    throughput,
+)
+from neucodec_assets.tokens.metadata import (
+    STATUS_ADOPTED,
+    STATUS_ENCODED,
+    TOKENS_ASSET_KEY,
+    ShardFigures,
+)
 from resources.bucket import METADATA_PARQUET, LocalBucket
 
 H = 3600.0
@@ -314,7 +335,7 @@ def test_failed_run_posts_to_the_webhook(fleet, webhook, monkeypatch, caplog) ->
 
 def test_step_failure_names_the_failed_shards(pg_instance, webhook, monkeypatch) -> None:
     """A real run whose step fails the way `neucodec_tokens` does: a Failure with its `failed_shards` table."""
-    from neucodec_assets.tokens_asset import _failed_shards_table
+    from neucodec_assets.tokens.asset import _failed_shards_table
 
     url, hook = webhook
     monkeypatch.setenv(WEBHOOK_ENV, url)

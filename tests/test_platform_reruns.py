@@ -12,11 +12,23 @@ import tarfile
 import pytest
 
 from gpu_executor.encoder import provenance as engine_provenance
-from neucodec_assets import shard_encoding
-from neucodec_assets.checks import tar_audio_ids
-from neucodec_assets.shard_encoding import encode_shard, existing_result, existing_tokens
-from neucodec_assets.tokens_metadata import tokens_key
-from resources.bucket import AUDIO_TAR, METADATA_PARQUET, TOKENS_PARQUET, Bucket, LocalBucket, S3Bucket, open_bucket
+from neucodec_assets.tokens import encoding
+from neucodec_assets.tokens.checks import tar_audio_ids
+from neucodec_assets.tokens.encoding import (
+    encode_shard,
+    existing_result,
+    existing_tokens,
+)
+from neucodec_assets.tokens.metadata import tokens_key
+from resources.bucket import (
+    AUDIO_TAR,
+    METADATA_PARQUET,
+    TOKENS_PARQUET,
+    Bucket,
+    LocalBucket,
+    S3Bucket,
+    open_bucket,
+)
 from resources.dagster_resources import EncoderResource, LoadedEncoder
 from resources.shard_reader import read_shard
 from resources.tokens_file import TokensFileWriter, read_tokens_file, tokens_of
@@ -42,7 +54,7 @@ def rewrite_tokens(bucket: Bucket, prefix: str, tmp_path, *, provenance: dict | 
     bucket.upload_file(path, tokens_key(prefix))
 
 
-def encode(bucket: Bucket, prefix: str, loaded: LoadedEncoder, tmp_path, log) -> shard_encoding.ShardResult:
+def encode(bucket: Bucket, prefix: str, loaded: LoadedEncoder, tmp_path, log) -> encoding.ShardResult:
     with read_shard(bucket, prefix) as reader:
         return encode_shard(reader, bucket, loaded, tmp_path / "work", log)
 
@@ -68,7 +80,7 @@ def test_identity_comes_from_the_engine(loaded):
     always = {"model", "model_revision", "model_sha256", "semantic_model", "semantic_layers", "precision",
               "acoustic_activation", "chunking", "max_clip_seconds", "device_class"}
     assert always <= set(engine_provenance.IDENTITY_KEYS)
-    assert shard_encoding.IDENTITY_KEYS is engine_provenance.IDENTITY_KEYS
+    assert encoding.IDENTITY_KEYS is engine_provenance.IDENTITY_KEYS
     assert always <= set(loaded.provenance)  # the engine states each of them
     assert loaded.provenance["device_class"] == "cpu" and loaded.provenance["acoustic_activation"] == "reference"
     assert engine_provenance.device_class("cuda:3") == "cuda"
@@ -89,7 +101,7 @@ def test_a_rerun_reads_no_tar_until_the_tar_changes(loaded, tiny_shards_dir, s3_
     assert dict(record.member_ids) == dict(tar_audio_ids(bucket, shard.prefix)) == {s: 1 for s in shard.segment_ids}
     assert meta["provenance"]["device_class"] == "cpu"
 
-    def rerun() -> tuple[shard_encoding.ShardResult | None, list]:
+    def rerun() -> tuple[encoding.ShardResult | None, list]:
         with CountingProxy(s3_env["R2_ENDPOINT_URL"]) as proxy:
             via = S3Bucket(s3_env["bucket"], "corpus", client=s3_client_via(proxy.url))
             report = existing_tokens(via, shard.prefix, loaded.provenance, logs.append)

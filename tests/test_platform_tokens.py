@@ -4,19 +4,29 @@ local folder bucket and moto's S3 server, with the full-size random model (loade
 
 from __future__ import annotations
 
+import dagster as dg
 import numpy as np
 import pytest
 
-import dagster as dg
-from neucodec_assets.checks import COMPLETE_CHECK, COMPLETE_CHECK_KEY, VALID_CHECK, VALID_CHECK_KEY
 from neucodec_assets.definitions import defs
-from neucodec_assets.discovery import add_shard_partitions
-from neucodec_assets.tokens_metadata import TOKENS_ASSET_KEY, metadata_value, tokens_key
-from neucodec_assets.tokens_run import ENCODED, EXISTING, FAILED, TokensRun
+from neucodec_assets.tokens.checks import (
+    COMPLETE_CHECK,
+    COMPLETE_CHECK_KEY,
+    VALID_CHECK,
+    VALID_CHECK_KEY,
+)
+from neucodec_assets.tokens.discovery import add_shard_partitions
+from neucodec_assets.tokens.metadata import TOKENS_ASSET_KEY, metadata_value, tokens_key
+from neucodec_assets.tokens.shard_loop import ENCODED, EXISTING, FAILED, TokensRun
 from resources.bucket import AUDIO_TAR, open_bucket
 from resources.dagster_resources import RANDOM_LABEL, EncoderResource
-from resources.tokens_file import TokensFileWriter, read_tokens_file, validate_tokens_file
+from resources.tokens_file import (
+    TokensFileWriter,
+    read_tokens_file,
+    validate_tokens_file,
+)
 from tests.fixtures.platform import copy_tiny_shards
+
 
 @pytest.fixture
 def encoder_env(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -18,8 +18,8 @@ import soundfile as sf
 import soxr
 
 from gpu_executor import quality
-from neucodec_assets import roundtrip
-from neucodec_assets.tokens_metadata import metadata_value, tokens_key
+from neucodec_assets.tokens import roundtrip
+from neucodec_assets.tokens.metadata import metadata_value, tokens_key
 from resources.bucket import LocalBucket
 from resources.dagster_resources import EncoderResource, LoadedEncoder
 from resources.sample_bucket import espeak
@@ -91,7 +91,7 @@ def loaded() -> LoadedEncoder:
 
 def test_roundtrip_of_real_speech_through_the_random_model(loaded, tiny_shards_dir, tmp_path, monkeypatch):
     from gpu_executor.neucodec_compat import import_neucodec
-    from neucodec_assets.shard_encoding import encode_shard
+    from neucodec_assets.tokens.encoding import encode_shard
 
     bucket = LocalBucket(tmp_path / "bucket")
     shards = copy_tiny_shards(tiny_shards_dir, bucket, count=2)

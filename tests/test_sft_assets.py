@@ -3,18 +3,22 @@
 import tempfile
 from pathlib import Path
 
+import dagster as dg
 import datasets
 import numpy as np
 import polars as pl
 import pytest
 
-import dagster as dg
-from neucodec_assets.partitions import SHARDS_PARTITION_NAME
 from neucodec_assets.sft import SftResource, sft_dataset, sft_pairs
 from neucodec_assets.sft.dataset_build import DURATION_CHART, HOURS_CHART
 from neucodec_assets.sft.layout import SftLayout
 from neucodec_assets.sft.parquet_io import read_provenance
-from neucodec_assets.sft.training_ids import TrainingIdsBuilder, load_tokenizer, render_training_text
+from neucodec_assets.sft.training_ids import (
+    TrainingIdsBuilder,
+    load_tokenizer,
+    render_training_text,
+)
+from neucodec_assets.tokens.partitions import SHARDS_PARTITION_NAME
 from resources.bucket import open_bucket
 from resources.dagster_resources import BucketResource
 from resources.tokens_file import TOKENS_FILENAME, TokensFileWriter

@@ -12,7 +12,13 @@ from neucodec_assets.sft.charts import (
     markdown_image,
 )
 from neucodec_assets.sft.packing import PackingStats, blocks_to_arrow, pack_documents
-from neucodec_assets.sft.split import TRAIN, VALIDATION, assign_split, is_validation, split_key
+from neucodec_assets.sft.split import (
+    TRAIN,
+    VALIDATION,
+    assign_split,
+    is_validation,
+    split_key,
+)
 from neucodec_assets.sft.stats import overall_totals, totals_by
 
 

@@ -13,14 +13,19 @@ import dagster as dg
 import polars as pl
 
 from neucodec_assets.automation import PROGRESS_KEY, dataset_condition, pairs_condition
-from neucodec_assets.partitions import shards_partitions
 from neucodec_assets.sft.charts import markdown_image
-from neucodec_assets.sft.dataset_build import DURATION_CHART, HOURS_CHART, DatasetSettings, build_dataset
+from neucodec_assets.sft.dataset_build import (
+    DURATION_CHART,
+    HOURS_CHART,
+    DatasetSettings,
+    build_dataset,
+)
 from neucodec_assets.sft.pairing import DROP_REASONS
 from neucodec_assets.sft.settings import SftResource
 from neucodec_assets.sft.shard_records import write_shard_records
 from neucodec_assets.sft.training_ids import TrainingIdsBuilder, load_tokenizer
-from neucodec_assets.tokens_metadata import TOKENS_ASSET_KEY
+from neucodec_assets.tokens.metadata import TOKENS_ASSET_KEY
+from neucodec_assets.tokens.partitions import shards_partitions
 from resources.dagster_resources import BucketResource
 
 GROUP = "sft"

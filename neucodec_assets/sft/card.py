@@ -6,7 +6,12 @@ from dataclasses import dataclass, field
 
 import polars as pl
 
-from neucodec_assets.sft.training_ids import IM_END, IM_START, SPEECH_START, TARGET_MODEL
+from neucodec_assets.sft.training_ids import (
+    IM_END,
+    IM_START,
+    SPEECH_START,
+    TARGET_MODEL,
+)
 
 
 @dataclass

@@ -26,10 +26,20 @@ from neucodec_assets.sft.charts import (
     hours_per_language_png,
 )
 from neucodec_assets.sft.layout import SftLayout
-from neucodec_assets.sft.packing import DEFAULT_BLOCK_SIZE, PackedBlock, Packer, blocks_to_arrow
+from neucodec_assets.sft.packing import (
+    DEFAULT_BLOCK_SIZE,
+    PackedBlock,
+    Packer,
+    blocks_to_arrow,
+)
 from neucodec_assets.sft.pairing import DROP_REASONS
 from neucodec_assets.sft.parquet_io import read_frame, read_provenance
-from neucodec_assets.sft.split import DEFAULT_VALIDATION_FRACTION, TRAIN, VALIDATION, assign_split
+from neucodec_assets.sft.split import (
+    DEFAULT_VALIDATION_FRACTION,
+    TRAIN,
+    VALIDATION,
+    assign_split,
+)
 from neucodec_assets.sft.stats import combine_overall, combine_totals, partial_totals
 from resources.bucket.base import Bucket
 

@@ -12,7 +12,8 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from resources.bucket.base import DEFAULT_SHARD_LAYOUT, UNKNOWN as UNKNOWN_LABEL, ShardLayout
+from resources.bucket.base import DEFAULT_SHARD_LAYOUT, ShardLayout
+from resources.bucket.base import UNKNOWN as UNKNOWN_LABEL
 
 SAMPLE_RATE = 16_000
 HOP_SAMPLES = 320

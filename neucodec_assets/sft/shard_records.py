@@ -19,7 +19,7 @@ from neucodec_assets.sft.layout import SftLayout
 from neucodec_assets.sft.pairing import PairingConfig, PairingResult, pair_shard
 from neucodec_assets.sft.parquet_io import read_frame, write_parquet
 from neucodec_assets.sft.training_ids import TrainingIdsBuilder
-from neucodec_assets.tokens_metadata import tokens_key
+from neucodec_assets.tokens.metadata import tokens_key
 from resources.bucket.base import METADATA_PARQUET, Bucket
 from resources.tokens_file import TokensFileError, read_tokens_file
 

@@ -19,17 +19,41 @@ import dagster as dg
 import polars as pl
 
 from gpu_executor.encoder.provenance import IDENTITY_KEYS
-from neucodec_assets.checks import Completeness, complete_evaluation, completeness_of, shard_audio_ids, \
-    tar_audio_ids, valid_evaluation
-from neucodec_assets.roundtrip import RoundtripSample, roundtrip_for_shard
-from neucodec_assets.tokens_metadata import STATUS_ENCODED, STATUS_EXISTING, ShardFigures, \
-    audio_seconds_from_tokens, tokens_key
-from resources.bucket import AUDIO_TAR, METADATA_PARQUET, Bucket, BucketError, ObjectHead
+from neucodec_assets.tokens.checks import (
+    Completeness,
+    complete_evaluation,
+    completeness_of,
+    shard_audio_ids,
+    tar_audio_ids,
+    valid_evaluation,
+)
+from neucodec_assets.tokens.metadata import (
+    STATUS_ENCODED,
+    STATUS_EXISTING,
+    ShardFigures,
+    audio_seconds_from_tokens,
+    tokens_key,
+)
+from neucodec_assets.tokens.roundtrip import RoundtripSample, roundtrip_for_shard
+from resources.bucket import (
+    AUDIO_TAR,
+    METADATA_PARQUET,
+    Bucket,
+    BucketError,
+    ObjectHead,
+)
 from resources.dagster_resources import LoadedEncoder
 from resources.env_settings import env_number
 from resources.shard_reader import ShardReader
-from resources.tokens_file import TOKENS_FILENAME, AudioTarRecord, TokensFileError, TokensFileReport, \
-    TokensFileWriter, read_tokens_metadata, validate_tokens_file
+from resources.tokens_file import (
+    TOKENS_FILENAME,
+    AudioTarRecord,
+    TokensFileError,
+    TokensFileReport,
+    TokensFileWriter,
+    read_tokens_metadata,
+    validate_tokens_file,
+)
 
 PROGRESS_ENV = "NEUCODEC_PROGRESS_SECONDS"
 DEFAULT_PROGRESS_SECONDS = 30.0

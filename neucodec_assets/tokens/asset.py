@@ -19,13 +19,18 @@ from pydantic import Field
 
 from gpu_executor.coordinator import GPU_POOL
 from neucodec_assets.automation import tokens_condition
-from neucodec_assets.checks import TOKENS_CHECK_SPECS, complete_evaluation, completeness_of, shard_audio_ids, \
-    valid_evaluation
-from neucodec_assets.hang_watchdog import DEFAULT_HANG_SECONDS, HangWatchdog
-from neucodec_assets.partitions import shards_partitions
-from neucodec_assets.shard_encoding import validate_existing
-from neucodec_assets.tokens_metadata import TOKENS_ASSET_KEY, tokens_key
-from neucodec_assets.tokens_run import FAILED, ShardOutcome, TokensRun
+from neucodec_assets.tokens.checks import (
+    TOKENS_CHECK_SPECS,
+    complete_evaluation,
+    completeness_of,
+    shard_audio_ids,
+    valid_evaluation,
+)
+from neucodec_assets.tokens.encoding import validate_existing
+from neucodec_assets.tokens.hang_watchdog import DEFAULT_HANG_SECONDS, HangWatchdog
+from neucodec_assets.tokens.metadata import TOKENS_ASSET_KEY, tokens_key
+from neucodec_assets.tokens.partitions import shards_partitions
+from neucodec_assets.tokens.shard_loop import FAILED, ShardOutcome, TokensRun
 from resources.bucket import Bucket, BucketError
 from resources.dagster_resources import BucketResource, EncoderResource
 from resources.env_settings import env_number

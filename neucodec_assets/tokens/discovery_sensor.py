@@ -2,7 +2,7 @@
 
 It only adds partitions: encoding the new shards is the asset's own automation condition's business, so the
 sensor never requests runs. Each tick lists a bounded stretch of the bucket and keeps its place in the sensor
-cursor (`neucodec_assets.discovery.DiscoveryCursor`), so a tick stays well inside the sensor timeout at 100,000
+cursor (`neucodec_assets.tokens.discovery.DiscoveryCursor`), so a tick stays well inside the sensor timeout at 100,000
 shards and a shard is still found within one sweep wherever its key sorts.
 
 Settings (environment of the code location):
@@ -16,8 +16,12 @@ Settings (environment of the code location):
 
 import dagster as dg
 
-from neucodec_assets.discovery import DiscoveryCursor, ListingBudget, discover_incremental
-from neucodec_assets.partitions import shards_partitions
+from neucodec_assets.tokens.discovery import (
+    DiscoveryCursor,
+    ListingBudget,
+    discover_incremental,
+)
+from neucodec_assets.tokens.partitions import shards_partitions
 from resources.dagster_resources import BucketResource
 from resources.env_settings import env_number
 

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import dagster as dg
 
-from neucodec_assets.partitions import shards_partitions
-from neucodec_assets.tokens_metadata import TOKENS_ASSET_KEY
+from neucodec_assets.tokens.metadata import TOKENS_ASSET_KEY
+from neucodec_assets.tokens.partitions import shards_partitions
 from resources.audio import member_kind, segment_id_of
 from resources.bucket import AUDIO_TAR, Bucket, LocalBucket, ObjectHead
 from resources.shard_reader import ShardError

@@ -13,9 +13,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from neucodec_assets.hang_watchdog import HangWatchdog
-from neucodec_assets.prefetch import ShardPrefetcher
-from neucodec_assets.shard_encoding import ShardResult, encode_shard, existing_result, existing_tokens
+from neucodec_assets.tokens.encoding import (
+    ShardResult,
+    encode_shard,
+    existing_result,
+    existing_tokens,
+)
+from neucodec_assets.tokens.hang_watchdog import HangWatchdog
+from neucodec_assets.tokens.prefetch import ShardPrefetcher
 from resources.bucket import Bucket, BucketError
 from resources.dagster_resources import LoadedEncoder
 from resources.shard_reader import ShardError, read_shard

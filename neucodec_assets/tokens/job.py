@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import dagster as dg
 
-from neucodec_assets.partitions import shards_partitions
-from neucodec_assets.tokens_metadata import TOKENS_ASSET_KEY
+from neucodec_assets.tokens.metadata import TOKENS_ASSET_KEY
+from neucodec_assets.tokens.partitions import shards_partitions
 
 neucodec_tokens_job = dg.define_asset_job(
     name="neucodec_tokens_job",

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 
 import dagster as dg
 
-from neucodec_assets.partitions import shards_partitions
+from neucodec_assets.tokens.partitions import shards_partitions
 from resources.bucket import Bucket, ShardInfo
 from resources.bucket.base import shards_from_keys
 

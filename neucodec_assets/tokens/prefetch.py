@@ -15,7 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from resources.bucket import AUDIO_TAR, METADATA_PARQUET, Bucket, BucketError, LocalBucket, ObjectHead
+from resources.bucket import (
+    AUDIO_TAR,
+    METADATA_PARQUET,
+    Bucket,
+    BucketError,
+    LocalBucket,
+    ObjectHead,
+)
 from resources.shard_reader import ShardError
 
 
