@@ -232,10 +232,10 @@ def load_and_warm(cls, model: str, semantic: str, device: str, precision: str, o
 
 
 def stream_codes(path: Path) -> dict[str, np.ndarray]:
-    from resources.tokens_file import read_tokens_file, tokens_of
+    from resources.tokens_file import read_tokens_file
 
     frame, _ = read_tokens_file(path)
-    return {sid: tokens_of(b) for sid, b in zip(frame["segment_id"], frame["neucodec_tokens"])}
+    return {sid: np.frombuffer(b, dtype="<u2") for sid, b in zip(frame["segment_id"], frame["neucodec_tokens"])}
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from gpu_executor.codec import SAMPLE_RATE
 from gpu_executor.encoder.loading import _load_strict, load_codec_checkpoint
 from gpu_executor.neucodec_compat import import_neucodec
 
@@ -79,4 +80,4 @@ class NeucodecDecoder:
         """``decode`` resampled to 16 kHz with ``soxr.resample(..., quality="HQ")``: ``F * 320`` samples."""
         import soxr
 
-        return soxr.resample(self.decode(codes), DECODER_SAMPLE_RATE, 16_000, quality="HQ").astype(np.float32)
+        return soxr.resample(self.decode(codes), DECODER_SAMPLE_RATE, SAMPLE_RATE, quality="HQ").astype(np.float32)

@@ -26,6 +26,8 @@ import numpy as np
 import torch
 import yaml
 
+from gpu_executor.codec import SAMPLE_RATE, SAMPLES_PER_TOKEN
+
 __all__ = [
     "RandomModelDirs",
     "write_random_model",
@@ -89,7 +91,7 @@ W2V_BERT_PREPROCESSOR_CONFIG: dict = {
     "padding_value": 1,
     "processor_class": "Wav2Vec2BertProcessor",
     "return_attention_mask": True,
-    "sampling_rate": 16000,
+    "sampling_rate": SAMPLE_RATE,
     "stride": 2,
 }
 
@@ -111,7 +113,7 @@ def default_cache_root() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "neucodec-platform"
 
 
-def _calibration_wave(seconds: float = 2.0, sr: int = 16000) -> np.ndarray:
+def _calibration_wave(seconds: float = 2.0, sr: int = SAMPLE_RATE) -> np.ndarray:
     """A deterministic vowel-like signal (harmonics with a moving pitch plus a little noise)."""
     t = np.arange(int(seconds * sr)) / sr
     f0 = 120 + 40 * np.sin(2 * np.pi * 0.7 * t)
@@ -155,9 +157,9 @@ def _rescale_fsq_input(parts: dict[str, torch.nn.Module], semantic_model, folder
     from transformers import SeamlessM4TFeatureExtractor
 
     wave = torch.from_numpy(_calibration_wave())[None, None, :]
-    wave = torch.nn.functional.pad(wave, (0, 320 - wave.shape[-1] % 320))
+    wave = torch.nn.functional.pad(wave, (0, SAMPLES_PER_TOKEN - wave.shape[-1] % SAMPLES_PER_TOKEN))
     fe = SeamlessM4TFeatureExtractor.from_pretrained(folder)
-    feats = fe(wave[0], sampling_rate=16000, return_tensors="pt").input_features
+    feats = fe(wave[0], sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features
     hidden = semantic_model(feats, output_hidden_states=True).hidden_states[16].transpose(1, 2)
     semantic = parts["SemanticEncoder_module"](hidden)
     acoustic = parts["CodecEnc"](wave).transpose(1, 2)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from gpu_executor.codec import SAMPLE_RATE
 from neucodec_assets.tokens.roundtrip import (
     RANDOM_NOTE,
     decode_and_score,
@@ -150,6 +151,6 @@ def compare_precision(bucket, prefix: str, *, samples: int = 4, precision: str =
     random_weights = base.is_random or str(fp32.provenance.get("random_weights", "")).lower() == "true"
     return PrecisionComparison(
         prefix=prefix, device=fp32.device, model=fp32.model_label, random_weights=random_weights,
-        segment_ids=[s for s, _ in waves], audio_seconds=sum(len(w) for _, w in waves) / 16_000,
+        segment_ids=[s for s, _ in waves], audio_seconds=sum(len(w) for _, w in waves) / SAMPLE_RATE,
         columns=columns, requested=precision, note=note,
     )

@@ -14,8 +14,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-TARGET_SAMPLE_RATE = 16_000
-MIN_SAMPLES = 320  # one neucodec frame; shorter clips crash encode_code
+from gpu_executor.codec import SAMPLE_RATE, SAMPLES_PER_TOKEN
 
 #: Extensions of the members that are decoded (FLAC is the norm; soundfile reads the others too).
 AUDIO_EXTENSIONS = frozenset({".flac", ".wav", ".ogg", ".oga", ".opus", ".mp3"})
@@ -45,7 +44,7 @@ class PreparedAudio:
 
     @property
     def seconds(self) -> float:
-        return len(self.wave) / TARGET_SAMPLE_RATE
+        return len(self.wave) / SAMPLE_RATE
 
 
 def member_kind(name: str) -> str:
@@ -108,8 +107,8 @@ def prepare(samples: np.ndarray, sample_rate: int) -> np.ndarray:
     """Mean over channels, then soxr HQ to 16 kHz: the one preparation every encoder path uses."""
     mono = samples.mean(axis=1) if samples.ndim == 2 else samples
     mono = np.ascontiguousarray(mono, dtype=np.float32)
-    if sample_rate != TARGET_SAMPLE_RATE and len(mono):
-        mono = soxr.resample(mono, sample_rate, TARGET_SAMPLE_RATE, quality="HQ")
+    if sample_rate != SAMPLE_RATE and len(mono):
+        mono = soxr.resample(mono, sample_rate, SAMPLE_RATE, quality="HQ")
     return np.ascontiguousarray(mono, dtype=np.float32)
 
 
@@ -121,8 +120,8 @@ def load_wave(data: bytes) -> PreparedAudio:
     if not np.isfinite(samples).all():
         raise AudioError("non_finite", "NaN or Inf samples")
     wave = prepare(samples, sr)
-    if len(wave) < MIN_SAMPLES:
-        raise AudioError("too_short", f"{len(wave)} samples at 16 kHz, fewer than {MIN_SAMPLES}")
+    if len(wave) < SAMPLES_PER_TOKEN:  # shorter clips crash encode_code
+        raise AudioError("too_short", f"{len(wave)} samples at 16 kHz, fewer than {SAMPLES_PER_TOKEN}")
     if not np.isfinite(wave).all():
         raise AudioError("non_finite", "NaN or Inf samples after resampling")
     return PreparedAudio(wave, sr, samples.shape[1], samples.shape[0])

@@ -18,15 +18,30 @@ import tempfile
 import threading
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
 import numpy as np
 import polars as pl
 
-from resources.audio import TARGET_SAMPLE_RATE, AudioError, PreparedAudio, load_wave, member_kind, segment_id_of
-from resources.bucket import AUDIO_TAR, METADATA_PARQUET, Bucket, BucketError, LocalBucket, ShardLayout, open_bucket
+from gpu_executor.codec import SAMPLE_RATE
+from resources.audio import (
+    AudioError,
+    PreparedAudio,
+    load_wave,
+    member_kind,
+    segment_id_of,
+)
+from resources.bucket import (
+    AUDIO_TAR,
+    METADATA_PARQUET,
+    Bucket,
+    BucketError,
+    LocalBucket,
+    ShardLayout,
+    open_bucket,
+)
 
 log = logging.getLogger(__name__)
 
@@ -62,11 +77,7 @@ class Segment:
 
     @property
     def seconds(self) -> float:
-        return len(self.wave) / TARGET_SAMPLE_RATE
-
-    @property
-    def sample_count(self) -> int:
-        return len(self.wave)
+        return len(self.wave) / SAMPLE_RATE
 
 
 @dataclass
@@ -92,18 +103,25 @@ class ShardStats:
     audio_ids_without_metadata: list[str] = field(default_factory=list)
     non_audio_examples: list[str] = field(default_factory=list)
 
-    def as_dict(self) -> dict:
-        return asdict(self)
 
-
-def _first_present_value(frame: pl.DataFrame, column: str) -> str | None:
-    if column not in frame.columns:
+def metadata_label(frame: pl.DataFrame | None, column: str) -> str | None:
+    """A shard's `dataset` or `language` from its metadata: the most common non-empty value (ties: the first in
+    sort order), None where the column is missing or empty. The one rule for labels read from metadata.parquet."""
+    if frame is None or column not in frame.columns:
         return None
     values = frame.get_column(column).drop_nulls().cast(pl.Utf8)
     values = values.filter(values != "")
     if values.is_empty():
         return None
     return str(values.mode().sort()[0])
+
+
+def member_segment_id(member: tarfile.TarInfo) -> str | None:
+    """The segment id of a tar member that holds a segment's audio (supported or not); None for directories,
+    links and other files. The one rule for which members are segments."""
+    if not member.isfile() or member_kind(member.name) == "other":
+        return None
+    return segment_id_of(member.name)
 
 
 class ShardReader:
@@ -160,10 +178,8 @@ class ShardReader:
         self._pair_with_metadata()
         layout = self.layout.parse(self.prefix)
         frame = self.metadata
-        self.dataset = (_first_present_value(frame, "dataset") if frame is not None else None) or layout.get(
-            "dataset", "unknown")
-        self.language = (_first_present_value(frame, "language") if frame is not None else None) or layout.get(
-            "language", "unknown")
+        self.dataset = metadata_label(frame, "dataset") or layout.get("dataset", "unknown")
+        self.language = metadata_label(frame, "language") or layout.get("language", "unknown")
 
     def _load_metadata(self) -> None:
         key = f"{self.prefix}/{METADATA_PARQUET}"
@@ -234,15 +250,16 @@ class ShardReader:
                         f"after {len(self._members)} members")
         for m in self._members:
             self.stats.members += 1
-            if not m.isfile():
+            sid = member_segment_id(m)
+            if sid is not None:
+                self.stats.audio_members += 1
+                self._id_counts[sid] += 1
+            elif not m.isfile():
                 self.stats.directories_and_links += 1
-            elif member_kind(m.name) == "other":
+            else:
                 self.stats.non_audio_members += 1
                 if len(self.stats.non_audio_examples) < EXAMPLES:
                     self.stats.non_audio_examples.append(m.name)
-            else:
-                self.stats.audio_members += 1
-                self._id_counts[segment_id_of(m.name)] += 1
         dups = [sid for sid, n in self._id_counts.items() if n > 1]
         self.stats.duplicate_ids = len(dups)
         self.stats.duplicate_members = sum(self._id_counts[sid] for sid in dups)

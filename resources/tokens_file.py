@@ -26,14 +26,16 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-TOKENS_FILENAME = "neucodec_tokens.parquet"
+from gpu_executor.codec import SAMPLE_RATE, SAMPLES_PER_TOKEN
+from resources.bucket.base import TOKENS_PARQUET
+
+TOKENS_FILENAME = TOKENS_PARQUET  # kept for callers outside the package; prefer TOKENS_PARQUET
+
 PROVENANCE_KEY = "neucodec.provenance"
 FAILURES_KEY = "neucodec.failures"
 FORMAT_KEY = "neucodec.tokens_format"
 AUDIO_TAR_KEY = "neucodec.audio_tar"
 FORMAT_VERSION = "1"
-SAMPLES_PER_TOKEN = 320
-SAMPLE_RATE = 16_000
 COLUMNS = ("segment_id", "neucodec_tokens", "token_count")
 SCHEMA = pa.schema([
     pa.field("segment_id", pa.string()),  # nullable, as pandas/polars write it: the old fleet's files match
@@ -227,10 +229,6 @@ def read_tokens_file(path_or_bytes: str | os.PathLike[str] | bytes) -> tuple[pl.
     meta = read_tokens_metadata(path_or_bytes)
     data = io.BytesIO(path_or_bytes) if isinstance(path_or_bytes, bytes) else path_or_bytes
     return pl.read_parquet(data), meta
-
-
-def tokens_of(row_bytes: bytes) -> np.ndarray:
-    return np.frombuffer(row_bytes, dtype="<u2")
 
 
 @dataclass

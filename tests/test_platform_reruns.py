@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import tarfile
 
+import numpy as np
 import pytest
 
 from gpu_executor.encoder import provenance as engine_provenance
@@ -31,7 +32,7 @@ from resources.bucket import (
 )
 from resources.dagster_resources import EncoderResource, LoadedEncoder
 from resources.shard_reader import read_shard
-from resources.tokens_file import TokensFileWriter, read_tokens_file, tokens_of
+from resources.tokens_file import TokensFileWriter, read_tokens_file
 from tests.fixtures.platform import copy_tiny_shards
 from tests.fixtures.transfer import CountingProxy, s3_client_via, write_done_tokens
 
@@ -49,7 +50,7 @@ def rewrite_tokens(bucket: Bucket, prefix: str, tmp_path, *, provenance: dict | 
     writer = TokensFileWriter(tmp_path / "rewritten" / TOKENS_PARQUET,
                               provenance if provenance is not None else meta["provenance"])
     for sid, blob in zip(frame["segment_id"], frame["neucodec_tokens"]):
-        writer.add(sid, tokens_of(blob))
+        writer.add(sid, np.frombuffer(blob, dtype="<u2"))
     path = writer.close(meta["failures"], audio_tar=meta["audio_tar"] if keep_tar_record else None)
     bucket.upload_file(path, tokens_key(prefix))
 

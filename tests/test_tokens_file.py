@@ -17,7 +17,7 @@ from resources.bucket import open_bucket
 from resources.shard_reader import SegmentFailure
 from resources.tokens_file import (
     AUDIO_TAR_KEY,
-    TOKENS_FILENAME,
+    TOKENS_PARQUET,
     AudioTarRecord,
     TokensFileError,
     TokensFileWriter,
@@ -45,8 +45,8 @@ def write_file(path: Path, rows: dict[str, np.ndarray], row_group_rows: int = 2)
 def test_contract_round_trip(tmp_path: Path) -> None:
     rows = {"seg_a": codes(50, 0), "seg_b": codes(1, 1), "seg_c": codes(0, 2), "seg_d": codes(333, 3),
             "seg_e": codes(7, 4)}
-    path = write_file(tmp_path / TOKENS_FILENAME, rows)
-    assert TOKENS_FILENAME == "neucodec_tokens.parquet"
+    path = write_file(tmp_path / TOKENS_PARQUET, rows)
+    assert TOKENS_PARQUET == "neucodec_tokens.parquet"
 
     schema = pq.read_schema(path)
     assert schema.names == ["segment_id", "neucodec_tokens", "token_count"]
@@ -123,7 +123,7 @@ def test_codes_are_checked(tmp_path: Path) -> None:
 
 
 def test_an_error_leaves_no_file(tmp_path: Path) -> None:
-    path = tmp_path / TOKENS_FILENAME
+    path = tmp_path / TOKENS_PARQUET
     with pytest.raises(RuntimeError, match="encoder crashed"):
         with TokensFileWriter(path, PROVENANCE) as w:
             w.add("a", codes(5, 0))
@@ -182,10 +182,10 @@ def test_old_fleet_file_with_durations(tmp_path: Path) -> None:
 
 
 def test_upload_and_validate_from_s3(s3_env: dict[str, str], tmp_path: Path) -> None:
-    path = write_file(tmp_path / TOKENS_FILENAME, {"a": codes(10, 0)})
+    path = write_file(tmp_path / TOKENS_PARQUET, {"a": codes(10, 0)})
     bucket = open_bucket(f"s3://{s3_env['bucket']}")
-    bucket.upload_file(path, f"ds/hi/shard_000001/{TOKENS_FILENAME}")
-    data = bucket.read_bytes(f"ds/hi/shard_000001/{TOKENS_FILENAME}")
+    bucket.upload_file(path, f"ds/hi/shard_000001/{TOKENS_PARQUET}")
+    data = bucket.read_bytes(f"ds/hi/shard_000001/{TOKENS_PARQUET}")
     assert data == path.read_bytes()
     report = validate_tokens_file(data, {"a": 0.2})
     assert report.ok and report.rows == 1

@@ -4,7 +4,13 @@
 """
 
 from gpu_executor.encoder.calls import EncodedClips, EncodeStream
-from gpu_executor.encoder.engine import CHUNKING_MODES, GRAPH_MODES, PRECISIONS, NeucodecEncoder, default_batch_seconds
+from gpu_executor.encoder.engine import (
+           CHUNKING_MODES,
+           GRAPH_MODES,
+           PRECISIONS,
+           NeucodecEncoder,
+           default_batch_seconds,
+)
 from gpu_executor.encoder.loading import ModelLoadError
 
 __all__ = ["NeucodecEncoder", "ModelLoadError", "PRECISIONS", "CHUNKING_MODES", "GRAPH_MODES", "default_batch_seconds",

@@ -10,8 +10,9 @@ from dataclasses import dataclass
 
 __all__ = ["HOP", "SAMPLE_RATE", "padded_length", "plan_batches", "Chunk", "plan_chunks", "SEED_CHUNK_SAMPLES"]
 
-SAMPLE_RATE = 16_000
-HOP = 320  # samples per token (50 Hz)
+from gpu_executor.codec import SAMPLE_RATE
+from gpu_executor.codec import SAMPLES_PER_TOKEN as HOP
+
 SEED_CHUNK_SAMPLES = 30 * SAMPLE_RATE  # the old fleet's hard 30 s splits
 
 

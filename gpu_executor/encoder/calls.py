@@ -11,6 +11,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from gpu_executor.codec import SAMPLE_RATE
+
 __all__ = ["EncodedClips", "EncodeStream"]
 
 
@@ -38,7 +40,7 @@ class EncodeStream(Iterator[tuple[str, np.ndarray]]):
     """
 
     def __init__(self, encode: Callable[[list[np.ndarray], list[str]], EncodedClips],
-                 items: Iterable[tuple[str, np.ndarray]], budget_samples: int, sample_rate: int = 16_000) -> None:
+                 items: Iterable[tuple[str, np.ndarray]], budget_samples: int, sample_rate: int = SAMPLE_RATE) -> None:
         self._encode = encode
         self._budget = budget_samples
         self._rate = sample_rate

@@ -14,13 +14,29 @@ import torch
 import torch.nn.functional as F
 
 from gpu_executor.encoder.acoustic import BatchedCodecEnc, past_end
-from gpu_executor.encoder.batching import HOP, SAMPLE_RATE, padded_length, plan_batches, plan_chunks
+from gpu_executor.encoder.batching import (
+    HOP,
+    SAMPLE_RATE,
+    padded_length,
+    plan_batches,
+    plan_chunks,
+)
 from gpu_executor.encoder.calls import EncodedClips, EncodeStream
 from gpu_executor.encoder.fbank import BatchedFbank
 from gpu_executor.encoder.fused_activation import fused_activation_available
 from gpu_executor.encoder.graphs import BucketedSemantic
-from gpu_executor.encoder.loading import SEMANTIC_LAYERS, EncoderParts, load_parts, parts_from_neucodec
-from gpu_executor.encoder.precision import PRECISIONS, cast_matmul_weights, check_cpu_precision, tf32_mode
+from gpu_executor.encoder.loading import (
+    SEMANTIC_LAYERS,
+    EncoderParts,
+    load_parts,
+    parts_from_neucodec,
+)
+from gpu_executor.encoder.precision import (
+    PRECISIONS,
+    cast_matmul_weights,
+    check_cpu_precision,
+    tf32_mode,
+)
 from gpu_executor.encoder.provenance import build_provenance
 from gpu_executor.encoder.semantic import SemanticStack
 

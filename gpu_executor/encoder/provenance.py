@@ -13,6 +13,7 @@ IDENTITY_KEYS = (
     "semantic_layers", "precision", "acoustic_activation", "chunking", "max_clip_seconds", "device_class",
     "semantic_graphs",  # present only when not "off": bucket padding changes shapes, and so GPU rounding
 )
+from gpu_executor.codec import SAMPLE_RATE
 
 
 def device_class(device: object) -> str:
@@ -48,7 +49,7 @@ def build_provenance(info: dict[str, str], *, semantic_layers: int, precision: s
         "device_class": device_class(device),
         "random_weights": info.get("random_weights", "unknown"),
         "token_rate_hz": "50",
-        "sample_rate": "16000",
+        "sample_rate": str(SAMPLE_RATE),
     }
     prov.update(package_versions())
     return prov

@@ -17,9 +17,8 @@ import dagster as dg
 
 from neucodec_assets.tokens.metadata import TOKENS_ASSET_KEY
 from neucodec_assets.tokens.partitions import shards_partitions
-from resources.audio import member_kind, segment_id_of
 from resources.bucket import AUDIO_TAR, Bucket, LocalBucket, ObjectHead
-from resources.shard_reader import ShardError
+from resources.shard_reader import ShardError, member_segment_id
 from resources.tokens_file import AudioTarRecord, TokensFileReport
 
 VALID_CHECK = "tokens_file_valid"
@@ -129,8 +128,9 @@ def tar_audio_ids(bucket: Bucket, prefix: str) -> Counter:
         tar = tarfile.open(bucket.path(key), mode="r:") if stream is None else tarfile.open(fileobj=stream, mode="r|")
         with tar:
             for member in tar:
-                if member.isfile() and member_kind(member.name) != "other":
-                    ids[segment_id_of(member.name)] += 1
+                sid = member_segment_id(member)
+                if sid is not None:
+                    ids[sid] += 1
     except (tarfile.TarError, EOFError) as exc:
         raise ShardError(f"{AUDIO_TAR} of shard {prefix} cannot be listed: {exc}") from exc
     finally:

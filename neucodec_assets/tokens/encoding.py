@@ -44,9 +44,9 @@ from resources.bucket import (
 )
 from resources.dagster_resources import LoadedEncoder
 from resources.env_settings import env_number
-from resources.shard_reader import ShardReader
+from resources.shard_reader import ShardReader, metadata_label
 from resources.tokens_file import (
-    TOKENS_FILENAME,
+    TOKENS_PARQUET,
     AudioTarRecord,
     TokensFileError,
     TokensFileReport,
@@ -131,14 +131,7 @@ def read_shard_metadata(bucket: Bucket, prefix: str) -> ShardMetadata:
     if "segment_id" in frame.columns and "duration" in frame.columns:
         pairs = frame.select(pl.col("segment_id").cast(pl.Utf8), pl.col("duration").cast(pl.Float64)).drop_nulls()
         durations = dict(zip(pairs["segment_id"].to_list(), pairs["duration"].to_list()))
-    labels: dict[str, str | None] = {"dataset": None, "language": None}
-    for column in labels:
-        if column in frame.columns:
-            col = frame.get_column(column).drop_nulls().cast(pl.Utf8)
-            col = col.filter(col != "")
-            if not col.is_empty():
-                labels[column] = str(col.mode().sort()[0])
-    return ShardMetadata(durations, labels["dataset"], labels["language"])
+    return ShardMetadata(durations, metadata_label(frame, "dataset"), metadata_label(frame, "language"))
 
 
 def durations_from_metadata(bucket: Bucket, prefix: str) -> dict[str, float] | None:
@@ -297,7 +290,7 @@ def encode_shard(
     download); without it the tar is HEADed here, before encoding."""
     prefix = reader.prefix
     tar_before = audio_tar if audio_tar is not None else _head_or_none(target, _audio_key(prefix))
-    local = workdir / "tokens" / prefix / TOKENS_FILENAME
+    local = workdir / "tokens" / prefix / TOKENS_PARQUET
     provenance = {**loaded.provenance, **(extra_provenance or {})}
     seconds: dict[str, float] = {}
     expected = reader.segment_ids

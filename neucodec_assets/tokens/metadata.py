@@ -16,8 +16,6 @@ import dagster as dg
 from resources.bucket.base import TOKENS_PARQUET
 
 TOKENS_ASSET_KEY = dg.AssetKey("neucodec_tokens")
-SAMPLE_RATE = 16000
-HOP = 320
 
 # How a partition came to be materialized.
 STATUS_ENCODED = "encoded"
@@ -31,6 +29,8 @@ FAILED_TABLE_SCHEMA = dg.TableSchema(
         dg.TableColumn("reason", "string", description="why the segment has no tokens"),
     ]
 )
+from gpu_executor.codec import SAMPLE_RATE, SAMPLES_PER_TOKEN
+
 # A shard with thousands of bad segments would make one event row enormous: the table shows the first ones;
 # the tokens file's own metadata always holds all of them.
 MAX_FAILED_ROWS = 500
@@ -43,7 +43,7 @@ def tokens_key(prefix: str) -> str:
 
 def audio_seconds_from_tokens(total_tokens: int) -> float:
     """Audio length implied by a token count (each token covers 320 samples at 16 kHz)."""
-    return total_tokens * HOP / SAMPLE_RATE
+    return total_tokens * SAMPLES_PER_TOKEN / SAMPLE_RATE
 
 
 @dataclass

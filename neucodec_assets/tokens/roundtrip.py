@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import dagster as dg
 import numpy as np
 
+from gpu_executor.codec import SAMPLE_RATE
 from resources.env_settings import env_number
 
 __all__ = ["ROUNDTRIP_ENV", "DEFAULT_ROUNDTRIP_SAMPLES", "RANDOM_NOTE", "roundtrip_samples", "sample_ids",
@@ -60,7 +61,7 @@ def roundtrip_key(prefix: str, segment_id: str, which: str) -> str:
     return f"{prefix.rstrip('/')}/roundtrip/{segment_id}.{which}.wav"
 
 
-def wav_bytes(wave: np.ndarray, sr: int = 16_000) -> bytes:
+def wav_bytes(wave: np.ndarray, sr: int = SAMPLE_RATE) -> bytes:
     """16-bit PCM WAV (soundfile), clipped to [-1, 1]."""
     import soundfile as sf
 

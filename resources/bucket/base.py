@@ -12,7 +12,7 @@ from typing import BinaryIO
 
 AUDIO_TAR = "audio.tar"
 METADATA_PARQUET = "metadata.parquet"
-TOKENS_PARQUET = "neucodec_tokens.parquet"  # the same name as resources.tokens_file.TOKENS_FILENAME
+TOKENS_PARQUET = "neucodec_tokens.parquet"
 
 DEFAULT_SHARD_LAYOUT = "{dataset}/{language}/{shard}"
 UNKNOWN = "unknown"

@@ -9,7 +9,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from resources.bucket.base import Bucket, BucketError, ObjectHead, ShardLayout, check_key
+from resources.bucket.base import (
+    Bucket,
+    BucketError,
+    ObjectHead,
+    ShardLayout,
+    check_key,
+)
 
 
 class LocalBucket(Bucket):

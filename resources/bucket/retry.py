@@ -42,9 +42,11 @@ def is_transient(exc: BaseException) -> bool:
     """True for failures that a later identical request may not see: throttling, 5xx, connection problems."""
     from botocore.exceptions import (
         ClientError,
-        ConnectionError as BotoConnectionError,
         HTTPClientError,
         ResponseStreamingError,
+    )
+    from botocore.exceptions import (
+        ConnectionError as BotoConnectionError,
     )
     from urllib3.exceptions import HTTPError as Urllib3HTTPError
 

@@ -18,7 +18,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from resources.bucket.base import Bucket, BucketError, ObjectHead, ShardLayout, check_key
+from resources.bucket.base import (
+    Bucket,
+    BucketError,
+    ObjectHead,
+    ShardLayout,
+    check_key,
+)
 from resources.bucket.retry import RetryPolicy, call_with_retries, is_transient
 
 log = logging.getLogger(__name__)
