@@ -7,6 +7,7 @@ import dagster as dg
 import datasets
 import numpy as np
 import polars as pl
+import pyarrow.parquet as pq
 import pytest
 
 from neucodec_assets.sft import SftResource, sft_dataset, sft_pairs
@@ -21,7 +22,8 @@ from neucodec_assets.sft.training_ids import (
 from neucodec_assets.tokens.partitions import SHARDS_PARTITION_NAME
 from resources.bucket import open_bucket
 from resources.dagster_resources import BucketResource
-from resources.tokens_file import TOKENS_FILENAME, TokensFileWriter
+from resources.bucket.base import TOKENS_PARQUET
+from resources.tokens_file import TokensFileWriter
 from tests.fixtures.sft_data import random_codes
 
 WORDS = ["hello", "world", "selamat", "pagi", "dunia", "quick", "brown", "fox"]
@@ -32,10 +34,10 @@ def _write_shard(bucket, shard: str, rng: np.random.Generator, n: int, metadata:
     """A shard's tokens file and metadata; returns the expected records by segment id."""
     codes = {f"{shard.replace('/', '_')}_{i}": random_codes(rng, float(rng.uniform(1.0, 6.0))) for i in range(n)}
     with tempfile.TemporaryDirectory() as tmp:  # the platform's own tokens-file writer (DESIGN.md contract)
-        writer = TokensFileWriter(Path(tmp) / TOKENS_FILENAME, {"model": "test"})
+        writer = TokensFileWriter(Path(tmp) / TOKENS_PARQUET, {"model": "test"})
         for segment_id, segment_codes in codes.items():
             writer.add(segment_id, np.asarray(segment_codes, dtype=np.uint16))
-        bucket.upload_file(writer.close(), f"{shard}/{TOKENS_FILENAME}")
+        bucket.upload_file(writer.close(), f"{shard}/{TOKENS_PARQUET}")
     texts = {sid: " ".join(rng.choice(WORDS, size=int(rng.integers(2, 6)))) for sid in codes}
     texts[next(iter(codes))] = "  "  # one empty transcript per shard
     if metadata:
@@ -49,6 +51,29 @@ def _write_shard(bucket, shard: str, rng: np.random.Generator, n: int, metadata:
         bucket.put_bytes(f"{shard}/metadata.parquet", _parquet_bytes(frame))
     kept = list(codes)[1:] if metadata else []
     return {sid: {"codes": codes[sid], "text": texts[sid]} for sid in kept}
+
+
+def _record_files(root: Path, layout: SftLayout, shard: str) -> list[Path]:
+    """The shard's records files, train first."""
+    paths = [root / layout.records_key(shard, s) for s in ("train", "validation")]
+    return [path for path in paths if path.exists()]
+
+
+def _assert_records_follow(card_dir: Path, split: pl.DataFrame, records: pl.DataFrame) -> None:
+    """`datasets.load_dataset(<folder>, "records")` gives train and validation as the split file says, with no
+    speaker (of a dataset) on both sides."""
+    with tempfile.TemporaryDirectory() as cache:  # `datasets` would reuse its cache of the folder's earlier files
+        loaded = datasets.load_dataset(str(card_dir), "records", cache_dir=cache)
+        frames = {side: pl.from_arrow(loaded[side].data.table) for side in loaded}
+    assert set(frames) == {"train", "validation"}
+    assert sum(frame.height for frame in frames.values()) == records.height
+    speakers = {}
+    for side, rows in frames.items():
+        expected = split.filter(pl.col("split") == side)
+        assert rows.height == expected.height > 0
+        assert sorted(rows.get_column("segment_id")) == sorted(expected.get_column("segment_id"))
+        speakers[side] = set(rows.drop_nulls("speaker").select("dataset", "speaker").iter_rows())
+    assert speakers["train"] and speakers["validation"] and not speakers["train"] & speakers["validation"]
 
 
 def _parquet_bytes(frame: pl.DataFrame) -> bytes:
@@ -99,17 +124,16 @@ def test_pairs_and_dataset_on_a_local_bucket(tmp_path, tiny_qwen_tokenizer_dir, 
 
     layout = SftLayout()
     builder = TrainingIdsBuilder(load_tokenizer(tiny_qwen_tokenizer_dir))
-    assert not (root / layout.records_key(shards[2])).exists()  # all dropped: no (empty) file
-    records = pl.concat([pl.read_parquet(root / layout.records_key(s)) for s in shards[:2]])
+    assert not _record_files(root, layout, shards[2])  # all dropped: no (empty) file
+    record_files = [path for s in shards[:2] for path in _record_files(root, layout, s)]
+    records = pl.concat([pl.read_parquet(path) for path in record_files])
     assert records.height == len(expected) == 18
     for row in records.iter_rows(named=True):
         want = expected[row["segment_id"]]
         assert row["neucodec_tokens"] == want["codes"] and row["text"] == want["text"].strip()
         speaker = row["speaker"] or "unknown"
         assert builder.tokenizer.decode(row["input_ids"]) == render_training_text(speaker, row["text"], want["codes"])
-    by_hf = datasets.load_dataset(
-        "parquet", data_files=[str(root / layout.records_key(s)) for s in shards[:2]], split="train"
-    )
+    by_hf = datasets.load_dataset("parquet", data_files=[str(path) for path in record_files], split="train")
     assert by_hf.num_rows == 18 and by_hf[0]["neucodec_tokens"] == records.row(0, named=True)["neucodec_tokens"]
 
     result = _materialize([sft_dataset], instance, resources)
@@ -128,9 +152,8 @@ def test_pairs_and_dataset_on_a_local_bucket(tmp_path, tiny_qwen_tokenizer_dir, 
     assert packed["tokens"] == meta["training_tokens"] and packed["documents"] == 18
 
     split = pl.read_parquet(root / layout.meta_key("split.parquet"))
-    assert split.height == 18 and set(split.get_column("split")) <= {"train", "validation"}
-    speaker_sides = split.join(records.select("segment_id", "speaker"), on="segment_id").drop_nulls("speaker")
-    assert speaker_sides.group_by("speaker").agg(pl.col("split").n_unique()).get_column("split").max() == 1
+    assert split.height == 18 and set(split.get_column("split")) == {"train", "validation"}
+    assert meta["validation_segments"] == split.filter(pl.col("split") == "validation").height
     manifest = pl.read_parquet(root / layout.meta_key("manifest.parquet"))
     assert manifest.get_column("shard").to_list() == sorted(shards)
     assert manifest.get_column("segments").sum() == 18
@@ -138,10 +161,16 @@ def test_pairs_and_dataset_on_a_local_bucket(tmp_path, tiny_qwen_tokenizer_dir, 
     card_dir = root / layout.prefix
     card = (card_dir / "README.md").read_text()
     assert "- segments: 18" in card and "config_name: packed" in card
-    # the card's configs work as written: records only (not the platform's own parquet files), and packed splits
-    as_records = datasets.load_dataset(str(card_dir), "records", split="train")
-    assert as_records.num_rows == 18
-    packed_hf = datasets.load_dataset(str(card_dir), "packed")
+    # the card's configs work as written: records (not the platform's own parquet files) and packed blocks,
+    # both with the train/validation split of the split file
+    _assert_records_follow(card_dir, split, records)
+    packed_hf = datasets.load_dataset(str(card_dir))  # packed is the default config
+    assert set(packed_hf) == {"train", "validation"} and packed_hf["validation"].num_rows > 0
+    split_ids = dict(zip(records.get_column("segment_id"), records.get_column("input_ids").to_list()))
+    for side in ("train", "validation"):
+        side_ids = [split_ids[sid] for sid in split.filter(pl.col("split") == side).get_column("segment_id")]
+        side_blocks = pl.from_arrow(packed_hf[side].data.table)
+        assert side_blocks.get_column("input_ids").list.len().sum() == sum(len(ids) for ids in side_ids)
     blocks = pl.concat([pl.from_arrow(packed_hf[s].data.table) for s in packed_hf])
     assert blocks.get_column("input_ids").list.len().sum() == meta["training_tokens"]
     assert (blocks.get_column("attention_mask").list.sum() == blocks.get_column("input_ids").list.len()).all()
@@ -156,6 +185,22 @@ def test_pairs_and_dataset_on_a_local_bucket(tmp_path, tiny_qwen_tokenizer_dir, 
     _materialize([sft_dataset], instance, resources)
     assert pl.read_parquet(root / layout.meta_key("split.parquet")).equals(split)
 
+    # other split settings, and a shard whose records predate split folders: sft_dataset files the records
+    # again, so the loaded splits still follow the split file
+    legacy = root / f"{layout.prefix}/{shards[1]}.parquet"
+    legacy.parent.mkdir(parents=True)
+    pl.concat([pl.read_parquet(path) for path in _record_files(root, layout, shards[1])]).write_parquet(legacy)
+    for path in _record_files(root, layout, shards[1]):
+        path.unlink()
+    index_path = root / layout.index_key(shards[1])
+    pq.write_table(pq.read_table(index_path).drop_columns(["split"]), index_path)  # keeps the provenance
+    reseeded = {**resources, "sft": SftResource(tokenizer=str(tiny_qwen_tokenizer_dir), validation_fraction=0.5,
+                                                split_seed="other", pack=True, block_size=700)}
+    assert _materialize([sft_dataset], instance, reseeded).success
+    resplit = pl.read_parquet(root / layout.meta_key("split.parquet"))
+    assert not resplit.equals(split) and not legacy.exists()
+    _assert_records_follow(card_dir, resplit, records)
+
 
 def test_pairs_and_dataset_on_s3_without_tokenizer(s3_env, instance):
     url = f"s3://{s3_env['bucket']}"
@@ -165,8 +210,9 @@ def test_pairs_and_dataset_on_s3_without_tokenizer(s3_env, instance):
     instance.add_dynamic_partitions(SHARDS_PARTITION_NAME, ["emilia/ms/s0", "emilia/ms/missing"])
     resources = {"bucket": BucketResource(url=url), "sft": SftResource(prefix="out/sft", tokenizer="none")}
     assert _materialize([sft_pairs], instance, resources, partition_key="emilia/ms/s0").success
-    key = SftLayout("out/sft").records_key("emilia/ms/s0")
-    frame = pl.read_parquet(bucket.read_bytes(key))
+    keys = [SftLayout("out/sft").records_key("emilia/ms/s0", s) for s in ("train", "validation")]
+    key = next(k for k in keys if bucket.exists(k))
+    frame = pl.concat([pl.read_parquet(bucket.read_bytes(k)) for k in keys if bucket.exists(k)])
     assert "input_ids" not in frame.columns and set(frame.get_column("segment_id")) == set(expected)
     assert frame.schema["neucodec_tokens"] == pl.List(pl.UInt16)
     provenance = read_provenance(bucket.read_bytes(key))
@@ -191,7 +237,7 @@ def test_settings_fall_back_to_environment(monkeypatch):
     monkeypatch.setenv("NEUCODEC_SFT_PACK", "true")
     monkeypatch.setenv("NEUCODEC_SFT_BLOCK_SIZE", "4096")
     settings = SftResource()
-    assert settings.layout().records_key("a/b/c") == "train/sft/a/b/c.parquet"
+    assert settings.layout().records_key("a/b/c", "train") == "train/sft/train/a/b/c.parquet"
     assert settings.tokenizer_source() == "Scicom-intl/Multilingual-TTS-1.7B-Base"
     assert settings.pairing_config().min_chars_per_second == 0.0
     assert settings.pairing_config().max_chars_per_second == 40.0

@@ -5,7 +5,7 @@ import polars as pl
 import pytest
 
 from neucodec_assets.sft import pairing
-from neucodec_assets.sft.pairing import PairingConfig, pair_shard, shard_labels
+from neucodec_assets.sft.pairing import PairingConfig, pair_shard
 from tests.fixtures.sft_data import random_codes, tokens_frame
 
 SHARD = "indicvoices/hi/shard_000123"
@@ -113,8 +113,18 @@ def test_configured_text_column_and_clear_errors():
         PairingConfig(min_chars_per_second=5, max_chars_per_second=2)
 
 
-def test_shard_labels_layouts():
-    assert shard_labels("emilia/en/shard_1") == {"dataset": "emilia", "language": "en"}
-    assert shard_labels("raw/emilia/en/shard_1") == {"dataset": "emilia", "language": "en"}
-    assert shard_labels("shard_1") == {"dataset": "unknown", "language": "unknown"}
-    assert shard_labels("ms/common/shard_1", "{language}/{dataset}/{shard}") == {"dataset": "common", "language": "ms"}
+def test_labels_from_the_shard_key_follow_the_layout():
+    """Rows without dataset/language in their metadata take them from the shard key, read as the layout says."""
+    tokens = tokens_frame({"a": [1] * 100})
+    metadata = pl.DataFrame({"segment_id": ["a"], "text": ["some words"]})
+
+    def labels(shard: str, layout: str | None = None) -> tuple[str, str]:
+        config = PairingConfig(shard_layout=layout) if layout else PairingConfig()
+        row = pair_shard(shard, tokens, metadata, config).records.row(0, named=True)
+        return row["dataset"], row["language"]
+
+    assert labels("emilia/en/shard_1") == ("emilia", "en")
+    assert labels("raw/emilia/en/shard_1") == ("emilia", "en")
+    assert labels("shard_1") == ("unknown", "unknown")
+    assert labels("ms/common/shard_1", "{language}/{dataset}/{shard}") == ("common", "ms")
+    assert labels("emilia/shard_1", "{dataset}/{shard}") == ("emilia", "unknown")

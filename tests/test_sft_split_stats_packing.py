@@ -125,11 +125,13 @@ def test_card_and_charts_render():
             tokenizer="some/tokenizer",
             dropped={"empty_transcript": 3, "no_metadata_row": 0},
             packed={"block_size": 10240, "blocks": 1, "tokens": 750, "fill_ratio": 0.07, "oversized_documents": 0},
+            records_paths={"train": "train/**/*.parquet", "validation": "validation/**/*.parquet"},
             packed_paths={"train": "__packed__/train/*.parquet"},
             chart_paths={"Hours per language": "charts/hours_per_language.png"},
         )
     )
     assert card.startswith("---\n") and "config_name: packed" in card
+    assert '- split: validation\n    path: "validation/**/*.parquet"' in card
     assert "| ms | 1 | 0.00 | 500 |" in card and "- segments: 2" in card
     assert "empty_transcript: 3" in card and "no_metadata_row" not in card
     assert "![Hours per language](charts/hours_per_language.png)" in card

@@ -35,7 +35,7 @@ PREVIEW_ROWS = 5
 
 @functools.lru_cache(maxsize=2)
 def training_ids_builder(source: str, unknown_speaker: str) -> TrainingIdsBuilder:
-    """One tokenizer per process and source: loading a Qwen3 tokenizer and adding 65,537 tokens takes seconds."""
+    """One tokenizer per process and source: loading it and adding the speech tokens is too slow to repeat per shard."""
     return TrainingIdsBuilder(load_tokenizer(source), unknown_speaker=unknown_speaker)
 
 
@@ -52,9 +52,11 @@ def _pair_shard(store, shard: str, sft: SftResource, log) -> dict[str, object]:
     """Write one shard's SFT records; the materialization metadata of its partition."""
     source = sft.tokenizer_source()
     builder = training_ids_builder(source, sft.unknown_speaker) if source else None
-    outcome = write_shard_records(store, shard, sft.layout(), sft.pairing_config(), builder, source)
+    outcome = write_shard_records(store, shard, sft.layout(), sft.pairing_config(), builder, source,
+                                  validation_fraction=sft.fraction(), split_seed=sft.split_seed)
     result = outcome.pairing
-    where = f"-> {store.url}/{outcome.records_key}" if outcome.records_key else "(no records file: all dropped)"
+    where = (f"-> {', '.join(f'{store.url}/{key}' for key in outcome.records_keys.values())}"
+             if outcome.records_keys else "(no records file: all dropped)")
     log(f"{shard}: {result.kept} records of {result.token_rows} token rows and {result.metadata_rows} metadata rows "
         + where)
     drops = pl.DataFrame(
@@ -82,13 +84,13 @@ def _pair_shard(store, shard: str, sft: SftResource, log) -> dict[str, object]:
         "languages": dg.MetadataValue.json(outcome.by_language),
         "datasets": dg.MetadataValue.json(outcome.by_dataset),
         "tokenizer": source or "none (no input_ids)",
-        "records_key": outcome.records_key or "none (every segment dropped)",
+        "records_keys": dg.MetadataValue.json(outcome.records_keys),
         "records_bytes": outcome.records_bytes,
         "preview": dg.MetadataValue.md(_md_table(preview)),
         "seconds": round(outcome.seconds, 3),
     }
-    if outcome.records_key:
-        metadata["records_url"] = dg.MetadataValue.url(f"{store.url}/{outcome.records_key}")
+    for split, key in outcome.records_keys.items():
+        metadata[f"{split}_records_url"] = dg.MetadataValue.url(f"{store.url}/{key}")
     if outcome.training_tokens is not None:
         metadata["training_tokens"] = outcome.training_tokens
     return metadata
@@ -99,8 +101,9 @@ def _pair_shard(store, shard: str, sft: SftResource, log) -> dict[str, object]:
     deps=[TOKENS_ASSET_KEY],
     group_name=GROUP,
     kinds={"parquet", "polars"},
-    description="Tokens paired with transcripts for one shard: `{prefix}/{shard}.parquet` (DESIGN.md, SFT records), "
-    "with input_ids for the target model when a tokenizer is configured. Dropped segments are counted by reason.",
+    description="Tokens paired with transcripts for one shard, filed by split: `{prefix}/{split}/{shard}.parquet` "
+    "(DESIGN.md, SFT records), with input_ids for the target model when a tokenizer is configured. Dropped "
+    "segments are counted by reason.",
     # Many shards per run (one process and one tokenizer load for all of them), as for the tokens.
     backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=PAIRS_PER_RUN),
     automation_condition=pairs_condition(),
@@ -142,8 +145,8 @@ def roundtrip_by_language(instance: dg.DagsterInstance) -> pl.DataFrame | None:
     group_name=GROUP,
     automation_condition=dataset_condition(),
     kinds={"parquet", "huggingface"},
-    description="The SFT dataset over every paired shard: manifest, deterministic train/validation split, totals "
-    "per language and dataset, charts, a dataset card (README.md) beside the data, and optional packed blocks.",
+    description="The SFT dataset over every paired shard: split file, manifest, totals per language and dataset, "
+    "charts, a dataset card (README.md) whose configs load train and validation, and optional packed blocks.",
 )
 def sft_dataset(context: dg.AssetExecutionContext, bucket: BucketResource, sft: SftResource) -> dg.MaterializeResult:
     store = bucket.open()

@@ -27,6 +27,7 @@ class CardInputs:
     split_seed: str
     tokenizer: str | None
     dropped: dict[str, int] = field(default_factory=dict)
+    records_paths: dict[str, str] = field(default_factory=dict)  # split -> glob, for the splits with records
     packed: dict[str, int | float] | None = None  # block_size, blocks, tokens, fill ratio
     packed_paths: dict[str, str] = field(default_factory=dict)  # split -> glob
     split_path: str = "__sft_meta__/split.parquet"
@@ -52,19 +53,23 @@ def _table(frame: pl.DataFrame) -> str:
     return "\n".join([header, rule, *rows])
 
 
+def _config(name: str, default: bool, paths: dict[str, str]) -> list[str]:
+    """One entry of the `configs` list: a split per glob."""
+    lines = [f"- config_name: {name}", *(["  default: true"] if default else []), "  data_files:"]
+    for split, path in paths.items():
+        lines += [f"  - split: {split}", f'    path: "{path}"']
+    return lines
+
+
 def _front_matter(inputs: CardInputs) -> str:
-    lines = ["---", "task_categories:", "- text-to-speech", "tags:", "- neucodec", "- speech-tokens", "configs:"]
-    lines += [
-        "- config_name: records",
-        *([] if inputs.packed_paths else ["  default: true"]),
-        "  data_files:",
-        "  - split: train",
-        '    path: "**/*.parquet"',
-    ]
+    """YAML that tells `datasets` which files make up each config and split (packed is the default when present)."""
+    lines = ["---", "task_categories:", "- text-to-speech", "tags:", "- neucodec", "- speech-tokens"]
+    if inputs.records_paths or inputs.packed_paths:
+        lines.append("configs:")
+    if inputs.records_paths:
+        lines += _config("records", not inputs.packed_paths, inputs.records_paths)
     if inputs.packed_paths:
-        lines += ["- config_name: packed", "  default: true", "  data_files:"]
-        for split, path in inputs.packed_paths.items():
-            lines += [f"  - split: {split}", f'    path: "{path}"']
+        lines += _config("packed", True, inputs.packed_paths)
     lines.append("---")
     return "\n".join(lines)
 
@@ -109,8 +114,9 @@ def render_card(inputs: CardInputs) -> str:
     parts += [
         "## Records",
         "",
-        "One parquet file per source shard (`<shard>.parquet`), one row per segment present in both the tokens "
-        "file and the shard's metadata: `segment_id`, `dataset`, `language`, `speaker`, `text`, `audio_seconds` "
+        "One parquet file per source shard and split (`<split>/<shard>.parquet`), one row per segment present in "
+        "both the tokens file and the shard's metadata: `segment_id`, `dataset`, `language`, `speaker`, `text`, "
+        "`audio_seconds` "
         "(token_count / 50), `token_count`, `neucodec_tokens` (list<uint16>)"
         + (", `input_ids` (list<uint32>)." if inputs.tokenizer else "."),
         "",
@@ -122,9 +128,11 @@ def render_card(inputs: CardInputs) -> str:
         "",
         f"Validation fraction {inputs.validation_fraction:g} (seed {inputs.split_seed!r}): all segments of a speaker "
         "(per dataset) are on one side; segments without a speaker are assigned by a hash of their segment id. "
-        f"The assignment of every segment is in `{inputs.split_path}` (columns shard, segment_id, split); the "
-        "`records` config lists every segment under `train`, so join with that file to hold validation out"
-        + (", or use the `packed` config, which is split already." if inputs.packed_paths else "."),
+        "The records of each split are in their own folder (`train/`, `validation/`), which the `records` config "
+        "loads as its splits"
+        + ("" if len(inputs.records_paths) > 1 else " (a split without records is left out)")
+        + f"; `{inputs.split_path}` lists the side of every segment (columns shard, segment_id, split)."
+        + (" The `packed` config is split the same way." if inputs.packed_paths else ""),
         "",
     ]
     if inputs.packed:

@@ -1,7 +1,8 @@
-"""The work of `sft_dataset`, without Dagster: manifest, split, totals, charts, card and optional packing.
+"""The work of `sft_dataset`, without Dagster: split, manifest, totals, charts, card and optional packing.
 
 It walks the shards' index files one at a time and keeps only per-shard partial totals and histogram counts,
-so memory does not grow with the number of segments. Packing (optional) reads each shard's records once.
+so memory does not grow with the number of segments. Records are read only where needed: packing reads each
+shard's records once, and a shard filed under other split settings is filed again.
 """
 
 from __future__ import annotations
@@ -34,24 +35,26 @@ from neucodec_assets.sft.packing import (
 )
 from neucodec_assets.sft.pairing import DROP_REASONS
 from neucodec_assets.sft.parquet_io import read_frame, read_provenance
+from neucodec_assets.sft.shard_records import refile_shard_records, split_provenance
 from neucodec_assets.sft.split import (
     DEFAULT_VALIDATION_FRACTION,
-    TRAIN,
+    SPLITS,
     VALIDATION,
     assign_split,
 )
 from neucodec_assets.sft.stats import combine_overall, combine_totals, partial_totals
 from resources.bucket.base import Bucket
 
-SPLITS = (TRAIN, VALIDATION)
 SPLIT_SCHEMA = pa.schema([("shard", pa.large_string()), ("segment_id", pa.large_string()), ("split", pa.large_string())])
-BLOCKS_PER_PART = 1_024  # ~10.5M tokens per packed part file at the default block size
+BLOCKS_PER_PART = 1_024  # packed blocks per part file: parts a reader can stream, few enough to list
 HOURS_CHART = "hours_per_language.png"
 DURATION_CHART = "clip_duration_histogram.png"
 
 
 @dataclass
 class DatasetSettings:
+    """How the dataset is split and packed."""
+
     validation_fraction: float = DEFAULT_VALIDATION_FRACTION
     split_seed: str = ""
     pack: bool = False
@@ -123,18 +126,224 @@ def index_shards(bucket: Bucket, layout: SftLayout) -> list[tuple[str, str]]:
     return sorted(found)
 
 
+def read_shard_index(bucket: Bucket, layout: SftLayout, shard: str, index_key: str, settings: DatasetSettings,
+                     sizes: dict[str, int]) -> tuple[pl.DataFrame, dict[str, Any]]:
+    """The shard's index with its `split` under the current settings, and its provenance; records filed under
+    other settings are filed again first, so the split folders always agree with the split file."""
+    data = bucket.read_bytes(index_key)
+    provenance, index = read_provenance(data), read_frame(data)
+    split = assign_split(index, settings.validation_fraction, settings.split_seed)
+    if "split" not in index.columns or index.get_column("split").to_list() != split.to_list():
+        sizes.update(refile_shard_records(bucket, layout, shard, index, provenance, split,
+                                          split_provenance(settings.validation_fraction, settings.split_seed)))
+    return index.drop("split", strict=False).with_columns(split), provenance
+
+
+def _split_table(shard: str, index: pl.DataFrame) -> pa.Table:
+    """The shard's rows of the split file, which records every segment's side for provenance."""
+    return pa.table(
+        {
+            "shard": pa.array([shard] * index.height, pa.large_string()),
+            "segment_id": index.get_column("segment_id").to_arrow().cast(pa.large_string()),
+            "split": index.get_column("split").to_arrow().cast(pa.large_string()),
+        },
+        schema=SPLIT_SCHEMA,
+    )
+
+
+@dataclass
+class _Tally:
+    """What the walk over the shards keeps: small per-shard sums, never the segments themselves."""
+
+    partials: list[pl.DataFrame] = field(default_factory=list)
+    manifest_rows: list[dict[str, Any]] = field(default_factory=list)
+    histogram: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    dropped: dict[str, int] = field(default_factory=lambda: {reason: 0 for reason in DROP_REASONS})
+    tokenizers: set[str | None] = field(default_factory=set)
+
+    def add(self, shard: str, index: pl.DataFrame, provenance: dict[str, Any], layout: SftLayout,
+            sizes: dict[str, int]) -> None:
+        """Count one shard's segments, durations, drops and tokenizer, and add its manifest row."""
+        self.tokenizers.add(provenance.get("tokenizer"))
+        for reason, count in (provenance.get("dropped") or {}).items():
+            self.dropped[reason] = self.dropped.get(reason, 0) + int(count)
+        partial = partial_totals(index, ["language", "dataset", "split"])
+        self.partials.append(partial)
+        counts = duration_histogram(index.get_column("audio_seconds").to_numpy())
+        self.histogram = counts if self.histogram.size == 0 else self.histogram + counts
+        total = combine_overall(partial)
+        keys = {name: layout.records_key(shard, name) for name in set(index.get_column("split").to_list())}
+        self.manifest_rows.append(
+            {
+                "shard": shard,
+                **{f"{name}_key": keys.get(name) for name in SPLITS},
+                "records_bytes": sum(sizes.get(key, 0) for key in keys.values()),
+                "segments": int(total["segments"]),
+                "validation_segments": index.filter(pl.col("split") == VALIDATION).height,
+                "hours": float(total["hours"]),
+                "speech_tokens": int(total["speech_tokens"]),
+                "training_tokens": total.get("training_tokens"),
+                "tokenizer": provenance.get("tokenizer"),
+            }
+        )
+
+    def tokenizer_list(self) -> list[str | None]:
+        """The tokenizers seen, None (no input_ids) last."""
+        return sorted(self.tokenizers, key=lambda t: (t is None, str(t)))
+
+
+def _check_packable(shard: str, provenance: dict[str, Any], tokenizers: set[str | None]) -> None:
+    """Packing concatenates input_ids, so every shard needs them, all from one tokenizer."""
+    if provenance.get("tokenizer") is None:
+        raise ValueError(
+            f"packing needs input_ids, but shard {shard!r} was paired without a tokenizer: set "
+            "NEUCODEC_SFT_TOKENIZER and rematerialize sft_pairs"
+        )
+    if len(tokenizers) > 1:
+        raise ValueError(f"shards were tokenized with different tokenizers {sorted(map(str, tokenizers))}")
+
+
 def _pack_shard(bucket: Bucket, layout: SftLayout, shard: str, index: pl.DataFrame,
                 writers: dict[str, _PackedWriter], tmp: Path) -> None:
-    path = bucket.download_to(layout.records_key(shard), tmp / "records.parquet")
-    table = pq.read_table(path, columns=["segment_id", "input_ids"])
-    path.unlink()
-    if table.column("segment_id").to_pylist() != index.get_column("segment_id").to_list():
-        raise ValueError(f"records and index of shard {shard!r} disagree: rematerialize sft_pairs for it")
-    ids = table.column("input_ids").combine_chunks()
-    offsets = np.asarray(ids.offsets, dtype=np.int64)
-    values = np.asarray(ids.values, dtype=np.uint32)
-    for row, split in enumerate(index.get_column("split").to_list()):
-        writers[split].add(values[offsets[row] : offsets[row + 1]])
+    """Feed each split's records of the shard, in index order, to that split's packer."""
+    for split, writer in writers.items():
+        expected = index.filter(pl.col("split") == split).get_column("segment_id").to_list()
+        if not expected:
+            continue
+        path = bucket.download_to(layout.records_key(shard, split), tmp / "records.parquet")
+        table = pq.read_table(path, columns=["segment_id", "input_ids"])
+        path.unlink()
+        if table.column("segment_id").to_pylist() != expected:
+            raise ValueError(f"records and index of shard {shard!r} disagree: rematerialize sft_pairs for it")
+        ids = table.column("input_ids").combine_chunks()
+        offsets = np.asarray(ids.offsets, dtype=np.int64)
+        values = np.asarray(ids.values, dtype=np.uint32)
+        for row in range(len(expected)):
+            writer.add(values[offsets[row] : offsets[row + 1]])
+
+
+def _walk_shards(bucket: Bucket, layout: SftLayout, settings: DatasetSettings, shards: list[tuple[str, str]],
+                 tmp: Path, log: Callable[[str], None]) -> tuple[_Tally, dict[str, _PackedWriter]]:
+    """One pass over the shards: tally, write the split file to `tmp` and, if asked, pack."""
+    sizes = dict(bucket.list_keys(f"{layout.prefix}/"))
+    tally = _Tally()
+    writers = {s: _PackedWriter(bucket, layout, s, settings, tmp) for s in SPLITS} if settings.pack else {}
+    with pq.ParquetWriter(tmp / "split.parquet", SPLIT_SCHEMA, compression="zstd") as split_writer:
+        for number, (shard, index_key) in enumerate(shards, start=1):
+            index, provenance = read_shard_index(bucket, layout, shard, index_key, settings, sizes)
+            split_writer.write_table(_split_table(shard, index))
+            tally.add(shard, index, provenance, layout, sizes)
+            if settings.pack:
+                _check_packable(shard, provenance, tally.tokenizers)
+                _pack_shard(bucket, layout, shard, index, writers, tmp)
+            if number % 100 == 0:
+                log(f"sft_dataset: {number}/{len(shards)} shards read")
+    for writer in writers.values():
+        writer.finish()
+    return tally, writers
+
+
+@dataclass
+class _Summary:
+    """The dataset's totals, overall and per language, dataset and split."""
+
+    totals: dict[str, float | int]
+    by_language: pl.DataFrame
+    by_dataset: pl.DataFrame
+    by_split: pl.DataFrame
+
+    @classmethod
+    def of(cls, tally: _Tally) -> _Summary:
+        """Combine the shards' partial totals."""
+        partials = pl.concat(tally.partials, how="vertical_relaxed")
+        return cls(combine_overall(partials), combine_totals(partials, "language"),
+                   combine_totals(partials, "dataset"), combine_totals(partials, "split"))
+
+    def split_segments(self) -> dict[str, int]:
+        """Segments per split, for the splits that have any."""
+        return {row["split"]: int(row["segments"]) for row in self.by_split.iter_rows(named=True) if row["segments"]}
+
+
+def _upload_tables(bucket: Bucket, layout: SftLayout, tmp: Path, tally: _Tally, summary: _Summary,
+                   manifest: pl.DataFrame, charts: dict[str, bytes], shards: int) -> dict[str, str]:
+    """Upload split file, manifest, totals and charts (each one PUT); returns their keys and the card's."""
+    keys = {
+        "manifest": layout.meta_key("manifest.parquet"),
+        "split": layout.meta_key("split.parquet"),
+        "totals": layout.meta_key("totals.json"),
+        "card": layout.card_key,
+    }
+    bucket.upload_file(tmp / "split.parquet", keys["split"])
+    manifest.write_parquet(tmp / "manifest.parquet")
+    bucket.upload_file(tmp / "manifest.parquet", keys["manifest"])
+    totals_doc = {
+        "overall": summary.totals,
+        "by_language": summary.by_language.to_dicts(),
+        "by_dataset": summary.by_dataset.to_dicts(),
+        "by_split": summary.by_split.to_dicts(),
+        "dropped": tally.dropped,
+        "shards": shards,
+    }
+    bucket.put_bytes(keys["totals"], json.dumps(totals_doc, indent=1, default=str).encode())
+    for name, png in charts.items():
+        keys[name] = layout.chart_key(name)
+        bucket.put_bytes(keys[name], png)
+    return keys
+
+
+def _finish_packing(bucket: Bucket, layout: SftLayout, writers: dict[str, _PackedWriter],
+                    settings: DatasetSettings) -> tuple[dict[str, Any], dict[str, list[str]]]:
+    """Remove part files left from an earlier, larger packing; the packing figures and the parts per split."""
+    parts = {split: writer.keys for split, writer in writers.items()}
+    written = {key for keys in parts.values() for key in keys}
+    for key, _ in list(bucket.list_keys(layout.packed_prefix)):
+        if key not in written:
+            bucket.delete(key)
+    stats = [writer.packer.stats for writer in writers.values()]
+    blocks, tokens = sum(s.blocks for s in stats), sum(s.tokens for s in stats)
+    packed: dict[str, Any] = {
+        "block_size": settings.block_size,
+        "blocks": blocks,
+        "tokens": tokens,
+        "documents": sum(s.documents for s in stats),
+        "oversized_documents": sum(s.oversized_documents for s in stats),
+        "fill_ratio": tokens / (blocks * settings.block_size) if blocks else 0.0,
+    }
+    for split, writer in writers.items():
+        packed[f"{split}_blocks"] = writer.packer.stats.blocks
+    return packed, parts
+
+
+def _card(layout: SftLayout, settings: DatasetSettings, tally: _Tally, summary: _Summary, shards: int,
+          keys: dict[str, str], packed: dict[str, Any] | None, packed_parts: dict[str, list[str]],
+          quality: pl.DataFrame | None) -> str:
+    """The card's text, with paths relative to the card's folder."""
+
+    def relative(key: str) -> str:
+        return key.removeprefix(layout.prefix + "/")
+
+    return render_card(
+        CardInputs(
+            totals=summary.totals,
+            by_language=summary.by_language,
+            by_dataset=summary.by_dataset,
+            by_split=summary.by_split,
+            shards=shards,
+            validation_fraction=settings.validation_fraction,
+            split_seed=settings.split_seed,
+            tokenizer=", ".join(str(t) for t in tally.tokenizer_list() if t) or None,
+            dropped=tally.dropped,
+            records_paths={s: layout.records_glob(s) for s in SPLITS if s in summary.split_segments()},
+            packed=packed,
+            packed_paths={s: layout.packed_glob(s) for s, parts in packed_parts.items() if parts},
+            split_path=relative(keys["split"]),
+            quality=quality,
+            chart_paths={
+                "Hours per language": relative(keys[HOURS_CHART]),
+                "Clip durations": relative(keys[DURATION_CHART]),
+            },
+        )
+    )
 
 
 def build_dataset(
@@ -144,159 +353,32 @@ def build_dataset(
     log: Callable[[str], None] = lambda message: None,
     quality: pl.DataFrame | None = None,
 ) -> DatasetOutcome:
-    """Write manifest, split, totals, charts, card (and packed blocks) under the SFT prefix."""
+    """Write split, manifest, totals, charts, card (and packed blocks) under the SFT prefix."""
     start = time.perf_counter()
     shards = index_shards(bucket, layout)
     if not shards:
         raise ValueError(
             f"no SFT records under {bucket.url}/{layout.index_prefix}: materialize sft_pairs for some shards first"
         )
-    sizes = dict(bucket.list_keys(f"{layout.prefix}/"))
-    partials: list[pl.DataFrame] = []
-    manifest_rows: list[dict[str, Any]] = []
-    histogram = np.zeros(0, dtype=np.int64)
-    dropped = {reason: 0 for reason in DROP_REASONS}
-    tokenizers: set[str | None] = set()
     with tempfile.TemporaryDirectory(prefix="sft-dataset-") as tmp_name:
-        tmp = Path(tmp_name)
-        split_path = tmp / "split.parquet"
-        writers = {s: _PackedWriter(bucket, layout, s, settings, tmp) for s in SPLITS} if settings.pack else {}
-        with pq.ParquetWriter(split_path, SPLIT_SCHEMA, compression="zstd") as split_writer:
-            for number, (shard, index_key) in enumerate(shards, start=1):
-                data = bucket.read_bytes(index_key)
-                provenance = read_provenance(data)
-                tokenizers.add(provenance.get("tokenizer"))
-                for reason, count in (provenance.get("dropped") or {}).items():
-                    dropped[reason] = dropped.get(reason, 0) + int(count)
-                index = read_frame(data)
-                index = index.with_columns(assign_split(index, settings.validation_fraction, settings.split_seed))
-                split_writer.write_table(
-                    pa.table(
-                        {
-                            "shard": pa.array([shard] * index.height, pa.large_string()),
-                            "segment_id": index.get_column("segment_id").to_arrow().cast(pa.large_string()),
-                            "split": index.get_column("split").to_arrow().cast(pa.large_string()),
-                        },
-                        schema=SPLIT_SCHEMA,
-                    )
-                )
-                partial = partial_totals(index, ["language", "dataset", "split"])
-                partials.append(partial)
-                counts = duration_histogram(index.get_column("audio_seconds").to_numpy())
-                histogram = counts if histogram.size == 0 else histogram + counts
-                shard_total = combine_overall(partial)
-                validation = index.filter(pl.col("split") == VALIDATION)
-                manifest_rows.append(
-                    {
-                        "shard": shard,
-                        "records_key": layout.records_key(shard) if index.height else None,
-                        "records_bytes": sizes.get(layout.records_key(shard), 0),
-                        "segments": int(shard_total["segments"]),
-                        "validation_segments": validation.height,
-                        "hours": float(shard_total["hours"]),
-                        "speech_tokens": int(shard_total["speech_tokens"]),
-                        "training_tokens": shard_total.get("training_tokens"),
-                        "tokenizer": provenance.get("tokenizer"),
-                    }
-                )
-                if settings.pack:
-                    if provenance.get("tokenizer") is None:
-                        raise ValueError(
-                            f"packing needs input_ids, but shard {shard!r} was paired without a tokenizer: set "
-                            "NEUCODEC_SFT_TOKENIZER and rematerialize sft_pairs"
-                        )
-                    if len(tokenizers) > 1:
-                        raise ValueError(f"shards were tokenized with different tokenizers {sorted(map(str, tokenizers))}")
-                    if index.height:
-                        _pack_shard(bucket, layout, shard, index, writers, tmp)
-                if number % 100 == 0:
-                    log(f"sft_dataset: {number}/{len(shards)} shards read")
-        for writer in writers.values():
-            writer.finish()
-
-        all_partials = pl.concat(partials, how="vertical_relaxed")
-        by_language = combine_totals(all_partials, "language")
-        by_dataset = combine_totals(all_partials, "dataset")
-        by_split = combine_totals(all_partials, "split")
-        totals = combine_overall(all_partials)
-        manifest = pl.DataFrame(manifest_rows, infer_schema_length=None)
-        charts = {HOURS_CHART: hours_per_language_png(by_language), DURATION_CHART: duration_histogram_png(histogram)}
-
-        keys = {
-            "manifest": layout.meta_key("manifest.parquet"),
-            "split": layout.meta_key("split.parquet"),
-            "totals": layout.meta_key("totals.json"),
-            "card": layout.card_key,
-        }
-        bucket.upload_file(split_path, keys["split"])
-        manifest_path = tmp / "manifest.parquet"
-        manifest.write_parquet(manifest_path)
-        bucket.upload_file(manifest_path, keys["manifest"])
-        totals_doc = {
-            "overall": totals,
-            "by_language": by_language.to_dicts(),
-            "by_dataset": by_dataset.to_dicts(),
-            "by_split": by_split.to_dicts(),
-            "dropped": dropped,
-            "shards": len(shards),
-        }
-        bucket.put_bytes(keys["totals"], json.dumps(totals_doc, indent=1, default=str).encode())
-        for name, png in charts.items():
-            keys[name] = layout.chart_key(name)
-            bucket.put_bytes(keys[name], png)
-
-    packed = None
-    packed_parts: dict[str, list[str]] = {}
-    if settings.pack:
-        packed_parts = {split: writer.keys for split, writer in writers.items()}
-        written = {key for part in packed_parts.values() for key in part}
-        for key, _ in list(bucket.list_keys(layout.packed_prefix)):
-            if key not in written:
-                bucket.delete(key)  # parts of an earlier, larger packing
-        blocks = sum(w.packer.stats.blocks for w in writers.values())
-        tokens = sum(w.packer.stats.tokens for w in writers.values())
-        packed = {
-            "block_size": settings.block_size,
-            "blocks": blocks,
-            "tokens": tokens,
-            "documents": sum(w.packer.stats.documents for w in writers.values()),
-            "oversized_documents": sum(w.packer.stats.oversized_documents for w in writers.values()),
-            "fill_ratio": tokens / (blocks * settings.block_size) if blocks else 0.0,
-        }
-        for split, writer in writers.items():
-            packed[f"{split}_blocks"] = writer.packer.stats.blocks
-    tokenizer_list = sorted(tokenizers, key=lambda t: (t is None, str(t)))
-    card = render_card(
-        CardInputs(
-            totals=totals,
-            by_language=by_language,
-            by_dataset=by_dataset,
-            by_split=by_split,
-            shards=len(shards),
-            validation_fraction=settings.validation_fraction,
-            split_seed=settings.split_seed,
-            tokenizer=", ".join(str(t) for t in tokenizer_list if t) or None,
-            dropped=dropped,
-            packed=packed,
-            packed_paths={s: layout.packed_glob(s) for s, parts in packed_parts.items() if parts},
-            split_path=f"{keys['split'].removeprefix(layout.prefix + '/')}",
-            quality=quality,
-            chart_paths={
-                "Hours per language": keys[HOURS_CHART].removeprefix(layout.prefix + "/"),
-                "Clip durations": keys[DURATION_CHART].removeprefix(layout.prefix + "/"),
-            },
-        )
-    )
+        tally, writers = _walk_shards(bucket, layout, settings, shards, Path(tmp_name), log)
+        summary = _Summary.of(tally)
+        manifest = pl.DataFrame(tally.manifest_rows, infer_schema_length=None)
+        charts = {HOURS_CHART: hours_per_language_png(summary.by_language),
+                  DURATION_CHART: duration_histogram_png(tally.histogram)}
+        keys = _upload_tables(bucket, layout, Path(tmp_name), tally, summary, manifest, charts, len(shards))
+    packed, packed_parts = _finish_packing(bucket, layout, writers, settings) if settings.pack else (None, {})
+    card = _card(layout, settings, tally, summary, len(shards), keys, packed, packed_parts, quality)
     bucket.put_bytes(keys["card"], card.encode())  # last: the card describes files that all exist
     return DatasetOutcome(
         shards=len(shards),
-        totals=totals,
-        by_language=by_language,
-        by_dataset=by_dataset,
-        by_split=by_split,
+        totals=summary.totals,
+        by_language=summary.by_language,
+        by_dataset=summary.by_dataset,
+        by_split=summary.by_split,
         manifest=manifest,
-        dropped=dropped,
-        tokenizers=tokenizer_list,
+        dropped=tally.dropped,
+        tokenizers=tally.tokenizer_list(),
         charts=charts,
         card=card,
         keys=keys,

@@ -1,12 +1,15 @@
 """Where the SFT outputs live in the bucket, under one prefix (default `sft`).
 
-Records sit at `{prefix}/{shard}.parquet` so that `**/*.parquet` from the card's folder finds exactly them:
-Hugging Face `datasets` skips folders whose names start with `__`, which is where the platform's own files go.
+Records sit at `{prefix}/{split}/{shard}.parquet`: one folder per split, so the card's `configs` (and Hugging Face
+`datasets`' own folder-name rule) give `train` and `validation` as real splits. `datasets` skips folders whose
+names start with `__`, which is where the platform's own files go.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from neucodec_assets.sft.split import SPLITS
 
 DEFAULT_PREFIX = "sft"
 META_FOLDER = "__sft_meta__"
@@ -25,8 +28,20 @@ class SftLayout:
             raise ValueError("the SFT prefix must not be empty: records would mix with the shards")
         object.__setattr__(self, "prefix", cleaned)
 
-    def records_key(self, shard: str) -> str:
-        return f"{self.prefix}/{shard.strip('/')}.parquet"
+    def records_key(self, shard: str, split: str) -> str:
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; splits: {list(SPLITS)}")
+        return f"{self.prefix}/{split}/{shard.strip('/')}.parquet"
+
+    def unsplit_records_key(self, shard: str) -> str | None:
+        """Where records were kept before they were filed by split (None where that key is a split file)."""
+        shard = shard.strip("/")
+        return None if shard.split("/", 1)[0] in SPLITS else f"{self.prefix}/{shard}.parquet"
+
+    @staticmethod
+    def records_glob(split: str) -> str:
+        """Relative to the card's folder."""
+        return f"{split}/**/*.parquet"
 
     @property
     def index_prefix(self) -> str:

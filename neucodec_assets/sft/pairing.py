@@ -12,8 +12,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from resources.bucket.base import DEFAULT_SHARD_LAYOUT, ShardLayout
-from resources.bucket.base import UNKNOWN as UNKNOWN_LABEL
+from resources.bucket.base import DEFAULT_SHARD_LAYOUT, ShardInfo, ShardLayout
 
 SAMPLE_RATE = 16_000
 HOP_SAMPLES = 320
@@ -60,8 +59,8 @@ class PairingConfig:
 
     text_column: str | None = None  # None: the first present of TEXT_COLUMN_CANDIDATES
     shard_layout: str = DEFAULT_SHARD_LAYOUT  # how dataset/language are read from the shard key
-    # Characters (of the stripped transcript) per second of audio. Speech in the 12 languages lies around
-    # 3 (Chinese, Japanese) to 20 (fast Latin-script speech); values far outside mean a wrong transcript.
+    # Characters (of the stripped transcript) per second of audio: real speech lies well inside these bounds in
+    # every script, so a value outside them means a transcript that does not belong to the audio.
     min_chars_per_second: float = 1.0
     max_chars_per_second: float = 40.0
 
@@ -86,12 +85,6 @@ class PairingResult:
     @property
     def kept(self) -> int:
         return self.records.height
-
-
-def shard_labels(shard: str, layout: str = DEFAULT_SHARD_LAYOUT) -> dict[str, str]:
-    """`dataset` and `language` of a shard key laid out as `layout` (matched from the key's end; missing -> unknown)."""
-    parsed = ShardLayout(layout).parse(shard)
-    return {"dataset": parsed.get("dataset", UNKNOWN_LABEL), "language": parsed.get("language", UNKNOWN_LABEL)}
 
 
 def pick_text_column(columns: list[str], configured: str | None) -> str:
@@ -148,6 +141,96 @@ def _normalize_metadata(metadata: pl.DataFrame, config: PairingConfig) -> pl.Dat
     )
 
 
+class _Drops:
+    """Counts (and a few example ids) of dropped segments per reason, filled as the filters run."""
+
+    def __init__(self, examples_per_reason: int) -> None:
+        self.counts: dict[str, int] = {reason: 0 for reason in DROP_REASONS}
+        self.examples: dict[str, list[str]] = {}
+        self.examples_per_reason = examples_per_reason
+
+    def add(self, reason: str, ids: pl.Series) -> None:
+        self.counts[reason] += ids.len()
+        if ids.len():
+            self.examples[reason] = ids.head(self.examples_per_reason).to_list()
+
+    def filter(self, frame: pl.DataFrame, bad: pl.Expr, reason: str) -> pl.DataFrame:
+        """`frame` without the rows `bad` selects, which are counted under `reason`."""
+        self.add(reason, frame.filter(bad).get_column("segment_id"))
+        return frame.filter(~bad)
+
+
+def _tokens_columns(shard: str, tokens: pl.DataFrame) -> pl.DataFrame:
+    """The tokens file's three contract columns with fixed types; a clear error when one is missing."""
+    for column in ("segment_id", "neucodec_tokens", "token_count"):
+        if column not in tokens.columns:
+            raise ValueError(f"tokens file of {shard!r} has no {column} column; columns: {tokens.columns}")
+    return tokens.select(
+        pl.col("segment_id").cast(pl.String),
+        pl.col("neucodec_tokens").cast(pl.Binary),
+        pl.col("token_count").cast(pl.Int64),
+    )
+
+
+def _metadata_columns(metadata: pl.DataFrame | None, config: PairingConfig) -> pl.DataFrame:
+    """The metadata in the normalized columns; no file counts as no rows, so every token row is "no metadata"."""
+    if metadata is None:
+        return pl.DataFrame(schema={name: pl.String for name in
+                                    ("segment_id", "text", "speaker", "meta_dataset", "meta_language")})
+    return _normalize_metadata(metadata, config)
+
+
+def _drop_duplicate_metadata(tokens: pl.DataFrame, meta: pl.DataFrame,
+                             drops: _Drops) -> tuple[pl.DataFrame, pl.DataFrame, int]:
+    """Tokens and metadata without segment ids repeated in the metadata (no one transcript can be attributed to
+    them), and how many token rows that removed."""
+    dup_ids = meta.filter(pl.col("segment_id").is_duplicated()).get_column("segment_id").unique(maintain_order=True)
+    is_dup = pl.col("segment_id").is_in(dup_ids.implode())
+    dup_in_tokens = tokens.filter(is_dup).get_column("segment_id")
+    drops.add(DUPLICATE_METADATA_ROW, pl.concat([dup_in_tokens, dup_ids]).unique(maintain_order=True))
+    return tokens.filter(~is_dup), meta.filter(~pl.col("segment_id").is_duplicated()), dup_in_tokens.len()
+
+
+def _join_sides(tokens: pl.DataFrame, meta: pl.DataFrame, drops: _Drops) -> pl.DataFrame:
+    """Segments present on both sides, in tokens-file order; those on one side only are counted."""
+    drops.add(NO_METADATA_ROW, tokens.join(meta, on="segment_id", how="anti").get_column("segment_id"))
+    drops.add(NO_TOKENS, meta.join(tokens, on="segment_id", how="anti").get_column("segment_id"))
+    return tokens.join(meta, on="segment_id", how="inner", maintain_order="left")
+
+
+def _drop_unusable(joined: pl.DataFrame, config: PairingConfig, drops: _Drops) -> pl.DataFrame:
+    """Rows a model should not train on, each counted under the first reason that applies (DROP_REASONS order)."""
+    bad_bytes = (pl.col("neucodec_tokens").bin.size().fill_null(-1) != pl.col("token_count") * 2) | (
+        pl.col("token_count") <= 0
+    )
+    joined = drops.filter(joined, bad_bytes, BAD_TOKEN_BYTES)
+    joined = joined.with_columns(pl.col("text").str.strip_chars())
+    joined = drops.filter(joined, pl.col("text").is_null() | (pl.col("text").str.len_chars() == 0), EMPTY_TRANSCRIPT)
+    joined = joined.with_columns(
+        (pl.col("token_count") / TOKENS_PER_SECOND).alias("audio_seconds"),
+        pl.col("text").str.count_matches(r"\S+").alias("_words"),
+    ).with_columns((pl.col("text").str.len_chars() / pl.col("audio_seconds")).alias("_cps"))
+    joined = drops.filter(joined, pl.col("_words") > pl.col("token_count"), MORE_WORDS_THAN_TOKENS)
+    joined = drops.filter(joined, pl.col("_cps") < config.min_chars_per_second, TOO_FEW_CHARS_PER_SECOND)
+    return drops.filter(joined, pl.col("_cps") > config.max_chars_per_second, TOO_MANY_CHARS_PER_SECOND)
+
+
+def _records(joined: pl.DataFrame, shard: ShardInfo) -> pl.DataFrame:
+    """The contract columns; a row's own metadata labels win over the shard key's."""
+    if joined.height == 0:
+        return _empty_records()
+    return joined.select(
+        "segment_id",
+        pl.col("meta_dataset").fill_null(shard.dataset).alias("dataset"),
+        pl.col("meta_language").fill_null(shard.language).alias("language"),
+        "speaker",
+        "text",
+        "audio_seconds",
+        "token_count",
+        tokens_to_lists(joined.get_column("neucodec_tokens")),
+    )
+
+
 def pair_shard(
     shard: str,
     tokens: pl.DataFrame,
@@ -156,91 +239,15 @@ def pair_shard(
     examples_per_reason: int = 5,
 ) -> PairingResult:
     """Join one shard's tokens (segment_id, neucodec_tokens, token_count) with its metadata (None: no file)."""
-    for column in ("segment_id", "neucodec_tokens", "token_count"):
-        if column not in tokens.columns:
-            raise ValueError(f"tokens file of {shard!r} has no {column} column; columns: {tokens.columns}")
-    labels = shard_labels(shard, config.shard_layout)
-    tokens = tokens.select(
-        pl.col("segment_id").cast(pl.String),
-        pl.col("neucodec_tokens").cast(pl.Binary),
-        pl.col("token_count").cast(pl.Int64),
-    )
-    if metadata is None:
-        metadata_rows = 0
-        meta = pl.DataFrame(
-            schema={
-                "segment_id": pl.String,
-                "text": pl.String,
-                "speaker": pl.String,
-                "meta_dataset": pl.String,
-                "meta_language": pl.String,
-            }
-        )
-    else:
-        metadata_rows = metadata.height
-        meta = _normalize_metadata(metadata, config)
-
-    dropped: dict[str, int] = {reason: 0 for reason in DROP_REASONS}
-    examples: dict[str, list[str]] = {}
-
-    def drop(reason: str, ids: pl.Series) -> None:
-        dropped[reason] += ids.len()
-        if ids.len():
-            examples[reason] = ids.head(examples_per_reason).to_list()
-
-    # A segment id repeated in the metadata cannot be attributed to one transcript: drop all its rows.
-    duplicated = meta.filter(pl.col("segment_id").is_duplicated())
-    meta = meta.filter(~pl.col("segment_id").is_duplicated())
-    dup_ids = duplicated.get_column("segment_id").unique(maintain_order=True)
-    dup_in_tokens = tokens.filter(pl.col("segment_id").is_in(dup_ids.implode()))
-    tokens = tokens.filter(~pl.col("segment_id").is_in(dup_ids.implode()))
-    drop(DUPLICATE_METADATA_ROW, pl.concat([dup_in_tokens.get_column("segment_id"), dup_ids]).unique(maintain_order=True))
-
-    drop(NO_METADATA_ROW, tokens.join(meta, on="segment_id", how="anti").get_column("segment_id"))
-    drop(NO_TOKENS, meta.join(tokens, on="segment_id", how="anti").get_column("segment_id"))
-    joined = tokens.join(meta, on="segment_id", how="inner", maintain_order="left")
-
-    bad_bytes = pl.col("neucodec_tokens").bin.size().fill_null(-1) != pl.col("token_count") * 2
-    bad_bytes = bad_bytes | (pl.col("token_count") <= 0)
-    drop(BAD_TOKEN_BYTES, joined.filter(bad_bytes).get_column("segment_id"))
-    joined = joined.filter(~bad_bytes)
-
-    joined = joined.with_columns(pl.col("text").str.strip_chars())
-    empty = pl.col("text").is_null() | (pl.col("text").str.len_chars() == 0)
-    drop(EMPTY_TRANSCRIPT, joined.filter(empty).get_column("segment_id"))
-    joined = joined.filter(~empty)
-
-    joined = joined.with_columns(
-        (pl.col("token_count") / TOKENS_PER_SECOND).alias("audio_seconds"),
-        pl.col("text").str.count_matches(r"\S+").alias("_words"),
-    ).with_columns((pl.col("text").str.len_chars() / pl.col("audio_seconds")).alias("_cps"))
-    too_many_words = pl.col("_words") > pl.col("token_count")
-    drop(MORE_WORDS_THAN_TOKENS, joined.filter(too_many_words).get_column("segment_id"))
-    joined = joined.filter(~too_many_words)
-    too_slow = pl.col("_cps") < config.min_chars_per_second
-    drop(TOO_FEW_CHARS_PER_SECOND, joined.filter(too_slow).get_column("segment_id"))
-    joined = joined.filter(~too_slow)
-    too_fast = pl.col("_cps") > config.max_chars_per_second
-    drop(TOO_MANY_CHARS_PER_SECOND, joined.filter(too_fast).get_column("segment_id"))
-    joined = joined.filter(~too_fast)
-
-    if joined.height == 0:
-        records = _empty_records()
-    else:
-        records = joined.select(
-            "segment_id",
-            pl.col("meta_dataset").fill_null(labels["dataset"]).alias("dataset"),
-            pl.col("meta_language").fill_null(labels["language"]).alias("language"),
-            "speaker",
-            "text",
-            "audio_seconds",
-            "token_count",
-            tokens_to_lists(joined.get_column("neucodec_tokens")),
-        )
+    tokens = _tokens_columns(shard, tokens)
+    meta = _metadata_columns(metadata, config)
+    drops = _Drops(examples_per_reason)
+    tokens, meta, duplicate_token_rows = _drop_duplicate_metadata(tokens, meta, drops)
+    joined = _drop_unusable(_join_sides(tokens, meta, drops), config, drops)
     return PairingResult(
-        records=records,
-        token_rows=tokens.height + dup_in_tokens.height,
-        metadata_rows=metadata_rows,
-        dropped=dropped,
-        dropped_examples=examples,
+        records=_records(joined, ShardLayout(config.shard_layout).shard_info(shard, has_tokens=True)),
+        token_rows=tokens.height + duplicate_token_rows,
+        metadata_rows=0 if metadata is None else metadata.height,
+        dropped=drops.counts,
+        dropped_examples=drops.examples,
     )

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 PROVENANCE_KEY = b"neucodec_sft"
-ROW_GROUP_ROWS = 1_000  # ~3 MB of tokens per group: readers can stream a shard file
+ROW_GROUP_ROWS = 1_000  # rows per row group: readers can stream a shard file instead of loading it whole
 
 
 def frame_to_arrow(frame: pl.DataFrame, provenance: dict[str, Any]) -> pa.Table:

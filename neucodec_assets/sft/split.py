@@ -13,6 +13,7 @@ import polars as pl
 
 TRAIN = "train"
 VALIDATION = "validation"
+SPLITS = (TRAIN, VALIDATION)
 DEFAULT_VALIDATION_FRACTION = 0.01
 
 
@@ -30,6 +31,7 @@ def unit_interval(key: str, seed: str = "") -> float:
 
 
 def is_validation(key: str, fraction: float, seed: str = "") -> bool:
+    """Whether the unit `key` is held out."""
     return unit_interval(key, seed) < fraction
 
 
@@ -49,7 +51,9 @@ def assign_split(
     decided = pl.DataFrame(
         {
             "key": unique,
-            "split": [VALIDATION if is_validation(k, fraction, seed) else TRAIN for k in unique.to_list()],
+            "split": pl.Series(
+                [VALIDATION if is_validation(k, fraction, seed) else TRAIN for k in unique.to_list()], dtype=pl.String
+            ),
         }
     )
     return keys.to_frame().join(decided, on="key", how="left", maintain_order="left").get_column("split")

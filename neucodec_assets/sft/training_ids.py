@@ -1,6 +1,6 @@
 """Training ids for Multilingual-TTS: `<|im_start|>{speaker}: {text}<|speech_start|>` + speech tokens + `<|im_end|>`.
 
-The speech part is never rendered as a string (about 11 bytes per token): the id of `<|s_N|>` is the id of
+The speech part is never rendered as a string (many bytes per token): the id of `<|s_N|>` is the id of
 `<|s_0|>` plus N, which `SpeechTokenLayout` verifies once for all 65,536 tokens. Only the short text prefix
 goes through the tokenizer; since `<|speech_start|>` is an added token, the tokenizer splits on it first, so
 prefix ids + speech ids + `<|im_end|>` equal the ids of the whole rendered string.
