@@ -243,9 +243,10 @@ def run_size(n: int, endpoint: str, args: argparse.Namespace) -> None:
                 # 4. one backfill-daemon iteration: it plans the runs (backfill policy) and queues them all. It runs
                 # in a child process (Dagster's own iteration over this instance and workspace), stopped at
                 # --daemon-cap seconds; past the cap the time for all runs is projected from the rate so far.
-                from neucodec_assets.tokens.asset import shards_per_run
+                from gpu_executor.settings import load_settings
 
-                expected = -(-len(keys) // shards_per_run())
+                shards_per_run = load_settings().shards_per_run
+                expected = -(-len(keys) // shards_per_run)
                 child = subprocess.Popen([sys.executable, __file__, "--daemon-iteration"], cwd=REPO_ROOT,
                                          env=dict(os.environ))
                 start = time.perf_counter()
@@ -265,7 +266,7 @@ def run_size(n: int, endpoint: str, args: argparse.Namespace) -> None:
                           f"runs queued ({rate:,.1f} runs/s, workspace load included); all runs projected at "
                           f"{verdict(projected, TARGET_S)}")
                 else:
-                    print(f"backfill daemon iteration ({runs:,} runs of {shards_per_run()} shards queued, "
+                    print(f"backfill daemon iteration ({runs:,} runs of {shards_per_run} shards queued, "
                           f"{rate:,.1f} runs/s, workspace load included)  {verdict(daemon_s, TARGET_S)}")
 
                 # 5. the asset page's partition view.

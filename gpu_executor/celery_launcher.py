@@ -22,7 +22,6 @@ Resuming a run in a dead worker is not supported (workers register no resume tas
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -38,11 +37,13 @@ from dagster_celery.tags import DAGSTER_CELERY_QUEUE_TAG, DAGSTER_CELERY_TASK_ID
 from kombu import Exchange, Queue
 from typing_extensions import Self
 
+from gpu_executor.settings import Settings, load_settings
+
 GPU_POOL = "gpu"
 GPU_QUEUE = "gpu"
 DEFAULT_QUEUE = "dagster"
-BROKER_ENVS = ("NEUCODEC_CELERY_BROKER", "CELERY_BROKER_URL")
-BACKEND_ENVS = ("NEUCODEC_CELERY_BACKEND", "CELERY_RESULT_BACKEND")
+BROKER_ENVS = Settings.env_names("celery_broker")
+BACKEND_ENVS = Settings.env_names("celery_backend")
 #: Written by the worker while its run executes: "<celery task id>:<counter>".
 HEARTBEAT_TAG = "neucodec/celery_heartbeat"
 #: The Celery worker (``gpuN@box``) and GPU a run was given, for the UI and for tests.
@@ -59,15 +60,9 @@ COMMON_SETTINGS: dict[str, Any] = {
 }
 
 
-def env_first(names: Sequence[str]) -> str | None:
-    for name in names:
-        if os.environ.get(name):
-            return os.environ[name]
-    return None
-
-
 def broker_from_env() -> str:
-    broker = env_first(BROKER_ENVS)
+    """The broker URL (a secret: it may hold a password), read now."""
+    broker = load_settings().secret("celery_broker")
     if not broker:
         raise ValueError(f"no Celery broker: set {' or '.join(BROKER_ENVS)} (e.g. redis://host:6379/0)")
     return broker
@@ -75,7 +70,7 @@ def broker_from_env() -> str:
 
 def default_backend(broker: str) -> str:
     """The shared result backend: the env's, else a Redis broker itself (rpc:// is private to one process)."""
-    backend = env_first(BACKEND_ENVS)
+    backend = load_settings().secret("celery_backend")
     if backend:
         return backend
     if broker.startswith(("redis://", "rediss://")):

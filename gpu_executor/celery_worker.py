@@ -38,8 +38,6 @@ from dagster_celery.config import DEFAULT_CONFIG, TASK_EXECUTE_JOB_NAME
 from dagster_celery.make_app import make_app
 
 from gpu_executor.celery_launcher import (
-    DEFAULT_QUEUE,
-    GPU_QUEUE,
     HEARTBEAT_TAG,
     SLOT_TAG,
     WORKER_TAG,
@@ -47,10 +45,8 @@ from gpu_executor.celery_launcher import (
     configure_app,
     default_backend,
 )
-from gpu_executor.gpus import GPU_SLOT_ENV
+from gpu_executor.settings import load_settings
 
-HEARTBEAT_ENV = "NEUCODEC_CELERY_HEARTBEAT_SECONDS"
-QUEUES_ENV = "NEUCODEC_CELERY_QUEUES"
 logger = logging.getLogger(__name__)
 
 WORKER_SETTINGS: dict[str, Any] = {
@@ -68,7 +64,7 @@ class Heartbeat:
         self.instance, self.run_id, self.task_id, self.every = instance, run_id, task_id, every
         self.count = 0
         self.stop_event = threading.Event()
-        self.beat({WORKER_TAG: worker, SLOT_TAG: os.environ.get(GPU_SLOT_ENV, "none")})
+        self.beat({WORKER_TAG: worker, SLOT_TAG: load_settings().gpu_slot or "none"})
         self.thread = threading.Thread(target=self._loop, name="neucodec-celery-heartbeat", daemon=True)
         self.thread.start()
 
@@ -90,7 +86,7 @@ class Heartbeat:
 
 @contextmanager
 def _instance(args: ExecuteRunArgs) -> Iterator[dg.DagsterInstance]:
-    if os.environ.get("DAGSTER_HOME"):
+    if load_settings().dagster_home:
         with dg.DagsterInstance.get() as instance:
             yield instance
     else:
@@ -119,7 +115,7 @@ def register_tasks(app: Celery) -> Celery:
                                args.run_id, run.status.value if run else "gone")
                 return 0
             heartbeat = Heartbeat(instance, args.run_id, self.request.id, self.request.hostname or "?",
-                                  float(os.environ.get(HEARTBEAT_ENV, "15")))
+                                  load_settings().celery_heartbeat_seconds)
             proc = _run_process(args, instance)
 
             def forward(signum: int, _frame: object) -> None:
@@ -148,7 +144,7 @@ def register_tasks(app: Celery) -> Celery:
 def make_worker_app(broker: str | None = None, queues: list[str] | None = None) -> Celery:
     """The worker-side app: same queues and settings as CeleryGpuRunLauncher's, plus the worker settings."""
     broker = broker or broker_from_env()
-    names = queues or [q for q in os.environ.get(QUEUES_ENV, f"{GPU_QUEUE},{DEFAULT_QUEUE}").split(",") if q]
+    names = queues or [q.strip() for q in load_settings().celery_queues.split(",") if q.strip()]
     app = make_app(app_args={
         "broker": broker, "backend": default_backend(broker), "include": [],
         "config_source": {**DEFAULT_CONFIG, **WORKER_SETTINGS}, "task_default_queue": names[0],

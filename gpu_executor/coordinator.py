@@ -76,9 +76,9 @@ def parse_pool_limit(value: int | str | None) -> int | str:
     if value is None:
         return AUTO
     if isinstance(value, Mapping) and set(value) == {"env"}:
-        import os
+        from gpu_executor.settings import named_variable
 
-        name, value = str(value["env"]), os.environ.get(str(value["env"]))
+        name, value = str(value["env"]), named_variable(str(value["env"]))
         if value is None:
             raise ValueError(f"gpu_pool_limit: environment variable {name} is not set")
     text = str(value).strip().lower()

@@ -18,6 +18,7 @@ import sys
 import time
 
 from gpu_executor.gpus import GPU_SLOT_ENV, WORKER_HOST_ENV, detect_gpus, parse_gpu_list
+from gpu_executor.settings import load_settings
 
 RESTART_PAUSE_S = 5.0
 
@@ -28,7 +29,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="GPU ids, e.g. 0,1,2,3; `auto` (default): CUDA_VISIBLE_DEVICES, nvidia-smi or torch; "
                    "`none`: no GPU workers")
     p.add_argument("--name", default=None, help="box name in worker names gpuN@NAME (default: host name)")
-    p.add_argument("--queue", default=os.environ.get("NEUCODEC_CELERY_GPU_QUEUE", "gpu"),
+    p.add_argument("--queue", default=load_settings().celery_gpu_queue,
                    help="queue of GPU runs (default gpu; the launcher's gpu_queue)")
     p.add_argument("--cpu-slots", type=int, default=0,
                    help="also run N workers for runs outside the gpu pool (SFT, checks), default 0")

@@ -7,16 +7,17 @@ the encoder engine and notebooks can use it too.
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import subprocess
 from collections.abc import Mapping, Sequence
 
+from gpu_executor.settings import Settings, load_settings
+
 #: Set by the GPU run launcher in every run worker: the GPU id (as in `CUDA_VISIBLE_DEVICES`) or `cpuN`.
-GPU_SLOT_ENV = "NEUCODEC_GPU_SLOT"
+GPU_SLOT_ENV = Settings.env_names("gpu_slot")[0]
 #: Set by the GPU run launcher in every run worker: the launcher's host name.
-WORKER_HOST_ENV = "NEUCODEC_WORKER_HOST"
+WORKER_HOST_ENV = Settings.env_names("worker_host")[0]
 
 # Values of CUDA_VISIBLE_DEVICES that mean "no GPU at all".
 _NO_DEVICE_VALUES = {"", "-1", "nodevfiles", "none", "void"}
@@ -70,7 +71,7 @@ def detect_gpus(
     Order: the configured list; the launcher's own `CUDA_VISIBLE_DEVICES` (set to `""` or `-1` it means no GPU);
     `nvidia-smi`; `torch.cuda`. An empty list means a host without GPUs (the launcher then uses CPU slots).
     """
-    env = os.environ if env is None else env
+    env = load_settings().as_env() if env is None else env
     if configured is not None:
         return parse_gpu_list(configured), "config"
     visible = env.get("CUDA_VISIBLE_DEVICES")
@@ -89,7 +90,7 @@ def detect_gpus(
 
 def current_gpu_slot(env: Mapping[str, str] | None = None) -> dict[str, str]:
     """What this process was given, for materialization metadata: slot, visible devices, host."""
-    env = os.environ if env is None else env
+    env = load_settings().as_env() if env is None else env
     return {
         "gpu_slot": env.get(GPU_SLOT_ENV, "unassigned"),
         "cuda_visible_devices": env.get("CUDA_VISIBLE_DEVICES", "unset"),

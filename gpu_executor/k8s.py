@@ -24,21 +24,19 @@ the webserver, which submit runs):
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-K8S_CONFIG_TAG = "dagster-k8s/config"
-DEFAULT_GPU_RESOURCE = "nvidia.com/gpu"
+from gpu_executor.settings import Settings, default_of, load_settings
 
-GPUS_ENV = "NEUCODEC_K8S_GPUS"
-GPU_RESOURCE_ENV = "NEUCODEC_K8S_GPU_RESOURCE"
-NODE_SELECTOR_ENV = "NEUCODEC_K8S_NODE_SELECTOR"
-TOLERATIONS_ENV = "NEUCODEC_K8S_TOLERATIONS"
-CPU_ENV = "NEUCODEC_K8S_CPU"
-MEMORY_ENV = "NEUCODEC_K8S_MEMORY"
-EPHEMERAL_ENV = "NEUCODEC_K8S_EPHEMERAL_STORAGE"
-SPOOL_SIZE_ENV = "NEUCODEC_K8S_SPOOL_SIZE"
+K8S_CONFIG_TAG = "dagster-k8s/config"
+DEFAULT_GPU_RESOURCE = default_of("k8s_gpu_resource")
+
+GPUS_ENV, GPU_RESOURCE_ENV, NODE_SELECTOR_ENV, TOLERATIONS_ENV, CPU_ENV, MEMORY_ENV, EPHEMERAL_ENV, SPOOL_SIZE_ENV = (
+    Settings.env_names(f"k8s_{name}")[0]
+    for name in ("gpus", "gpu_resource", "node_selector", "tolerations", "cpu", "memory", "ephemeral_storage",
+                 "spool_size")
+)
 SPOOL_VOLUME = "neucodec-spool"
 SPOOL_PATH = "/spool"
 
@@ -98,7 +96,7 @@ def k8s_run_config(
 
     With a GPU the pod's env sets `NEUCODEC_DEVICE=cuda`: a pod whose GPU is unusable fails instead of encoding on
     the CPU at a fraction of the speed (explicit container env wins over the code location's ConfigMap)."""
-    env = os.environ if env is None else env
+    env = load_settings().as_env() if env is None else env
     resource = env.get(GPU_RESOURCE_ENV) or DEFAULT_GPU_RESOURCE
     if gpus is None:
         gpus = _int(env.get(GPUS_ENV, "1"), GPUS_ENV)

@@ -46,6 +46,7 @@ from typing_extensions import Self
 
 from gpu_executor.coordinator import GPU_POOL, encodes
 from gpu_executor.gpus import GPU_SLOT_ENV, WORKER_HOST_ENV, detect_gpus, parse_gpu_list
+from gpu_executor.settings import load_settings
 
 GPU_TAG = "neucodec/gpu"
 HOST_TAG = "neucodec/host"
@@ -76,8 +77,8 @@ def _parse_env_vars(items: Sequence[str]) -> dict[str, str]:
             raise ValueError(f"env_vars entry {item!r} has no variable name")
         if sep:
             out[key] = value
-        elif key in os.environ:
-            out[key] = os.environ[key]
+        elif key in os.environ:  # child environment: passed through
+            out[key] = os.environ[key]  # child environment
     return out
 
 
@@ -230,7 +231,7 @@ class GpuRunLauncher(RunLauncher, ConfigurableClass):
         if self._log_dir:
             path = Path(self._log_dir)
         else:
-            home = os.environ.get("DAGSTER_HOME")
+            home = load_settings().dagster_home
             path = Path(home) / "run_worker_logs" if home else Path(tempfile.gettempdir()) / "neucodec_run_workers"
         path.mkdir(parents=True, exist_ok=True)
         return path
@@ -264,7 +265,7 @@ class GpuRunLauncher(RunLauncher, ConfigurableClass):
                 slot, over = NO_SLOT, False
             gpu_env = slot if slot in self.slots and not slot.startswith("cpu") else ""
             env = {
-                **os.environ,
+                **os.environ,  # child environment
                 **_parse_env_vars(self._env_vars),
                 "CUDA_VISIBLE_DEVICES": gpu_env,
                 GPU_SLOT_ENV: slot,

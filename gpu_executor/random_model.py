@@ -27,6 +27,7 @@ import torch
 import yaml
 
 from gpu_executor.codec import SAMPLE_RATE, SAMPLES_PER_TOKEN
+from gpu_executor.settings import load_settings
 
 __all__ = [
     "RandomModelDirs",
@@ -109,8 +110,8 @@ class RandomModelDirs:
 
 def default_cache_root() -> Path:
     """``$NEUCODEC_CACHE_DIR`` or ``~/.cache/neucodec-platform``."""
-    env = os.environ.get("NEUCODEC_CACHE_DIR")
-    return Path(env) if env else Path.home() / ".cache" / "neucodec-platform"
+    configured = load_settings().cache_dir
+    return Path(configured) if configured else Path.home() / ".cache" / "neucodec-platform"
 
 
 def _calibration_wave(seconds: float = 2.0, sr: int = SAMPLE_RATE) -> np.ndarray:

@@ -20,11 +20,11 @@ from dagster._core.storage.tags import (
     PARTITION_NAME_TAG,
 )
 
+from gpu_executor.settings import Settings, load_settings
 from neucodec_assets.tokens.partitions import shards_partitions
-from resources.env_settings import env_str
 
-WEBHOOK_ENV = "NEUCODEC_ALERT_WEBHOOK_URL"
 SENSOR_NAME = "neucodec_alert_sensor"
+WEBHOOK_ENV = Settings.env_names("alert_webhook_url")[0]
 POST_ATTEMPTS = 3
 POST_TIMEOUT_SECONDS = 10
 MAX_SHARDS_IN_TEXT = 10
@@ -32,7 +32,8 @@ MAX_ERROR_CHARS = 1500
 
 
 def webhook_url() -> str | None:
-    return env_str(WEBHOOK_ENV)
+    """NEUCODEC_ALERT_WEBHOOK_URL, read per tick; a secret, never logged."""
+    return load_settings().secret("alert_webhook_url")
 
 
 def run_shard_keys(run: dg.DagsterRun, all_keys: Sequence[str]) -> list[str]:

@@ -15,22 +15,10 @@ from __future__ import annotations
 
 import dagster as dg
 
-from resources.env_settings import env_number, env_str
+from gpu_executor.settings import Settings, default_of
 
-AUTOMATION_ENV = "NEUCODEC_AUTOMATION"
-AUTOMATION_INTERVAL_ENV = "NEUCODEC_AUTOMATION_INTERVAL_SECONDS"
-DATASET_CRON_ENV = "NEUCODEC_SFT_DATASET_CRON"
-DEFAULT_DATASET_CRON = "0 * * * *"
 SENSOR_NAME = "neucodec_automation"
 PROGRESS_KEY = dg.AssetKey("encoding_progress")  # read by the dataset card; its refreshes alone rebuild nothing
-_ON, _OFF = ("on", "true", "1", "yes"), ("off", "false", "0", "no")
-
-
-def automation_enabled() -> bool:
-    raw = (env_str(AUTOMATION_ENV) or "on").lower()
-    if raw not in _ON + _OFF:
-        raise ValueError(f"{AUTOMATION_ENV}={raw!r}: use on or off")
-    return raw in _ON
 
 
 def _missing_not_failed() -> dg.AutomationCondition:
@@ -59,9 +47,8 @@ def pairs_condition() -> dg.AutomationCondition:
     ).with_label("tokens new or updated")
 
 
-def dataset_condition(cron: str | None = None) -> dg.AutomationCondition:
+def dataset_condition(cron: str = default_of("sft_dataset_cron")) -> dg.AutomationCondition:
     """Rebuild the dataset once per cron period, as soon as any shard's pairs changed since the last build."""
-    cron = cron or env_str(DATASET_CRON_ENV) or DEFAULT_DATASET_CRON
     pairs_updated = dg.AutomationCondition.any_deps_updated().ignore(dg.AssetSelection.assets(PROGRESS_KEY))
     return (
         dg.AutomationCondition.cron_tick_passed(cron).since_last_handled()
@@ -70,14 +57,14 @@ def dataset_condition(cron: str | None = None) -> dg.AutomationCondition:
     ).with_label(f"pairs changed, at most once per {cron}")
 
 
-def automation_sensor() -> dg.AutomationConditionSensorDefinition:
-    interval = env_number(AUTOMATION_INTERVAL_ENV, int, default=30, minimum=5)
+def automation_sensor(settings: Settings) -> dg.AutomationConditionSensorDefinition:
+    """Built when the code location loads: NEUCODEC_AUTOMATION and its interval shape the definition."""
     return dg.AutomationConditionSensorDefinition(
         SENSOR_NAME,
         target=dg.AssetSelection.all(),
-        default_status=dg.DefaultSensorStatus.RUNNING if automation_enabled() else dg.DefaultSensorStatus.STOPPED,
-        minimum_interval_seconds=interval,
+        default_status=dg.DefaultSensorStatus.RUNNING if settings.automation else dg.DefaultSensorStatus.STOPPED,
+        minimum_interval_seconds=settings.automation_interval_seconds,
         emit_backfills=True,
         description="Requests neucodec_tokens for new shards, sft_pairs after tokens, and sft_dataset when pairs "
-        f"changed (at most once per {DATASET_CRON_ENV}). Off: {AUTOMATION_ENV}=off, or stop it here.",
+        f"changed (at most once per {settings.sft_dataset_cron}). Off: NEUCODEC_AUTOMATION=off, or stop it here.",
     )

@@ -1,34 +1,57 @@
 """The code location: `dagster dev -w workspace.yaml`, `dagster asset materialize -m neucodec_assets.definitions`.
 
-Resources read their settings from NEUCODEC_* environment variables when a run starts (see
-resources/dagster_resources.py). Runs execute in one process: a run's shards share one loaded model, and the GPU
-run launcher's CUDA_VISIBLE_DEVICES applies to the process that encodes.
+The settings that shape definitions (the backfill policy, sensor intervals, schedules, the automation switch) are
+read here, once, when the code location loads; every other setting is read when a run or a tick starts (resources,
+``gpu_executor.settings``). Asset and sensor definitions show the values in effect as their metadata. Runs execute
+in one process: a run's shards share one loaded model, and the GPU run launcher's CUDA_VISIBLE_DEVICES applies to
+the process that encodes.
 """
 
 from __future__ import annotations
 
 import dagster as dg
 
+from gpu_executor.settings import Settings, load_settings
 from neucodec_assets.alerts import neucodec_alert_sensor
-from neucodec_assets.automation import automation_sensor
+from neucodec_assets.automation import automation_sensor, dataset_condition
 from neucodec_assets.progress_asset import (
     encoding_progress,
     encoding_progress_after_backfills,
     encoding_progress_job,
-    encoding_progress_schedule,
+    progress_schedule,
 )
-from neucodec_assets.sft import SftResource, sft_assets
-from neucodec_assets.tokens.asset import neucodec_tokens
-from neucodec_assets.tokens.discovery_sensor import shard_discovery_sensor
+from neucodec_assets.sft import SftResource, sft_dataset, sft_pairs
+from neucodec_assets.tokens.asset import RUN_SETTING_GROUPS, backfill_policy, neucodec_tokens
+from neucodec_assets.tokens.discovery_sensor import discovery_sensor
 from neucodec_assets.tokens.job import neucodec_tokens_job
 from resources.dagster_resources import BucketResource, EncoderResource
 
-defs = dg.Definitions(
-    assets=[neucodec_tokens, *sft_assets, encoding_progress],
-    jobs=[neucodec_tokens_job, encoding_progress_job],
-    schedules=[encoding_progress_schedule],
-    sensors=[shard_discovery_sensor, automation_sensor(), neucodec_alert_sensor,
-             encoding_progress_after_backfills],
-    resources={"bucket": BucketResource(), "encoder": EncoderResource(), "sft": SftResource()},
-    executor=dg.in_process_executor,
-)
+
+def settings_metadata(settings: Settings, groups: tuple[str, ...]) -> dg.MetadataValue:
+    """The settings in effect where the code location loaded, secrets masked, as a table for the asset page."""
+    rows = [dg.TableRecord({"variable": k, "value": v}) for k, v in settings.in_effect(groups).items()]
+    schema = dg.TableSchema(columns=[dg.TableColumn("variable", "string"), dg.TableColumn("value", "string")])
+    return dg.MetadataValue.table(rows, schema=schema)
+
+
+def build_definitions(settings: Settings) -> dg.Definitions:
+    """The definitions with the settings that shape them applied."""
+    tokens = neucodec_tokens.with_attributes(
+        backfill_policy=backfill_policy(settings.shards_per_run),
+    ).map_asset_specs(lambda spec: spec.merge_attributes(
+        metadata={"settings": settings_metadata(settings, RUN_SETTING_GROUPS)}))
+    dataset = sft_dataset.map_asset_specs(lambda spec: spec.replace_attributes(
+        automation_condition=dataset_condition(settings.sft_dataset_cron),
+    ).merge_attributes(metadata={"settings": settings_metadata(settings, ("sft", "automation"))}))
+    return dg.Definitions(
+        assets=[tokens, sft_pairs, dataset, encoding_progress],
+        jobs=[neucodec_tokens_job, encoding_progress_job],
+        schedules=[progress_schedule(settings.progress_cron)],
+        sensors=[discovery_sensor(settings.discovery_interval_seconds), automation_sensor(settings),
+                 neucodec_alert_sensor, encoding_progress_after_backfills],
+        resources={"bucket": BucketResource(), "encoder": EncoderResource(), "sft": SftResource()},
+        executor=dg.in_process_executor,
+    )
+
+
+defs = build_definitions(load_settings())

@@ -32,6 +32,7 @@ from datetime import datetime, timezone
 import dagster as dg
 import polars as pl
 
+from gpu_executor.settings import default_of, load_settings
 from neucodec_assets.tokens.metadata import (
     STATUS_ENCODED,
     TOKENS_ASSET_KEY,
@@ -42,16 +43,9 @@ from neucodec_assets.tokens.roundtrip import FIGURES as ROUNDTRIP_FIGURES
 from neucodec_assets.tokens.roundtrip import figures_from_metadata
 from resources.bucket import Bucket, BucketError
 from resources.bucket.base import ShardLayout
-from resources.env_settings import env_number, env_str
 
 PROGRESS_ASSET_KEY = dg.AssetKey("encoding_progress")
-CRON_ENV = "NEUCODEC_PROGRESS_CRON"
-DEFAULT_CRON = "*/10 * * * *"
-PRICE_ENV = "NEUCODEC_GPU_HOUR_PRICE"
-PREFIX_ENV = "NEUCODEC_PROGRESS_PREFIX"
-DEFAULT_PREFIX = "progress"
-METADATA_READS_ENV = "NEUCODEC_PROGRESS_METADATA_READS"
-DEFAULT_METADATA_READS = 2000
+DEFAULT_CRON = default_of("progress_cron")
 READ_THREADS = 16
 WINDOW_SECONDS = 3600.0
 HISTORY_HOURS = 48
@@ -64,19 +58,15 @@ STATES = (DONE, FAILED, IN_FLIGHT, PENDING)
 
 def gpu_hour_price() -> float:
     """Price of one GPU-hour in the user's currency; 0 (default) hides the cost."""
-    return float(env_number(PRICE_ENV, float, default=0.0, minimum=0.0))
+    return load_settings().gpu_hour_price
 
 
 def progress_prefix() -> str:
-    return (env_str(PREFIX_ENV) or DEFAULT_PREFIX).strip("/")
+    return load_settings().progress_prefix.strip("/")
 
 
 def metadata_reads_cap() -> int:
-    return int(env_number(METADATA_READS_ENV, int, default=DEFAULT_METADATA_READS, minimum=0))
-
-
-def progress_cron() -> str:
-    return env_str(CRON_ENV) or DEFAULT_CRON
+    return load_settings().progress_metadata_reads
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -323,7 +313,7 @@ def collect(instance: dg.DagsterInstance, bucket: Bucket | None, cache: Progress
         cap = metadata_reads_cap() if max_reads is None else max_reads
         if len(wanted) > cap:
             notes.append(f"read metadata.parquet of {cap} of {len(wanted)} unread not-done shards this pass "
-                         f"({METADATA_READS_ENV}); remaining hours of the rest are estimated")
+                         f"(NEUCODEC_PROGRESS_METADATA_READS); remaining hours of the rest are estimated")
         started = time.perf_counter()
         for item in read_durations(bucket, wanted[:cap]):
             cache.durations[item.key] = item

@@ -15,12 +15,12 @@ import dagster as dg
 
 from neucodec_assets.progress import (
     CHARTS,
+    DEFAULT_CRON,
     PROGRESS_ASSET_KEY,
     ProgressCache,
     collect,
     format_markdown,
     numeric_metadata,
-    progress_cron,
     progress_prefix,
     report_from,
 )
@@ -76,13 +76,18 @@ encoding_progress_job = dg.define_asset_job(
     description="Refresh encoding_progress (no GPU).",
 )
 
-encoding_progress_schedule = dg.ScheduleDefinition(
-    name="encoding_progress_schedule",
-    job=encoding_progress_job,
-    cron_schedule=progress_cron(),
-    default_status=dg.DefaultScheduleStatus.RUNNING,
-    description="Refreshes encoding_progress (NEUCODEC_PROGRESS_CRON, default every 10 minutes).",
-)
+def progress_schedule(cron: str = DEFAULT_CRON) -> dg.ScheduleDefinition:
+    """The refresh schedule; its cron (NEUCODEC_PROGRESS_CRON) is set when the code location loads."""
+    return dg.ScheduleDefinition(
+        name="encoding_progress_schedule",
+        job=encoding_progress_job,
+        cron_schedule=cron,
+        default_status=dg.DefaultScheduleStatus.RUNNING,
+        description=f"Refreshes encoding_progress ({cron}; NEUCODEC_PROGRESS_CRON).",
+    )
+
+
+encoding_progress_schedule = progress_schedule()
 
 
 BACKFILLS_SEEN = 20

@@ -1,7 +1,7 @@
-"""Dagster resources: the shard bucket and the neucodec encoder, configured from NEUCODEC_* environment variables.
+"""Dagster resources: the shard bucket and the neucodec encoder.
 
-Every field left unset falls back to its environment variable when a run starts (not when the code location
-loads), so the run worker's environment is what counts; values set in run config or the UI win over both.
+A field left unset takes its setting (``gpu_executor.settings``) when a run starts, not when the code location
+loads, so the run worker's environment is what counts; values set in run config or the UI win over both.
 The encoder is heavy (seconds to load, gigabytes of weights): it is loaded lazily, once per process and settings,
 so a run that encodes many shards loads it once and a run that only re-checks files never loads it.
 """
@@ -9,19 +9,18 @@ so a run that encodes many shards loads it once and a run that only re-checks fi
 from __future__ import annotations
 
 import threading
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 from pydantic import Field
 
-from resources.env_settings import env_flag, env_number, env_str
+from gpu_executor.settings import default_of, load_settings
 
 if TYPE_CHECKING:
     from resources.bucket import Bucket
 
-DEFAULT_MODEL = "neuphonic/neucodec"
-DEFAULT_SEMANTIC_MODEL = "facebook/w2v-bert-2.0"
+DEFAULT_MODEL = default_of("model")
 RANDOM_MODEL = "random"
 RANDOM_LABEL = "random (randomly initialized full-size neucodec architecture; tokens are meaningless)"
 
@@ -59,6 +58,9 @@ class EncoderSettings:
         return self.model == RANDOM_MODEL
 
 
+ENCODER_FIELDS = tuple(f.name for f in fields(EncoderSettings))
+
+
 @dataclass
 class LoadedEncoder:
     """An encoder ready to use, with the provenance and device description the platform records."""
@@ -80,7 +82,6 @@ def check_cuda_device(device: str) -> None:
     (NEUCODEC_DEVICE=cuda) without a working GPU must never fall back to encoding on the CPU."""
     if not device.startswith("cuda"):
         return
-    import os
     import socket
 
     import torch
@@ -90,10 +91,11 @@ def check_cuda_device(device: str) -> None:
     if index < count:
         return
     build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+    seen = load_settings()
     raise RuntimeError(
         f"NEUCODEC_DEVICE={device!r} but torch {torch.__version__} ({build}) sees {count} usable CUDA device(s) on "
-        f"{socket.gethostname()} (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}, "
-        f"NVIDIA_VISIBLE_DEVICES={os.environ.get('NVIDIA_VISIBLE_DEVICES')!r}). On Kubernetes this pod got no GPU: "
+        f"{socket.gethostname()} (CUDA_VISIBLE_DEVICES={seen.cuda_visible_devices!r}, "
+        f"NVIDIA_VISIBLE_DEVICES={seen.nvidia_visible_devices!r}). On Kubernetes this pod got no GPU: "
         "check its nvidia.com/gpu limit (the run's dagster-k8s/config tag) and the node's NVIDIA driver and device "
         "plugin; the image needs a CUDA build of torch. Not falling back to the CPU."
     )
@@ -151,9 +153,7 @@ def unload_encoders() -> None:
 
 
 class EncoderResource(dg.ConfigurableResource):
-    """The neucodec encoder; unset fields come from NEUCODEC_MODEL, NEUCODEC_SEMANTIC_MODEL, NEUCODEC_DEVICE,
-    NEUCODEC_PRECISION, NEUCODEC_BATCH_SECONDS, NEUCODEC_MAX_CLIP_SECONDS, NEUCODEC_CHUNKING,
-    NEUCODEC_STREAM_BUFFER_SECONDS and NEUCODEC_FUSED_ACTIVATION.
+    """The neucodec encoder; an unset field takes its ``NEUCODEC_*`` setting when the run starts.
 
     ``model="random"`` (``NEUCODEC_MODEL=random``) uses a cached randomly initialized model of the real
     architecture; provenance and outputs label it as random.
@@ -178,26 +178,13 @@ class EncoderResource(dg.ConfigurableResource):
     )
 
     def settings(self) -> EncoderSettings:
-        return EncoderSettings(
-            model=self.model or env_str("NEUCODEC_MODEL") or DEFAULT_MODEL,
-            semantic_model=self.semantic_model or env_str("NEUCODEC_SEMANTIC_MODEL") or DEFAULT_SEMANTIC_MODEL,
-            device=self.device or env_str("NEUCODEC_DEVICE") or "auto",
-            precision=self.precision or env_str("NEUCODEC_PRECISION") or "fp32",
-            batch_seconds=self.batch_seconds if self.batch_seconds is not None
-            else env_number("NEUCODEC_BATCH_SECONDS"),
-            max_clip_seconds=self.max_clip_seconds if self.max_clip_seconds is not None
-            else env_number("NEUCODEC_MAX_CLIP_SECONDS"),
-            chunking=self.chunking or env_str("NEUCODEC_CHUNKING"),
-            stream_buffer_seconds=self.stream_buffer_seconds if self.stream_buffer_seconds is not None
-            else env_number("NEUCODEC_STREAM_BUFFER_SECONDS"),
-            fused_activation=self.fused_activation if self.fused_activation is not None
-            else env_flag("NEUCODEC_FUSED_ACTIVATION"),
-        )
+        """The fields set here, else the settings in this process's environment (read now)."""
+        env = load_settings()
+        picked = {name: getattr(self, name) if getattr(self, name) is not None else getattr(env, name)
+                  for name in ENCODER_FIELDS}
+        return EncoderSettings(**picked)
 
     def load(self) -> LoadedEncoder:
         """The encoder for these settings, loaded once per process."""
         return load_encoder(self.settings())
 
-    def describe(self) -> dict[str, str]:
-        """The settings as strings, for logs and metadata (no credentials live here)."""
-        return {k: "" if v is None else str(v) for k, v in asdict(self.settings()).items()}

@@ -26,6 +26,7 @@ import numpy as np
 import polars as pl
 
 from gpu_executor.codec import SAMPLE_RATE
+from gpu_executor.settings import load_settings
 from resources.audio import (
     AudioError,
     PreparedAudio,
@@ -47,7 +48,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_MEMBER_BYTES = 512 * 1024**2
 EXAMPLES = 20  # ids listed in stats for each kind of mismatch; the counts are complete
-SPOOL_ENV = "NEUCODEC_SPOOL_DIR"
 _BLOCK = tarfile.BLOCKSIZE
 
 
@@ -136,7 +136,7 @@ class ShardReader:
         self.prefetch = prefetch if prefetch is not None else 2 * self.workers + 1
         if self.prefetch < 1:
             raise ValueError("prefetch must be at least 1")
-        self.spool_dir = spool_dir or os.environ.get(SPOOL_ENV) or None
+        self.spool_dir = spool_dir or load_settings().spool_dir
         self.layout = layout or self.bucket.layout
         self.max_member_bytes = max_member_bytes
         self.metadata: pl.DataFrame | None = None

@@ -4,7 +4,6 @@ iteration over workspace.yaml, its cursor over a local folder and moto's S3 over
 
 from __future__ import annotations
 
-import importlib
 import io
 import logging
 import re
@@ -14,7 +13,9 @@ import polars as pl
 import psycopg2
 import pytest
 
+from gpu_executor.settings import default_of, load_settings
 from neucodec_assets import cli
+from neucodec_assets.definitions import build_definitions
 from neucodec_assets.tokens import discovery_sensor
 from neucodec_assets.tokens.checks import VALID_CHECK_KEY
 from neucodec_assets.tokens.discovery import DiscoveryCursor
@@ -69,15 +70,13 @@ def test_sensor_on_by_default_adds_shards_and_requests_no_runs(
     cursor = DiscoveryCursor.parse(state.instigator_data.cursor)
     assert cursor.tail == f"{shards[-1].prefix}/metadata.parquet"  # the daemon kept the sensor's place
 
-    # The interval comes from the environment of the code location.
-    monkeypatch.setenv(discovery_sensor.INTERVAL_ENV, "45")
-    try:
-        assert importlib.reload(discovery_sensor).shard_discovery_sensor.minimum_interval_seconds == 45
-    finally:
-        monkeypatch.delenv(discovery_sensor.INTERVAL_ENV)
-        reloaded = importlib.reload(discovery_sensor)
-    assert reloaded.shard_discovery_sensor.default_status == dg.DefaultSensorStatus.RUNNING
-    assert reloaded.shard_discovery_sensor.minimum_interval_seconds == discovery_sensor.DEFAULT_INTERVAL_SECONDS
+    # The interval comes from the environment of the code location, read when the definitions are built.
+    monkeypatch.setenv("NEUCODEC_DISCOVERY_INTERVAL_SECONDS", "45")
+    sensor = build_definitions(load_settings()).resolve_sensor_def("shard_discovery_sensor")
+    assert sensor.minimum_interval_seconds == 45
+    assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
+    monkeypatch.delenv("NEUCODEC_DISCOVERY_INTERVAL_SECONDS")
+    assert discovery_sensor.shard_discovery_sensor.minimum_interval_seconds == default_of("discovery_interval_seconds")
 
 
 def fake_shard(bucket: Bucket, prefix: str) -> None:
@@ -126,7 +125,7 @@ def test_sensor_cursor_lists_new_shards_only(discovery_bucket, pg_instance, monk
     first = [f"ds/hi/shard_{i:04d}" for i in range(30)]  # 60 objects
     for prefix in first:
         fake_shard(bucket, prefix)
-    monkeypatch.setenv(discovery_sensor.KEYS_PER_TICK_ENV, "25")
+    monkeypatch.setenv("NEUCODEC_DISCOVERY_KEYS_PER_TICK", "25")
     ticks = SensorTicks(pg_instance, url)
 
     found: list[str] = []
@@ -152,11 +151,11 @@ def test_sensor_cursor_finds_shards_sorting_before_it(discovery_bucket, pg_insta
     bucket, url = discovery_bucket
     for i in range(40):
         fake_shard(bucket, f"ds/hi/shard_{i:04d}")  # 80 objects
-    monkeypatch.setenv(discovery_sensor.KEYS_PER_TICK_ENV, "100")
+    monkeypatch.setenv("NEUCODEC_DISCOVERY_KEYS_PER_TICK", "100")
     ticks = SensorTicks(pg_instance, url)
     assert len(ticks.tick()[0]) == 40
 
-    monkeypatch.setenv(discovery_sensor.KEYS_PER_TICK_ENV, "20")
+    monkeypatch.setenv("NEUCODEC_DISCOVERY_KEYS_PER_TICK", "20")
     early = ["aa/new/shard_0000", "ds/hi/shard_0007b", "ds/en/shard_0000"]  # all before the cursor's tail
     for prefix in early:
         fake_shard(bucket, prefix)

@@ -98,7 +98,7 @@ def test_roundtrip_of_real_speech_through_the_random_model(loaded, tiny_shards_d
     lines: list[str] = []
 
     # off: no round trip, and the decoder is never loaded
-    monkeypatch.setenv(roundtrip.ROUNDTRIP_ENV, "0")
+    monkeypatch.setenv("NEUCODEC_ROUNDTRIP_SAMPLES", "0")
     roundtrip._DECODERS.clear()
     with read_shard(bucket, shards[1].prefix) as reader:
         off = encode_shard(reader, bucket, loaded, tmp_path / "work", lines.append)
@@ -106,7 +106,7 @@ def test_roundtrip_of_real_speech_through_the_random_model(loaded, tiny_shards_d
     assert roundtrip._DECODERS == {}
     assert not list(bucket.list_keys(f"{shards[1].prefix}/roundtrip/"))
 
-    monkeypatch.setenv(roundtrip.ROUNDTRIP_ENV, "2")
+    monkeypatch.setenv("NEUCODEC_ROUNDTRIP_SAMPLES", "2")
     prefix = shards[0].prefix
     with read_shard(bucket, prefix) as reader:
         source_waves = {s.segment_id: s.wave for s in reader.segments()}

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import torch
 
+from gpu_executor.settings import load_settings
+
 try:  # Triton ships with CUDA builds of torch; CPU builds run the unfused path.
     import triton
     import triton.language as tl
@@ -40,9 +42,7 @@ def fused_activation_available(device: torch.device) -> bool:
     """Whether the kernel can run for tensors on ``device`` (CUDA with Triton, or Triton's CPU interpreter)."""
     if triton is None:
         return False
-    import os
-
-    return device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
+    return device.type == "cuda" or load_settings().triton_interpret
 
 
 if triton is not None:

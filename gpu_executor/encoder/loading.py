@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from gpu_executor.neucodec_compat import import_neucodec
+from gpu_executor.settings import load_settings
 
 __all__ = [
     "EncoderParts",
@@ -69,7 +70,7 @@ def _is_local(name: str | os.PathLike) -> bool:
 def _hub_offline() -> bool:
     from huggingface_hub import constants
 
-    return bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes"}
+    return bool(constants.HF_HUB_OFFLINE) or load_settings().hf_hub_offline
 
 
 def resolve_folder(name: str | os.PathLike, patterns: list[str], what: str) -> ResolvedFolder:

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from gpu_executor.settings import default_of
 from neucodec_assets.sft.split import SPLITS
 
-DEFAULT_PREFIX = "sft"
+DEFAULT_PREFIX = default_of("sft_prefix")
 META_FOLDER = "__sft_meta__"
 PACKED_FOLDER = "__packed__"
 CHARTS_FOLDER = "charts"

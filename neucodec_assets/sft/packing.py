@@ -16,7 +16,9 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-DEFAULT_BLOCK_SIZE = 10_240
+from gpu_executor.settings import default_of
+
+DEFAULT_BLOCK_SIZE = default_of("sft_block_size")
 
 PACKED_SCHEMA = pa.schema(
     [

@@ -12,11 +12,9 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
+from gpu_executor.codec import TOKENS_PER_SECOND
+from gpu_executor.settings import default_of
 from resources.bucket.base import DEFAULT_SHARD_LAYOUT, ShardInfo, ShardLayout
-
-SAMPLE_RATE = 16_000
-HOP_SAMPLES = 320
-TOKENS_PER_SECOND = SAMPLE_RATE / HOP_SAMPLES  # 50 neucodec frames per second of 16 kHz audio
 
 TEXT_COLUMN_CANDIDATES = ("text", "transcript", "transcription", "sentence", "normalized_text")
 SPEAKER_COLUMN_CANDIDATES = ("speaker", "speaker_id")
@@ -61,8 +59,8 @@ class PairingConfig:
     shard_layout: str = DEFAULT_SHARD_LAYOUT  # how dataset/language are read from the shard key
     # Characters (of the stripped transcript) per second of audio: real speech lies well inside these bounds in
     # every script, so a value outside them means a transcript that does not belong to the audio.
-    min_chars_per_second: float = 1.0
-    max_chars_per_second: float = 40.0
+    min_chars_per_second: float = default_of("sft_min_cps")
+    max_chars_per_second: float = default_of("sft_max_cps")
 
     def __post_init__(self) -> None:
         if not 0 <= self.min_chars_per_second < self.max_chars_per_second:

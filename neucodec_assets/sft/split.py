@@ -11,10 +11,12 @@ import hashlib
 
 import polars as pl
 
+from gpu_executor.settings import default_of
+
 TRAIN = "train"
 VALIDATION = "validation"
 SPLITS = (TRAIN, VALIDATION)
-DEFAULT_VALIDATION_FRACTION = 0.01
+DEFAULT_VALIDATION_FRACTION = default_of("sft_validation_fraction")
 
 
 def split_key(dataset: str | None, speaker: str | None, segment_id: str) -> str:

@@ -18,6 +18,7 @@ import dagster as dg
 from pydantic import Field
 
 from gpu_executor.coordinator import GPU_POOL
+from gpu_executor.settings import Settings, default_of, load_settings
 from neucodec_assets.automation import tokens_condition
 from neucodec_assets.tokens.checks import (
     TOKENS_CHECK_SPECS,
@@ -27,45 +28,26 @@ from neucodec_assets.tokens.checks import (
     valid_evaluation,
 )
 from neucodec_assets.tokens.encoding import validate_existing
-from neucodec_assets.tokens.hang_watchdog import DEFAULT_HANG_SECONDS, HangWatchdog
+from neucodec_assets.tokens.hang_watchdog import HangWatchdog
 from neucodec_assets.tokens.metadata import TOKENS_ASSET_KEY, tokens_key
 from neucodec_assets.tokens.partitions import shards_partitions
 from neucodec_assets.tokens.shard_loop import FAILED, ShardOutcome, TokensRun
 from resources.bucket import Bucket, BucketError
 from resources.dagster_resources import BucketResource, EncoderResource
-from resources.env_settings import env_number
-from resources.shard_reader import SPOOL_ENV, ShardError, default_decode_workers
+from resources.shard_reader import ShardError, default_decode_workers
 from resources.tokens_file import TokensFileReport
 
-SHARDS_PER_RUN_ENV = "NEUCODEC_SHARDS_PER_RUN"
-DEFAULT_SHARDS_PER_RUN = 8
-DECODE_WORKERS_ENV = "NEUCODEC_DECODE_WORKERS"
-HANG_ENV = "NEUCODEC_HANG_SECONDS"
-MAX_SHARD_SECONDS_ENV = "NEUCODEC_MAX_SECONDS_PER_SHARD"
-DEFAULT_MAX_SECONDS_PER_SHARD = 7200.0
 MAX_RUNTIME_BASE_SECONDS = 900.0  # worker start and model load (a first download of the weights included)
 MAX_RUNTIME_TAG = "dagster/max_runtime"
 HUNG_EXIT_CODE = 75
 
 
-def shards_per_run() -> int:
+RUN_SETTING_GROUPS = ("bucket", "encoder", "run")  # what a tokens run reads; shown with its materializations
+
+
+def backfill_policy(shards_per_run: int = default_of("shards_per_run")) -> dg.BackfillPolicy:
     """How many shards a backfill puts into one run (one model load per run)."""
-    return env_number(SHARDS_PER_RUN_ENV, int, default=DEFAULT_SHARDS_PER_RUN, minimum=1)
-
-
-def decode_workers() -> int:
-    """Decode threads per shard: NEUCODEC_DECODE_WORKERS, else scaled to the cores of the box."""
-    return env_number(DECODE_WORKERS_ENV, int, default=default_decode_workers(), minimum=1)
-
-
-def hang_seconds() -> float:
-    """How long a run may go without an encoded segment or a downloaded byte before it is failed as hung."""
-    return env_number(HANG_ENV, float, default=DEFAULT_HANG_SECONDS, minimum=1)
-
-
-def max_seconds_per_shard() -> float:
-    """Wall-time budget per shard behind a run's `dagster/max_runtime`."""
-    return env_number(MAX_SHARD_SECONDS_ENV, float, default=DEFAULT_MAX_SECONDS_PER_SHARD, minimum=1)
+    return dg.BackfillPolicy.multi_run(max_partitions_per_run=shards_per_run)
 
 
 class TokensConfig(dg.Config):
@@ -123,14 +105,13 @@ def _outcome_events(outcomes: list[ShardOutcome]) -> Iterator[dg.AssetMaterializ
             )
 
 
-def _place_in_process_run(context: dg.AssetExecutionContext) -> None:
+def _place_in_process_run(context: dg.AssetExecutionContext, settings: Settings) -> None:
     """`dagster asset materialize` runs in the caller's process, outside the queue and the launcher: on a GPU host
     it takes a GPU that no launched run holds (and says which), or refuses, naming the way to queue the shard."""
-    from gpu_executor.gpus import GPU_SLOT_ENV
     from gpu_executor.launcher import GpuRunLauncher, NoFreeSlotError, slot_label
 
     launcher = context.instance.run_launcher
-    if os.environ.get(GPU_SLOT_ENV) or not isinstance(launcher, GpuRunLauncher) or not launcher.has_gpus:
+    if settings.gpu_slot or not isinstance(launcher, GpuRunLauncher) or not launcher.has_gpus:
         return
     try:
         slot = launcher.adopt_local_run(context.run)
@@ -157,12 +138,12 @@ def _fail_hung_run(context: dg.AssetExecutionContext, message: str) -> None:
     os._exit(HUNG_EXIT_CODE)
 
 
-def _set_max_runtime(context: dg.AssetExecutionContext, shards: int) -> None:
+def _set_max_runtime(context: dg.AssetExecutionContext, shards: int, seconds_per_shard: float) -> None:
     """`dagster/max_runtime` from the shards this run holds, unless the run already has one: run monitoring then
     fails a run that outlives its budget however it got stuck."""
     if MAX_RUNTIME_TAG in context.run.tags:
         return
-    budget = int(MAX_RUNTIME_BASE_SECONDS + shards * max_seconds_per_shard())
+    budget = int(MAX_RUNTIME_BASE_SECONDS + shards * seconds_per_shard)
     context.instance.add_run_tags(context.run_id, {MAX_RUNTIME_TAG: str(budget)})
 
 
@@ -183,7 +164,7 @@ def _set_max_runtime(context: dg.AssetExecutionContext, shards: int) -> None:
         )
     ],
     check_specs=TOKENS_CHECK_SPECS,
-    backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=shards_per_run()),
+    backfill_policy=backfill_policy(),  # definitions.py applies NEUCODEC_SHARDS_PER_RUN
     pool=GPU_POOL,
     can_subset=True,
 )
@@ -203,18 +184,22 @@ def neucodec_tokens(
             yield from selected(_check_only_evaluations(store, key))
         return
 
-    _set_max_runtime(context, len(keys))
-    _place_in_process_run(context)
+    settings = load_settings()
+    context.log.info("settings in effect: " + ", ".join(
+        f"{k}={v}" for k, v in settings.in_effect(RUN_SETTING_GROUPS).items() if v != "unset"))
+    _set_max_runtime(context, len(keys), settings.max_seconds_per_shard)
+    _place_in_process_run(context, settings)
     loaded = encoder.load()
     context.log.info(
         f"{len(keys)} shards in this run; model {loaded.model_label} on {loaded.device} "
         f"(loaded in {loaded.load_seconds:.1f} s); bucket {store.url}"
     )
-    with HangWatchdog(hang_seconds(), lambda message: _fail_hung_run(context, message)) as watchdog:
+    with HangWatchdog(settings.hang_seconds, lambda message: _fail_hung_run(context, message)) as watchdog:
         outcome = TokensRun(
             store, loaded, log=context.log.info, force=config.force, gpu=gpu_label(),
-            extra_provenance={"dagster_run_id": context.run_id}, decode_workers=decode_workers(),
-            spool_dir=os.environ.get(SPOOL_ENV) or None, watchdog=watchdog,
+            extra_provenance={"dagster_run_id": context.run_id},
+            decode_workers=settings.decode_workers or default_decode_workers(),
+            spool_dir=settings.spool_dir, watchdog=watchdog,
         ).run(keys)
 
     yield from _outcome_events(outcome.outcomes)

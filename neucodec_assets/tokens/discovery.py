@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 
 import dagster as dg
 
+from gpu_executor.settings import default_of
 from neucodec_assets.tokens.partitions import shards_partitions
 from resources.bucket import Bucket, ShardInfo
 from resources.bucket.base import shards_from_keys
@@ -89,8 +90,8 @@ class ListingBudget:
     """How much of the bucket one tick may list: ``max_keys`` objects and ``seconds`` of listing, whichever
     ends first (a slow endpoint still leaves the tick inside the sensor timeout)."""
 
-    max_keys: int = 50_000
-    seconds: float = 20.0
+    max_keys: int = default_of("discovery_keys_per_tick")
+    seconds: float = default_of("discovery_list_seconds")
 
 
 @dataclass

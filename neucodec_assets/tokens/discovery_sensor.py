@@ -5,10 +5,8 @@ sensor never requests runs. Each tick lists a bounded stretch of the bucket and 
 cursor (`neucodec_assets.tokens.discovery.DiscoveryCursor`), so a tick stays well inside the sensor timeout at 100,000
 shards and a shard is still found within one sweep wherever its key sorts.
 
-Settings (environment of the code location):
-- ``NEUCODEC_DISCOVERY_INTERVAL_SECONDS`` (default 300): how often a tick runs;
-- ``NEUCODEC_DISCOVERY_KEYS_PER_TICK`` (default 50,000): objects one tick may list (a shard is ~3 objects);
-- ``NEUCODEC_DISCOVERY_LIST_SECONDS`` (default 20): listing time one tick may spend, whichever ends first.
+Settings: ``NEUCODEC_DISCOVERY_INTERVAL_SECONDS`` (read when the code location loads), and
+``NEUCODEC_DISCOVERY_KEYS_PER_TICK`` / ``NEUCODEC_DISCOVERY_LIST_SECONDS`` (read per tick; whichever ends first).
 """
 
 # No `from __future__ import annotations`: Dagster reads the config and resource types from the runtime
@@ -16,6 +14,7 @@ Settings (environment of the code location):
 
 import dagster as dg
 
+from gpu_executor.settings import Settings, default_of, load_settings
 from neucodec_assets.tokens.discovery import (
     DiscoveryCursor,
     ListingBudget,
@@ -23,35 +22,16 @@ from neucodec_assets.tokens.discovery import (
 )
 from neucodec_assets.tokens.partitions import shards_partitions
 from resources.dagster_resources import BucketResource
-from resources.env_settings import env_number
-
-INTERVAL_ENV = "NEUCODEC_DISCOVERY_INTERVAL_SECONDS"
-KEYS_PER_TICK_ENV = "NEUCODEC_DISCOVERY_KEYS_PER_TICK"
-LIST_SECONDS_ENV = "NEUCODEC_DISCOVERY_LIST_SECONDS"
-DEFAULT_INTERVAL_SECONDS = 300
 
 
-def discovery_interval_seconds() -> int:
-    return env_number(INTERVAL_ENV, int, default=DEFAULT_INTERVAL_SECONDS, minimum=1)
+def listing_budget(settings: Settings | None = None) -> ListingBudget:
+    """Read per tick, so a changed setting applies without reloading the code location."""
+    settings = settings if settings is not None else load_settings()
+    return ListingBudget(max_keys=settings.discovery_keys_per_tick, seconds=settings.discovery_list_seconds)
 
 
-def listing_budget() -> ListingBudget:
-    """Read per tick (not at import), so a changed setting applies without reloading the code location."""
-    default = ListingBudget()
-    return ListingBudget(
-        max_keys=env_number(KEYS_PER_TICK_ENV, int, default=default.max_keys, minimum=1),
-        seconds=env_number(LIST_SECONDS_ENV, float, default=default.seconds, minimum=0.1),
-    )
-
-
-@dg.sensor(
-    name="shard_discovery_sensor",
-    description="Lists the bucket a stretch per tick (a cursor: new keys after the last one seen, plus a sweep "
-    "that wraps around) and adds every new shard as a partition of `shards`.",
-    minimum_interval_seconds=discovery_interval_seconds(),
-    default_status=dg.DefaultSensorStatus.RUNNING,
-)
-def shard_discovery_sensor(context: dg.SensorEvaluationContext, bucket: BucketResource) -> dg.SensorResult:
+def discover_shards(context: dg.SensorEvaluationContext, bucket: BucketResource) -> dg.SensorResult:
+    """One tick: list a stretch of the bucket and add the shards it found as partitions."""
     existing = context.instance.get_dynamic_partitions(shards_partitions.name)
     tick = discover_incremental(bucket.open(), existing, DiscoveryCursor.parse(context.cursor), listing_budget())
     cursor = tick.cursor.serialize()
@@ -61,3 +41,17 @@ def shard_discovery_sensor(context: dg.SensorEvaluationContext, bucket: BucketRe
     return dg.SensorResult(
         dynamic_partitions_requests=[shards_partitions.build_add_request(tick.plan.new_keys)], cursor=cursor,
     )
+
+
+def discovery_sensor(interval_seconds: int = default_of("discovery_interval_seconds")) -> dg.SensorDefinition:
+    """The sensor; its interval (NEUCODEC_DISCOVERY_INTERVAL_SECONDS) is set when the code location loads."""
+    return dg.sensor(
+        name="shard_discovery_sensor",
+        description="Lists the bucket a stretch per tick (a cursor: new keys after the last one seen, plus a sweep "
+        "that wraps around) and adds every new shard as a partition of `shards`.",
+        minimum_interval_seconds=interval_seconds,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+    )(discover_shards)
+
+
+shard_discovery_sensor = discovery_sensor()

@@ -19,6 +19,7 @@ import dagster as dg
 import polars as pl
 
 from gpu_executor.encoder.provenance import IDENTITY_KEYS
+from gpu_executor.settings import load_settings
 from neucodec_assets.tokens.checks import (
     Completeness,
     complete_evaluation,
@@ -43,7 +44,6 @@ from resources.bucket import (
     ObjectHead,
 )
 from resources.dagster_resources import LoadedEncoder
-from resources.env_settings import env_number
 from resources.shard_reader import ShardReader, metadata_label
 from resources.tokens_file import (
     TOKENS_PARQUET,
@@ -55,9 +55,6 @@ from resources.tokens_file import (
     validate_tokens_file,
 )
 
-PROGRESS_ENV = "NEUCODEC_PROGRESS_SECONDS"
-DEFAULT_PROGRESS_SECONDS = 30.0
-
 # IDENTITY_KEYS comes from the engine: the provenance entries that decide whether an existing tokens file was made
 # "the same way" - everything that can change a token, down to the activation kernel and the device class.
 
@@ -65,7 +62,8 @@ Log = Callable[[str], None]
 
 
 def progress_interval_seconds() -> float:
-    return env_number(PROGRESS_ENV, float, default=DEFAULT_PROGRESS_SECONDS)
+    """How often a shard logs progress (NEUCODEC_PROGRESS_SECONDS), read now."""
+    return load_settings().progress_seconds
 
 
 def encoding_identity(provenance: Mapping[str, object]) -> dict[str, str]:

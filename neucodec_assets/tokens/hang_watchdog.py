@@ -15,8 +15,6 @@ from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
-DEFAULT_HANG_SECONDS = 600.0
-
 
 def folder_bytes(path: Path | None) -> int:
     """Bytes of the files under ``path`` (0 when it does not exist); files vanishing meanwhile are skipped."""

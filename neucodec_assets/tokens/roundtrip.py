@@ -27,14 +27,12 @@ import dagster as dg
 import numpy as np
 
 from gpu_executor.codec import SAMPLE_RATE
-from resources.env_settings import env_number
+from gpu_executor.settings import load_settings
 
-__all__ = ["ROUNDTRIP_ENV", "DEFAULT_ROUNDTRIP_SAMPLES", "RANDOM_NOTE", "roundtrip_samples", "sample_ids",
+__all__ = ["RANDOM_NOTE", "roundtrip_samples", "sample_ids",
            "RoundtripSample", "roundtrip_for_shard", "decoder_for", "roundtrip_key", "wav_bytes",
            "decode_and_score", "RoundtripPair"]
 
-ROUNDTRIP_ENV = "NEUCODEC_ROUNDTRIP_SAMPLES"
-DEFAULT_ROUNDTRIP_SAMPLES = 4
 RANDOM_NOTE = ("made with randomly initialized weights: the decoded audio is noise and the figures say nothing about "
                "neucodec's quality; no threshold applies")
 FIGURES = ("stoi", "pesq", "si_sdr", "mel_distance")
@@ -43,8 +41,8 @@ Log = Callable[[str], None]
 
 
 def roundtrip_samples() -> int:
-    """Segments per shard to round-trip (``NEUCODEC_ROUNDTRIP_SAMPLES``, default 4; 0 turns it off)."""
-    return int(env_number(ROUNDTRIP_ENV, int, default=DEFAULT_ROUNDTRIP_SAMPLES, minimum=0))
+    """Segments per shard to round-trip (``NEUCODEC_ROUNDTRIP_SAMPLES``; 0 turns it off), read now."""
+    return load_settings().roundtrip_samples
 
 
 def sample_ids(segment_ids: Iterable[str], k: int, seed: str) -> list[str]:

@@ -6,10 +6,10 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+from gpu_executor.settings import load_settings
 from resources.bucket.base import (
     AUDIO_TAR,
     METADATA_PARQUET,
@@ -37,7 +37,7 @@ __all__ = [
 
 def bucket_url(url: str | None = None) -> str:
     """The bucket URL in force: ``url``, else ``NEUCODEC_BUCKET``, else the embedded local default."""
-    return url or os.environ.get(BUCKET_ENV) or str((Path.cwd() / DEFAULT_LOCAL_BUCKET).resolve())
+    return url or load_settings().bucket or str((Path.cwd() / DEFAULT_LOCAL_BUCKET).resolve())
 
 
 def open_bucket(url: str | None = None, *, layout: ShardLayout | None = None,

@@ -10,11 +10,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from gpu_executor.settings import default_of, load_settings
+
 AUDIO_TAR = "audio.tar"
 METADATA_PARQUET = "metadata.parquet"
 TOKENS_PARQUET = "neucodec_tokens.parquet"
 
-DEFAULT_SHARD_LAYOUT = "{dataset}/{language}/{shard}"
+DEFAULT_SHARD_LAYOUT = default_of("shard_layout")
 UNKNOWN = "unknown"
 
 
@@ -53,7 +55,8 @@ class ShardLayout:
 
     @classmethod
     def from_env(cls) -> "ShardLayout":
-        return cls(os.environ.get("NEUCODEC_SHARD_LAYOUT") or DEFAULT_SHARD_LAYOUT)
+        """The layout of NEUCODEC_SHARD_LAYOUT, read now."""
+        return cls(load_settings().shard_layout)
 
     def parse(self, prefix: str) -> dict[str, str]:
         fields = [f.strip("{}") for f in self.template.strip("/").split("/")]

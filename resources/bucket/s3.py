@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from gpu_executor.settings import Settings, load_settings
 from resources.bucket.base import (
     Bucket,
     BucketError,
@@ -33,13 +34,9 @@ MAX_SINGLE_PUT_BYTES = 5 * 1024**3  # S3's limit for one PUT
 STREAM_BUFFER_BYTES = 1 << 20
 
 
-def _env(name: str) -> str | None:
-    value = os.environ.get(name)
-    return value if value else None
-
-
-def _pair(id_var: str, secret_var: str) -> tuple[str, str] | None:
-    key_id, secret = _env(id_var), _env(secret_var)
+def _pair(settings: Settings, id_field: str, secret_field: str) -> tuple[str, str] | None:
+    key_id, secret = settings.secret(id_field), settings.secret(secret_field)
+    id_var, secret_var = Settings.env_names(id_field)[0], Settings.env_names(secret_field)[0]
     if key_id and secret:
         return key_id, secret
     if key_id or secret:
@@ -49,24 +46,25 @@ def _pair(id_var: str, secret_var: str) -> tuple[str, str] | None:
     return None
 
 
-def client_settings() -> dict[str, Any]:
-    """boto3 client arguments from the environment (R2_* first, then the standard AWS_* variables)."""
-    endpoint = _env("R2_ENDPOINT_URL") or _env("AWS_ENDPOINT_URL_S3") or _env("AWS_ENDPOINT_URL")
-    creds = _pair("R2_ACCESS_KEY_ID", "R2_SECRET_ACCESS_KEY")
+def client_settings(settings: Settings | None = None) -> dict[str, Any]:
+    """boto3 client arguments from the settings (R2_* first, then the standard AWS_* variables)."""
+    settings = settings if settings is not None else load_settings()
+    endpoint = settings.r2_endpoint_url
+    creds = _pair(settings, "r2_access_key_id", "r2_secret_access_key")
     if creds is None:
-        creds = _pair("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
-    if creds is None and not (_env("AWS_PROFILE") or Path("~/.aws/credentials").expanduser().is_file()):
+        creds = _pair(settings, "aws_access_key_id", "aws_secret_access_key")
+    if creds is None and not (settings.aws_profile or Path("~/.aws/credentials").expanduser().is_file()):
         raise BucketError(
             "no S3/R2 credentials: set R2_ACCESS_KEY_ID and R2_SECRET_ACCESS_KEY "
             "(or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or an AWS profile)"
         )
-    if endpoint is None and _env("R2_ACCESS_KEY_ID"):
+    if endpoint is None and settings.r2_access_key_id is not None:
         raise BucketError("R2_ENDPOINT_URL is not set: R2 credentials need the account's endpoint URL")
-    region = "auto" if endpoint else (_env("AWS_REGION") or _env("AWS_DEFAULT_REGION") or "us-east-1")
-    settings: dict[str, Any] = {"endpoint_url": endpoint, "region_name": region}
+    region = "auto" if endpoint else (settings.aws_region or "us-east-1")
+    out: dict[str, Any] = {"endpoint_url": endpoint, "region_name": region}
     if creds is not None:
-        settings["aws_access_key_id"], settings["aws_secret_access_key"] = creds
-    return settings
+        out["aws_access_key_id"], out["aws_secret_access_key"] = creds
+    return out
 
 
 def make_client(settings: dict[str, Any] | None = None):
