@@ -393,11 +393,9 @@ def available_cores() -> int:
 def default_decode_workers(cores: int | None = None) -> int:
     """Decode threads per shard when ``NEUCODEC_DECODE_WORKERS`` is unset: every core but one, from 2 up to 8.
 
-    Why these numbers (``bench/decode_bench.py``: FLAC decode + soxr HQ of espeak-ng speech, CPU time of one thread
-    on an AVX2 EPYC): 48 kHz stereo PCM_24 runs at ~700x real time per core, 44.1 kHz stereo ~780x, 16 kHz mono
-    ~6,000x; so a 2,000x GPU needs 3 cores of the worst format, and 8 threads (~5,600x) leave room for a 4,000x GPU
-    and slower cores. One core stays with the encoder's host thread (kernel launches, the fbank's CMVN) and the tar
-    reads; soundfile and soxr release the GIL, so threads suffice.
+    Why: decoding and resampling high-rate stereo costs a core per few hundred times real time
+    (``bench/decode_bench.py`` prints the figures), so a fast GPU needs several threads; one core stays with the
+    encoder's host thread and the tar reads. soundfile and soxr release the GIL, so threads suffice.
     """
     n = available_cores() if cores is None else cores
     return max(2, min(8, n - 1))

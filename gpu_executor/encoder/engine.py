@@ -93,7 +93,7 @@ class NeucodecEncoder:
 
     Build it with :meth:`from_pretrained` (hub ids or local folders) or :meth:`from_model` (a live
     ``neucodec.NeuCodec``). In ``fp32`` (default) on a CPU the codes equal the package's ``encode_code`` per clip
-    (on a GPU, cuDNN rounds a batch and a lone clip differently: measured 99.992% equal); ``tf32`` (CUDA) lets
+    (on a GPU, cuDNN rounds a batch and a lone clip differently, so a few codes can differ; README has the figure); ``tf32`` (CUDA) lets
     fp32 matmuls use TF32 tensor cores; ``bf16`` and ``fp16`` run the semantic model (and, on CUDA, the acoustic
     encoder) in that precision with weights cast once at load, the quantizer always in fp32. Clips longer than
     ``max_clip_seconds`` are chunked (their ids are in each call's ``chunked_ids``): ``overlap`` encodes

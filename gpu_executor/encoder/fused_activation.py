@@ -1,12 +1,12 @@
 """CodecEnc's anti-aliased SnakeBeta in two Triton kernels, for CUDA.
 
 The package runs each ``Activation1d`` as six passes over memory (replicate pad, depthwise transposed conv for the
-2x up-sampling, the snake expression, pad again, depthwise low-pass conv with stride 2); on an H100 the grouped
-transposed convolution alone took 15-30% of the whole encoder's GPU time. Here one kernel up-samples and applies
+2x up-sampling, the snake expression, pad again, depthwise low-pass conv with stride 2); the grouped transposed
+convolution alone is a large share of the encoder's GPU time (README, "GPU throughput"). Here one kernel up-samples and applies
 the snake (each value reads six input samples, indices clamped to its clip's own ``[0, n)``, which is what
 replicate padding and the engine's edge replication amount to) and a second low-pass filters that in fp32 (reads
-clamped to ``[0, 2n)``). A single kernel recomputing the twelve snake values each output needs measured 0.7 ms per
-call on an H100, half the bf16 encoder's GPU time: sines, not memory, bound it.
+clamped to ``[0, 2n)``). Two kernels, not one: a single kernel recomputes the twelve snake values each output needs,
+and sines, not memory, then bound it.
 
 It is the same function, but the sums run in another order than cuDNN's, so fp32 results differ in the last bits
 and a few tokens can flip: the engine uses it for ``bf16``/``fp16`` on CUDA and in ``fp32`` only when asked to.

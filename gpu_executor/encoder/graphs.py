@@ -1,7 +1,7 @@
 """wav2vec2-bert replayed from CUDA graphs, one per (batch, frames) bucket.
 
-Why: on an H100 the 16 layers are ~650 small kernels per batch, and the host cannot launch them as fast as the GPU
-runs them. A captured graph launches them all at once. A graph has fixed shapes, so a batch is padded up to the
+Why: the 16 layers are hundreds of small kernels per batch, and on a fast GPU the host cannot launch them as fast as
+the GPU runs them. A captured graph launches them all at once. A graph has fixed shapes, so a batch is padded up to the
 smallest bucket that holds it (padding is masked, as for any ragged batch) and the result trimmed back. Buckets
 grow geometrically, so a shard's batches fall into a few dozen of them; at most ``max_graphs`` are kept (least
 recently used dropped) and anything larger than the largest bucket runs eagerly.
