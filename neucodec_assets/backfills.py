@@ -12,9 +12,10 @@ import logging
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import dagster as dg
+from dagster._core.events.log import EventLogEntry
 from dagster._core.execution.backfill import BulkActionStatus, PartitionBackfill
 
 #: Backfill states after which nothing more happens.
@@ -52,6 +53,7 @@ class DaemonLoop:
         self.context = context  # a WorkspaceProcessContext
         self.queue = QueuedRunCoordinatorDaemon(interval_seconds=1)
         self._seen_failures: set[str] = set()  # failed runs already handed to the run retries step
+        self._event_cursors: dict[str, str] = {}  # run id -> cursor of the last event log entry handed on
 
     def tick(self) -> None:
         from dagster._daemon.auto_run_reexecution.auto_run_reexecution import (
@@ -73,19 +75,34 @@ class DaemonLoop:
             list(consume_new_runs_for_automatic_reexecution(self.context, failed, logger))
             self._seen_failures.update(r.dagster_run.run_id for r in failed)
 
+    def _new_events(self, run_id: str) -> Iterator[EventLogEntry]:
+        """The run's event log entries since the last call for it."""
+        while True:
+            page = self.context.instance.get_records_for_run(run_id, cursor=self._event_cursors.get(run_id),
+                                                              limit=1000)
+            self._event_cursors[run_id] = page.cursor
+            yield from (record.event_log_entry for record in page.records)
+            if not page.has_more:
+                return
+
     def until_done(self, backfill_id: str, *, timeout: float, every: float = 0.5,
-                   progress: Callable[[str], None] | None = None) -> BulkActionStatus:
-        """Tick until the backfill ends; ``progress`` hears each change of its runs' states."""
+                   progress: Callable[[str], None] | None = None,
+                   events: Callable[[EventLogEntry], None] | None = None) -> BulkActionStatus:
+        """Tick until the backfill ends; ``progress`` hears each change of its runs' states, ``events`` each new
+        entry of their event logs (the run workers write them to the instance, in their own processes)."""
         instance = self.context.instance
         deadline, last = time.monotonic() + timeout, ""
         while True:
             self.tick()
             status = instance.get_backfill(backfill_id).status
-            if progress is not None:
+            if progress is not None or events is not None:
                 runs = instance.get_runs(filters=dg.RunsFilter(tags={"dagster/backfill": backfill_id}))
+                for run in reversed(runs) if events is not None else ():  # oldest first
+                    for entry in self._new_events(run.run_id):
+                        events(entry)
                 counts = Counter(r.status.value.lower() for r in runs)
                 line = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
-                if line and line != last:
+                if progress is not None and line and line != last:
                     progress(f"backfill {backfill_id}: runs {line}")
                     last = line
             if status in TERMINAL:

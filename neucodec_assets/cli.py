@@ -3,9 +3,116 @@
 from __future__ import annotations
 
 import argparse
+import io
+import logging
 import os
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
+from typing import TextIO
+
+#: Loggers whose debug lines `-v` shows and the demo's log file keeps: Dagster's and this project's packages.
+DEBUG_LOGGERS = ("dagster", "neucodec_assets", "gpu_executor", "resources")
+LOG_FORMAT = "%(asctime)s - %(name)s - %(levelname)s - %(message)s"
+VERBOSE_HELP = "also print Dagster's and the libraries' logs and warnings (debug level)"
+logger = logging.getLogger("neucodec_assets.cli")  # also when run as `python -m neucodec_assets.cli`
+
+
+@contextmanager
+def console(verbose: bool, log_file: Path | None = None) -> Iterator[Callable[[str], None]]:
+    """What reaches the terminal, for every subcommand and the demo (the one place that sets up logging).
+
+    Quiet (the default): the command's own lines and errors. With ``log_file``, everything else written while this is
+    open goes into that file: Python logging (Dagster's and this project's at DEBUG), Python warnings, and whatever
+    libraries or child processes (the demo's code server) write to stdout or stderr, such as progress bars; log
+    records of level ERROR also reach the terminal, but for those marked ``terminal=False`` (the demo reports the
+    runs' failures itself). Without ``log_file`` only records of level ERROR reach stderr.
+    Verbose: all of it on the terminal (and in ``log_file`` too, where there is one).
+    Yields the function that prints one line of the command's own output to the terminal.
+    """
+    root = logging.getLogger()
+    saved_levels = {name: logging.getLogger(name).level for name in ("", *DEBUG_LOGGERS)}
+    handlers: list[logging.Handler] = []
+    with ExitStack() as stack:
+        say: Callable[[str], None] = print
+        if log_file is not None:
+            log_file.parent.mkdir(parents=True, exist_ok=True)
+            log_stream = stack.enter_context(open(log_file, "a", buffering=1, encoding="utf-8", errors="replace"))
+            handlers.append(logging.StreamHandler(log_stream))
+            if not verbose:
+                terminal_out, terminal_err = stack.enter_context(_std_streams_into(log_stream))
+                say = _printer(terminal_out)
+                handlers.append(_handler(terminal_err, logging.ERROR))
+                handlers[-1].addFilter(lambda record: getattr(record, "terminal", True))
+        if verbose:
+            handlers.append(_handler(sys.stderr, logging.NOTSET))
+        elif log_file is None:
+            handlers.append(_handler(sys.stderr, logging.ERROR))
+        formatter = logging.Formatter(LOG_FORMAT)
+        for handler in handlers:
+            handler.setFormatter(formatter)
+            root.addHandler(handler)
+        if verbose or log_file is not None:
+            root.setLevel(logging.INFO)
+            for name in DEBUG_LOGGERS:
+                logging.getLogger(name).setLevel(logging.DEBUG)
+        logging.captureWarnings(True)  # warnings become records of py.warnings, at WARNING: below the quiet bar
+        try:
+            yield say
+        finally:
+            logging.captureWarnings(False)
+            for handler in handlers:
+                root.removeHandler(handler)
+                handler.flush()
+            for name, level in saved_levels.items():
+                logging.getLogger(name).setLevel(level)
+
+
+def _printer(stream: TextIO) -> Callable[[str], None]:
+    def say(line: str) -> None:
+        print(line, file=stream, flush=True)
+
+    return say
+
+
+def _handler(stream: TextIO, level: int) -> logging.Handler:
+    handler = logging.StreamHandler(stream)
+    handler.setLevel(level)
+    return handler
+
+
+@contextmanager
+def _std_streams_into(target: TextIO) -> Iterator[tuple[TextIO, TextIO]]:
+    """Points stdout and stderr at ``target`` (at the file-descriptor level, so that C extensions and child processes
+    follow); yields streams to the terminal's stdout and stderr as they were."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        fds = (sys.stdout.fileno(), sys.stderr.fileno())
+    except (AttributeError, OSError, io.UnsupportedOperation):
+        fds = None
+    if fds is None:  # not real files (pytest's capsys, a notebook): only Python's own writes can be moved
+        terminal = (sys.stdout, sys.stderr)
+        with redirect_stdout(target), redirect_stderr(target):
+            yield terminal
+        return
+    saved = [os.dup(fd) for fd in fds]
+    terminal = (os.fdopen(os.dup(saved[0]), "w", buffering=1, encoding="utf-8", errors="replace"),
+                os.fdopen(os.dup(saved[1]), "w", buffering=1, encoding="utf-8", errors="replace"))
+    try:
+        target.flush()
+        for fd in fds:
+            os.dup2(target.fileno(), fd)
+        yield terminal
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        for fd, fd_saved in zip(fds, saved):
+            os.dup2(fd_saved, fd)
+            os.close(fd_saved)
+        for stream in terminal:
+            stream.close()
 
 
 def _cmd_sample_bucket(args: argparse.Namespace) -> int:
@@ -31,7 +138,10 @@ def _instance():
                        "chooses Postgres; an empty folder means SQLite storage in it)")
     if not Path(home).is_dir():
         raise CliError(f"DAGSTER_HOME={home} is not a folder")
-    return dg.DagsterInstance.get()
+    instance = dg.DagsterInstance.get()
+    logger.debug("Dagster instance of DAGSTER_HOME=%s: %s, %s", home, type(instance.run_storage).__name__,
+                 type(instance.run_launcher).__name__)
+    return instance
 
 
 class CliError(RuntimeError):
@@ -140,10 +250,12 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    """The demo opens its own `console`, with its log file in the folder it resets first."""
     from neucodec_assets.demo import DemoError, run_demo
 
     try:
-        summary = run_demo(args.model, shards=args.shards, segments=args.segments, root=Path(args.dir))
+        summary = run_demo(args.model, shards=args.shards, segments=args.segments, root=Path(args.dir),
+                           verbose=args.verbose)
     except DemoError as exc:
         raise CliError(str(exc)) from exc
     print()
@@ -157,6 +269,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if summary.roundtrip:
         print(summary.roundtrip)
     print(f"progress: DAGSTER_HOME={summary.dagster_home} neucodec-platform status")
+    print(f"Dagster's event log and the libraries' output: {summary.log_file}"
+          f"{'' if args.verbose else ' (-v prints them here)'}")
     print(f"demo finished in {summary.wall_seconds:.1f} s; browse it with "
           f"`DAGSTER_HOME={summary.dagster_home} dagster dev -w workspace.yaml`")
     return 0
@@ -191,10 +305,14 @@ def build_parser() -> argparse.ArgumentParser:
         prog="neucodec-platform",
         description="Encode sharded speech audio into neucodec tokens with Dagster.",
     )
+    parser.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
+    # `-v` after the subcommand too; SUPPRESS keeps a subcommand without it from resetting the one before it.
+    verbosity = argparse.ArgumentParser(add_help=False)
+    verbosity.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser(
-        "sample-bucket",
+        "sample-bucket", parents=[verbosity],
         help="write sample shards of synthesized speech (espeak-ng) into a folder or bucket",
     )
     p.add_argument("dest", help="a local folder, file:///ABS/PATH or s3://BUCKET[/PREFIX]")
@@ -208,7 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_sample_bucket)
 
     p = sub.add_parser(
-        "discover",
+        "discover", parents=[verbosity],
         help="add every shard of NEUCODEC_BUCKET as a partition of the instance in DAGSTER_HOME",
     )
     p.add_argument("--bucket", default=None, help="bucket URL (default: NEUCODEC_BUCKET)")
@@ -219,7 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_discover)
 
     p = sub.add_parser(
-        "enqueue",
+        "enqueue", parents=[verbosity],
         help="queue shards through the fleet: a backfill of neucodec_tokens that the daemon runs on free GPUs",
     )
     p.add_argument("keys", nargs="*", help="partition keys (shard prefixes)")
@@ -228,7 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_enqueue)
 
     p = sub.add_parser(
-        "import-legacy",
+        "import-legacy", parents=[verbosity],
         help="record the completed rows of the old fleet's neucodec_shards table as materialized partitions",
     )
     p.add_argument("--dsn", default=None,
@@ -241,7 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_import_legacy)
 
     p = sub.add_parser(
-        "status",
+        "status", parents=[verbosity],
         help="shards done/failed/in flight/pending, hours, throughput, ETA and GPU cost per language and dataset",
     )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -252,7 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_status)
 
     p = sub.add_parser(
-        "demo",
+        "demo", parents=[verbosity],
         help="sample bucket -> discover -> encode every shard -> downstream assets -> summary (under .demo/)",
     )
     p.add_argument("--model", choices=("hub", "random"), default="hub",
@@ -261,14 +379,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shards", type=int, default=3, help="sample shards (default 3)")
     p.add_argument("--segments", type=int, default=6, help="segments per shard (default 6)")
     p.add_argument("--dir", default=".demo", help="folder for the bucket and DAGSTER_HOME (default .demo)")
-    p.set_defaults(func=_cmd_demo)
+    p.set_defaults(func=_cmd_demo, console=False)
 
     from gpu_executor.gpu_worker_cli import add_parser as add_gpu_worker_parser
 
     add_gpu_worker_parser(sub)  # rented GPU boxes: one Celery worker per GPU (deploy/README.md)
+    sub.choices["gpu-worker"].set_defaults(console=False)  # a long-running worker: its log is its output
 
     p = sub.add_parser(
-        "compare-precision",
+        "compare-precision", parents=[verbosity],
         help="encode a seeded sample of a shard in fp32 and a faster precision, decode both, print token agreement "
         "and STOI/PESQ/SI-SDR/log-mel side by side",
     )
@@ -290,7 +409,10 @@ def main(argv: list[str] | None = None) -> int:
     from resources.bucket import BucketError
 
     try:
-        return args.func(args)
+        if not getattr(args, "console", True):
+            return args.func(args)
+        with console(args.verbose):
+            return args.func(args)
     except (CliError, BucketError, LegacyImportError) as exc:
         print(f"neucodec-platform {args.command}: {exc}", file=sys.stderr)
         return 2

@@ -3,11 +3,13 @@
 sample shards into a local folder bucket -> discover them as partitions -> one backfill of every asset over them
 (as the UI launches it), executed by Dagster's daemon code with the repository's run queue and GPU run launcher ->
 a summary table read back from the Dagster instance. Everything lives under `.demo/` (bucket folder, DAGSTER_HOME
-with SQLite storage, run worker logs) and is rebuilt on every call.
+with SQLite storage, run worker logs, and `dagster-events.log`: the runs' event log and everything else Dagster
+and the libraries print, which the terminal shows only with -v) and is rebuilt on every call.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import time
@@ -18,12 +20,14 @@ from pathlib import Path
 
 import dagster as dg
 import yaml
+from dagster._core.events.log import EventLogEntry
 from dagster._core.execution.backfill import BulkActionStatus
 from dagster._core.workspace.context import WorkspaceProcessContext
 from dagster._core.workspace.load_target import ModuleTarget
 
 from neucodec_assets.automation import PROGRESS_KEY
 from neucodec_assets.backfills import DaemonLoop, submit_backfill
+from neucodec_assets.cli import console
 from neucodec_assets.tokens.discovery import add_shard_partitions, plan_discovery
 from neucodec_assets.tokens.metadata import TOKENS_ASSET_KEY, metadata_value
 from neucodec_assets.tokens.partitions import shards_partitions
@@ -42,6 +46,13 @@ OFFLINE_HINT = "make demo MODEL=random"
 PRODUCTION_YAML = Path(__file__).resolve().parents[1] / "dagster.yaml"
 LOCATION = "neucodec_assets"
 SFT_DATASET_KEY = dg.AssetKey("sft_dataset")
+LOG_NAME = "dagster-events.log"
+BACKFILL_TIMEOUT_S = 3600
+#: The runs' event log entries, as records: into the demo's log file (and the terminal with -v).
+EVENT_LOGGER = logging.getLogger("dagster.event_log")
+logger = logging.getLogger(__name__)
+#: What a materialization of a partition means, in the progress lines (other assets: written).
+DONE_WORDS = {"neucodec_tokens": "encoded", "sft_pairs": "paired"}
 
 
 class DemoError(RuntimeError):
@@ -64,6 +75,7 @@ class DemoSummary:
     model: str
     bucket: str
     dagster_home: str
+    log_file: str = ""
     rows: list[ShardRow] = field(default_factory=list)
     runs: list[str] = field(default_factory=list)
     downstream: list[str] = field(default_factory=list)
@@ -173,27 +185,45 @@ def _sft_line(instance: dg.DagsterInstance) -> str | None:
 
 
 def run_demo(model: str = "hub", *, shards: int = 3, segments: int = 6, root: Path = Path(".demo"),
-             log: Callable[[str], None] = print) -> DemoSummary:
-    """Run the whole demo; raises DemoError with the way out when the model cannot be had."""
-    from gpu_executor.encoder import ModelLoadError
-    from neucodec_assets.definitions import defs
-    from resources.sample_bucket import write_sample_bucket
-
+             verbose: bool = False) -> DemoSummary:
+    """Run the whole demo, printing only its progress (the rest goes to the log file it names, or with ``verbose``
+    to the terminal as well); raises DemoError with the way out when it cannot go on."""
     if model not in MODEL_CHOICES:
         raise DemoError(f"--model {model!r}: choose one of {', '.join(MODEL_CHOICES)}")
     start = time.perf_counter()
+    root = _fresh_folder(root)
+    home, bucket_dir, log_file = root / "dagster_home", root / "bucket", root / LOG_NAME
+    home.mkdir()
+    with console(verbose, log_file) as say:
+        say(f"log: {log_file} (Dagster's event log and the libraries' output"
+            f"{'' if verbose else '; -v prints them here'})")
+        settings, label = _check_model(model, say)
+        bucket_url = _write_bucket(bucket_dir, shards, segments, say)
+        summary = DemoSummary(model=label, bucket=bucket_url, dagster_home=str(home), log_file=str(log_file))
+        _backfill_everything(summary, settings, home, bucket_dir, say)
+    summary.wall_seconds = time.perf_counter() - start
+    return summary
+
+
+def _fresh_folder(root: Path) -> Path:
+    """An empty demo folder: the SQLite instance and the bucket must hold this run's work and nothing older."""
     root = root.resolve()
     if root.exists():
         shutil.rmtree(root)
-    home, bucket_dir = root / "dagster_home", root / "bucket"
-    home.mkdir(parents=True)
-    bucket_url = bucket_dir.as_uri()
+    root.mkdir(parents=True)
+    return root
+
+
+def _check_model(model: str, say: Callable[[str], None]):
+    """Load the encoder once, here: a model that cannot be had stops the demo before any work, naming the way
+    out, rather than failing every run."""
+    from gpu_executor.encoder import ModelLoadError
 
     encoder = EncoderResource(model=RANDOM_MODEL) if model == "random" else EncoderResource()
     settings = encoder.settings()
     label = RANDOM_LABEL if settings.is_random else settings.model
-    log(f"model: {label}")
-    log("loading the encoder (to find out now whether the weights can be had)")
+    say(f"model: {label}")
+    say("loading the encoder (to find out now whether the weights can be had)")
     try:
         loaded = encoder.load()
     except ModelLoadError as exc:
@@ -204,42 +234,149 @@ def run_demo(model: str = "hub", *, shards: int = 3, segments: int = 6, root: Pa
                 f"`{OFFLINE_HINT}` (or `neucodec-platform demo --model random`)."
             ) from exc
         raise DemoError(f"cannot load the neucodec model {settings.model!r}: {exc}") from exc
-    log(f"encoder ready on {loaded.device} in {loaded.load_seconds:.1f} s; each run's worker loads its own")
+    say(f"encoder ready on {loaded.device} in {loaded.load_seconds:.1f} s; each run's worker loads its own")
     unload_encoders()
-    log(f"writing {shards} sample shards ({segments} segments each) to {bucket_dir}")
-    write_sample_bucket(bucket_url, shards=shards, segments_per_shard=segments, seed=0)
+    return settings, label
 
-    summary = DemoSummary(model=label, bucket=bucket_url, dagster_home=str(home))
+
+def _write_bucket(bucket_dir: Path, shards: int, segments: int, say: Callable[[str], None]) -> str:
+    """Sample shards of synthesized speech in a local folder: the input a user's bucket holds."""
+    from resources.sample_bucket import write_sample_bucket
+
+    say(f"writing {shards} sample shards ({segments} segments each) to {bucket_dir}")
+    bucket_url = bucket_dir.as_uri()
+    write_sample_bucket(bucket_url, shards=shards, segments_per_shard=segments, seed=0)
+    return bucket_url
+
+
+def _backfill_everything(summary: DemoSummary, settings, home: Path, bucket_dir: Path,
+                         say: Callable[[str], None]) -> None:
+    """Discover, backfill every asset and read the results back, inside the deployment's environment (the code
+    server and the run workers read their settings from it)."""
+    bucket_url = summary.bucket
     (home / "dagster.yaml").write_text(_demo_instance_yaml(home))
     env = {"NEUCODEC_BUCKET": bucket_url, "NEUCODEC_AUTOMATION": "off", "DAGSTER_HOME": str(home)}
     if settings.is_random:
         env["NEUCODEC_MODEL"] = RANDOM_MODEL
-    with _environment(env), dg.DagsterInstance.from_config(str(home)) as instance, \
-            WorkspaceProcessContext(instance, ModuleTarget(module_name="neucodec_assets.definitions", attribute=None,
-                                                           working_directory=None, location_name=LOCATION)) as ctx:
-        plan = plan_discovery(LocalBucket(bucket_dir), instance.get_dynamic_partitions(shards_partitions.name))
-        added = add_shard_partitions(instance, plan.new_keys)
-        log(f"discovered {len(plan.listed)} shards, added {len(added)} partitions")
-        keys = [k for k in instance.get_dynamic_partitions(shards_partitions.name)
-                if k in {s.prefix for s in plan.listed}]
-
-        # What a user does in the UI: one backfill of every asset over the new shards; the backfill policies group
-        # the shards into runs, the queue holds them for the `gpu` pool, the launcher starts each run's worker.
-        graph = defs.resolve_asset_graph()
-        assets = [k for k in graph.toposorted_asset_keys if k in graph.materializable_asset_keys]
-        summary.downstream = [k.to_user_string() for k in assets if k != TOKENS_ASSET_KEY]
-        backfill_id = submit_backfill(instance, graph, assets, keys, title="neucodec-platform demo")
-        log(f"backfill {backfill_id}: {', '.join(k.to_user_string() for k in assets)} over {len(keys)} shards "
-            f"(worker logs: {home / 'run_worker_logs'})")
-        status = DaemonLoop(ctx).until_done(backfill_id, timeout=3600, progress=log)
-        runs = instance.get_runs(filters=dg.RunsFilter(tags={"dagster/backfill": backfill_id}))
-        summary.runs = [r.run_id for r in runs]
-        if status != BulkActionStatus.COMPLETED_SUCCESS:
-            failed = [r.run_id for r in runs if r.status == dg.DagsterRunStatus.FAILURE]
-            raise DemoError(f"backfill {backfill_id} ended {status.value}; failed runs {failed}; see "
-                            f"`DAGSTER_HOME={home} dagster dev -w workspace.yaml` and {home / 'run_worker_logs'}")
+    with _environment(env), _workspace(home) as (instance, ctx):
+        keys = _discover(instance, bucket_dir, say)
+        backfill_id = _submit(instance, keys, summary, say)
+        summary.runs = _wait_for(ctx, backfill_id, keys, say, home, Path(summary.log_file))
         summary.sft = _sft_line(instance)
         summary.rows = _summary_rows(instance, keys)
         summary.roundtrip = _roundtrip_line(instance, keys, bucket_url)
-    summary.wall_seconds = time.perf_counter() - start
-    return summary
+
+
+@contextmanager
+def _workspace(home: Path) -> Iterator[tuple[dg.DagsterInstance, WorkspaceProcessContext]]:
+    """The instance and the code location as the daemon sees them; a code location that fails to load stops the
+    demo with its error, not a backfill that can never run."""
+    with dg.DagsterInstance.from_config(str(home)) as instance, \
+            WorkspaceProcessContext(instance, ModuleTarget(module_name="neucodec_assets.definitions", attribute=None,
+                                                           working_directory=None, location_name=LOCATION)) as ctx:
+        error = ctx.create_request_context().get_code_location_error(LOCATION)
+        if error is not None:
+            raise DemoError(f"the code location {LOCATION} failed to load:\n{error.to_string()}")
+        yield instance, ctx
+
+
+def _discover(instance: dg.DagsterInstance, bucket_dir: Path, say: Callable[[str], None]) -> list[str]:
+    """What the discovery sensor does on a tick: the bucket's shards become partitions."""
+    plan = plan_discovery(LocalBucket(bucket_dir), instance.get_dynamic_partitions(shards_partitions.name))
+    added = add_shard_partitions(instance, plan.new_keys)
+    say(f"discovered {len(plan.listed)} shards, added {len(added)} partitions")
+    return [k for k in instance.get_dynamic_partitions(shards_partitions.name)
+            if k in {s.prefix for s in plan.listed}]
+
+
+def _submit(instance: dg.DagsterInstance, keys: Sequence[str], summary: DemoSummary,
+            say: Callable[[str], None]) -> str:
+    """What a user does in the UI: one backfill of every asset over the new shards; the backfill policies group the
+    shards into runs, the queue holds them for the `gpu` pool, the launcher starts each run's worker."""
+    from neucodec_assets.definitions import defs
+
+    graph = defs.resolve_asset_graph()
+    assets = [k for k in graph.toposorted_asset_keys if k in graph.materializable_asset_keys]
+    summary.downstream = [k.to_user_string() for k in assets if k != TOKENS_ASSET_KEY]
+    backfill_id = submit_backfill(instance, graph, assets, keys, title="neucodec-platform demo")
+    say(f"backfill {backfill_id}: {', '.join(k.to_user_string() for k in assets)} over {len(keys)} shards")
+    return backfill_id
+
+
+def _wait_for(ctx: WorkspaceProcessContext, backfill_id: str, keys: Sequence[str], say: Callable[[str], None],
+              home: Path, log_file: Path) -> list[str]:
+    """Dagster's daemon iterations, ticked in this process until the backfill ends (the demo has no daemon); a
+    progress line per step of the runs, every event into the log; raises DemoError naming what failed."""
+    instance = ctx.instance
+    steps = _StepProgress(say, len(keys))
+    status = DaemonLoop(ctx).until_done(backfill_id, timeout=BACKFILL_TIMEOUT_S, progress=logger.info, events=steps)
+    runs = instance.get_runs(filters=dg.RunsFilter(tags={"dagster/backfill": backfill_id}))
+    if status != BulkActionStatus.COMPLETED_SUCCESS:
+        failed = [r.run_id for r in runs if r.status == dg.DagsterRunStatus.FAILURE]
+        raise DemoError("\n".join([
+            f"backfill {backfill_id} ended {status.value}; failed runs {failed}", *steps.failures,
+            f"the event log: {log_file}; the run workers' output: {home / 'run_worker_logs'}",
+            f"browse it with `DAGSTER_HOME={home} dagster dev -w workspace.yaml`"]))
+    say(f"backfill {backfill_id}: {len(runs)} runs succeeded")
+    return [r.run_id for r in runs]
+
+
+class _StepProgress:
+    """The runs' event log as the demo's progress: a line when a step starts and when an asset is materialized, the
+    errors of failed steps and runs; every entry goes to the `dagster.event_log` logger (the log file)."""
+
+    def __init__(self, say: Callable[[str], None], shards: int):
+        self.say, self.shards = say, shards
+        self.started: set[str] = set()
+        self.done: dict[str, set[str]] = {}
+        self.failures: list[str] = []
+        self.failed_runs: set[str] = set()
+
+    def __call__(self, entry: EventLogEntry) -> None:
+        _log_event(entry)
+        event = entry.dagster_event
+        if event is None:
+            return
+        run = entry.run_id[:8]
+        if event.event_type == dg.DagsterEventType.STEP_START and entry.step_key not in self.started:
+            self.started.add(entry.step_key or "")
+            self.say(f"  {entry.step_key}: started (run {run})")
+        elif event.event_type == dg.DagsterEventType.ASSET_MATERIALIZATION and event.asset_key is not None:
+            asset = event.asset_key.to_user_string()
+            done = self.done.setdefault(asset, set())
+            done.add(event.partition or "")
+            if event.partition is None:
+                self.say(f"  {asset}: written")
+            else:
+                self.say(f"  {asset}: {len(done)}/{self.shards} shards {DONE_WORDS.get(asset, 'written')}")
+        elif event.event_type == dg.DagsterEventType.STEP_FAILURE:
+            self.failed_runs.add(entry.run_id)
+            self._failed(f"  FAILED {entry.step_key} (run {run}): {_user_error(event.step_failure_data.error)}")
+        elif event.event_type == dg.DagsterEventType.RUN_FAILURE and entry.run_id not in self.failed_runs:
+            self._failed(f"  FAILED run {run}: {entry.message}")  # no step failed: the worker died, hung, ...
+
+    def _failed(self, line: str) -> None:
+        self.failures.append(line)
+        self.say(line)
+
+
+def _user_error(error) -> str:
+    """The innermost error of a step failure (the user code's, not Dagster's wrapper), without the class path of
+    Dagster's `Failure`, whose description is the message."""
+    while error.cause is not None:
+        error = error.cause
+    message = error.message.strip()
+    prefix = "dagster._core.definitions.events.Failure: "
+    return message.removeprefix(prefix)
+
+
+def _log_event(entry: EventLogEntry) -> None:
+    """One event log entry as a log record with the event's own time and level, like Dagster's console logger."""
+    event_type = entry.dagster_event_type.name if entry.dagster_event_type else "LOG"
+    message = f"{entry.job_name or '-'} - {entry.run_id} - {entry.step_key or '-'} - {event_type} - {entry.message}"
+    record = EVENT_LOGGER.makeRecord(EVENT_LOGGER.name, entry.level if isinstance(entry.level, int) else
+                                     logging.getLevelName(str(entry.level)), "(event log)", 0, message, None, None)
+    record.created, record.msecs = entry.timestamp, (entry.timestamp % 1) * 1000
+    record.terminal = False  # its failures reach the terminal as the demo's own lines, not once more as records
+    if EVENT_LOGGER.isEnabledFor(record.levelno):
+        EVENT_LOGGER.handle(record)

@@ -1,6 +1,7 @@
 """The Dagster command line with nothing but environment variables: `dagster definitions validate` and
 `dagster asset materialize --partition KEY` on the production dagster.yaml (Postgres), including a run killed
-with SIGKILL in the middle of a shard, which must leave no tokens file, and a rerun that completes the shard."""
+with SIGKILL in the middle of a shard, which must leave no tokens file, and a rerun that completes the shard; and
+`neucodec-platform`'s quiet default against `-v`."""
 
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ def deployment_env(bucket_dir: Path) -> dict[str, str]:
         "NEUCODEC_BUCKET": bucket_dir.as_uri(),
         "NEUCODEC_MODEL": "random",
         "NEUCODEC_DEVICE": "cpu",
-        "NEUCODEC_PROGRESS_SECONDS": "0",  # log after every encode call
+        "NEUCODEC_PROGRESS_SECONDS": "0.001",  # log after every encode call (it takes a number > 0)
         "NEUCODEC_STREAM_BUFFER_SECONDS": "0.5",  # one segment per encode call
     })
     return env
@@ -218,3 +219,22 @@ def test_enqueue_records_a_backfill_for_the_daemon(pg_dagster_home, pg_instance,
     assert set(targets[0].get_partitions_subset(TOKENS_ASSET_KEY).get_partition_keys()) == {keys[1]}
     assert {k.to_user_string() for k in targets[1].asset_keys} == {"neucodec_tokens", "sft_pairs", "sft_dataset"}
     assert set(targets[1].get_partitions_subset(TOKENS_ASSET_KEY).get_partition_keys()) == set(keys)
+
+
+def test_subcommands_are_quiet_unless_verbose(tmp_path, monkeypatch, capsys):
+    """A subcommand prints its own lines (and errors); `-v`, before or after the subcommand, adds the Dagster and
+    debug logs on stderr."""
+    from neucodec_assets import cli
+
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))  # an empty folder: SQLite storage in it
+    assert cli.main(["enqueue", "--missing"]) == 0
+    quiet = capsys.readouterr()
+    assert quiet.out == "nothing to enqueue\n" and quiet.err == ""
+    for argv in (["enqueue", "--missing", "-v"], ["-v", "enqueue", "--missing"]):
+        assert cli.main(argv) == 0
+        verbose = capsys.readouterr()
+        assert verbose.out == quiet.out
+        assert f"neucodec_assets.cli - DEBUG - Dagster instance of DAGSTER_HOME={tmp_path}: Sqlite" in verbose.err
+        assert len(verbose.err.splitlines()) > len(quiet.err.splitlines())
+    assert cli.main(["enqueue", "no/such/shard"]) == 2  # errors still reach stderr when quiet
+    assert "not partitions of 'shards'" in capsys.readouterr().err

@@ -9,7 +9,6 @@ import sys
 
 import dagster as dg
 
-from neucodec_assets import cli
 from neucodec_assets.tokens.metadata import TOKENS_ASSET_KEY
 from neucodec_assets.tokens.partitions import shards_partitions
 from resources.bucket import LocalBucket
@@ -18,15 +17,32 @@ from resources.tokens_file import validate_tokens_file
 from tests.fixtures.platform import REPO_ROOT
 
 
-def test_demo_random_model_end_to_end(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("NEUCODEC_DEVICE", "cpu")  # the same encoder settings as the other platform tests
-    monkeypatch.setenv("NEUCODEC_PRECISION", "fp32")
-    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+def test_demo_random_model_end_to_end(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"}
+    env.update({"NEUCODEC_DEVICE": "cpu", "NEUCODEC_PRECISION": "fp32"})  # the other platform tests' encoder settings
     demo_dir = tmp_path / "demo"
-    # One shard of one ~2 s segment: the full-size model is slow on these CPUs; test_platform_tokens.py covers
-    # several shards per run.
-    assert cli.main(["demo", "--model", "random", "--shards", "1", "--segments", "1", "--dir", str(demo_dir)]) == 0
-    out = capsys.readouterr().out
+    # One shard of one short segment: the full-size model is slow on CPUs; test_platform_tokens.py covers several
+    # shards per run. A process of its own, as a user runs it, so that what reaches the terminal is what is tested.
+    proc = subprocess.run(
+        [sys.executable, "-m", "neucodec_assets.cli", "demo", "--model", "random", "--shards", "1", "--segments", "1",
+         "--dir", str(demo_dir)], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=1800,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
+    out = proc.stdout
+
+    # Quiet by default: progress lines and the summary, on one screen; Dagster's log, the code server's output and
+    # the libraries' warnings and progress bars go to the log file the output names.
+    lines = out.splitlines()
+    assert len(lines) <= 40, out
+    assert proc.stderr == ""
+    assert not [line for line in lines if "DEBUG" in line or " - INFO - " in line], out
+    for noise in ("dagster.code_server", "Loading weights", "FutureWarning", "BetaWarning", "torchao"):
+        assert noise not in out
+    log_file = demo_dir / "dagster-events.log"
+    assert f"log: {log_file} " in out and f"libraries' output: {log_file} (-v prints them here)" in out
+    assert "  neucodec_tokens: 1/1 shards encoded" in out and "  sft_dataset: written" in out
+    log = log_file.read_text()
+    assert "dagster.code_server" in log and "Loading weights" in log  # the code server's and the model's output
     assert f"model: {RANDOM_LABEL}" in out
     downstream = out[out.index("downstream assets materialized: "):].splitlines()[0].split(": ", 1)[1]
     assert set(downstream.split(", ")) == {"sft_pairs", "encoding_progress", "sft_dataset"}
@@ -47,7 +63,7 @@ def test_demo_random_model_end_to_end(tmp_path, monkeypatch, capsys):
     assert len(shards) == 1 and all(s.has_tokens for s in shards)
     for shard in shards:
         assert validate_tokens_file(bucket.read_bytes(f"{shard.prefix}/neucodec_tokens.parquet")).ok
-        assert bucket.exists(f"sft/{shard.prefix}.parquet")
+        assert bucket.exists(f"sft/train/{shard.prefix}.parquet")  # one segment: the train split
         assert any(k.endswith(".decoded.wav") for k, _ in bucket.list_keys(f"{shard.prefix}/roundtrip/"))
     card = bucket.read_bytes("sft/README.md").decode()
     assert "## Token quality (decode round trip)" in card  # per language, from encoding_progress
@@ -62,6 +78,13 @@ def test_demo_random_model_end_to_end(tmp_path, monkeypatch, capsys):
         runs = instance.get_runs()
         assert runs and all(r.tags["dagster/backfill"] == backfill.backfill_id for r in runs)
         assert all(r.status == dg.DagsterRunStatus.SUCCESS and r.tags.get("neucodec/pid") for r in runs)
+        # The runs' event log, entry by entry, in the log file: Dagster's debug-level events of every run.
+        log_lines = log.splitlines()
+        for run in runs:
+            assert any(f" - {run.run_id} - - - RUN_SUCCESS - " in line for line in log_lines), run.run_id
+        assert any(line.split(" - ")[1:3] == ["dagster.event_log", "DEBUG"] and " - STEP_START - " in line
+                   for line in log_lines)
+        assert " - neucodec_tokens - ASSET_MATERIALIZATION - " in log
         assert {r.tags["neucodec/gpu"] for r in runs} == {"cpu0", "none"}  # tokens on the slot, SFT on none
         # encoding_progress ran in the same backfill: per-language progress with the round-trip figures.
         progress = instance.get_latest_materialization_event(dg.AssetKey("encoding_progress"))
