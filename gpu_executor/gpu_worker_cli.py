@@ -29,8 +29,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="GPU ids, e.g. 0,1,2,3; `auto` (default): CUDA_VISIBLE_DEVICES, nvidia-smi or torch; "
                    "`none`: no GPU workers")
     p.add_argument("--name", default=None, help="box name in worker names gpuN@NAME (default: host name)")
-    p.add_argument("--queue", default=load_settings().celery_gpu_queue,
-                   help="queue of GPU runs (default gpu; the launcher's gpu_queue)")
+    p.add_argument("--queue", default=None,
+                   help="queue of GPU runs (default: NEUCODEC_CELERY_GPU_QUEUE, gpu; the launcher's gpu_queue)")
     p.add_argument("--cpu-slots", type=int, default=0,
                    help="also run N workers for runs outside the gpu pool (SFT, checks), default 0")
     p.add_argument("--cpu-queue", default="dagster", help="their queue (the launcher's default_queue)")
@@ -41,17 +41,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def worker_commands(args: argparse.Namespace) -> list[tuple[list[str], dict[str, str]]]:
     """(argv, env) of each worker process this box runs."""
     box = args.name or socket.gethostname()
+    gpu_queue = args.queue or load_settings().celery_gpu_queue
     gpus = [] if str(args.gpus).strip().lower() == "none" else (
         detect_gpus() if args.gpus == "auto" else parse_gpu_list(args.gpus))
     base = [sys.executable, "-m", "celery", "-A", "gpu_executor.celery_worker:app", "worker",
             "--concurrency", "1", "--pool", "prefork", "--without-gossip", "--without-mingle",
             "--loglevel", args.loglevel]
     out = []
-    queues = ",".join(dict.fromkeys([args.queue, args.cpu_queue]))
+    queues = ",".join(dict.fromkeys([gpu_queue, args.cpu_queue]))
     for gpu in gpus:
         env = {"CUDA_VISIBLE_DEVICES": gpu, GPU_SLOT_ENV: gpu, WORKER_HOST_ENV: box,
                "NEUCODEC_CELERY_QUEUES": queues}
-        out.append(([*base, "-Q", args.queue, "-n", f"gpu{gpu}@{box}"], env))
+        out.append(([*base, "-Q", gpu_queue, "-n", f"gpu{gpu}@{box}"], env))
     for i in range(args.cpu_slots):
         env = {"CUDA_VISIBLE_DEVICES": "", GPU_SLOT_ENV: f"cpu{i}", WORKER_HOST_ENV: box,
                "NEUCODEC_CELERY_QUEUES": queues}

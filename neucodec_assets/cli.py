@@ -132,7 +132,9 @@ def _instance():
     """The Dagster instance of DAGSTER_HOME (its dagster.yaml picks Postgres or the SQLite default)."""
     import dagster as dg
 
-    home = os.environ.get("DAGSTER_HOME", "").strip()
+    from gpu_executor.settings import load_settings
+
+    home = load_settings().dagster_home
     if not home:
         raise CliError("DAGSTER_HOME is not set: point it at the Dagster instance folder (its dagster.yaml "
                        "chooses Postgres; an empty folder means SQLite storage in it)")
@@ -171,10 +173,11 @@ def _cmd_discover(args: argparse.Namespace) -> int:
 
 
 def _cmd_import_legacy(args: argparse.Namespace) -> int:
+    from gpu_executor.settings import load_settings
     from neucodec_assets.legacy_import import import_legacy, redact_dsn
     from resources.bucket import open_bucket
 
-    dsn = args.dsn or os.environ.get("NEUCODEC_LEGACY_DSN", "")
+    dsn = args.dsn or load_settings().secret("legacy_dsn")
     if not dsn:
         raise CliError("give the legacy database as --dsn postgresql://USER:PASSWORD@HOST:PORT/DB "
                        "or in NEUCODEC_LEGACY_DSN")
@@ -300,6 +303,17 @@ def _cmd_compare_precision(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_settings(args: argparse.Namespace) -> int:
+    from gpu_executor.settings import load_settings, markdown_table
+
+    if args.markdown:
+        sys.stdout.write(markdown_table())
+        return 0
+    for variable, value in load_settings().in_effect().items():
+        print(f"{variable}={value}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="neucodec-platform",
@@ -400,11 +414,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="device (default: NEUCODEC_DEVICE)")
     p.add_argument("--json", action="store_true", help="print the comparison as JSON")
     p.set_defaults(func=_cmd_compare_precision)
+
+    p = sub.add_parser(
+        "settings", parents=[verbosity],
+        help="print every setting's value in effect here (secrets masked), or --markdown the README's table",
+    )
+    p.add_argument("--markdown", action="store_true", help="print the configuration table of the README")
+    p.set_defaults(func=_cmd_settings)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from gpu_executor.settings import SettingsError
     from neucodec_assets.legacy_import import LegacyImportError
     from resources.bucket import BucketError
 
@@ -413,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
             return args.func(args)
         with console(args.verbose):
             return args.func(args)
-    except (CliError, BucketError, LegacyImportError) as exc:
+    except (CliError, BucketError, LegacyImportError, SettingsError) as exc:
         print(f"neucodec-platform {args.command}: {exc}", file=sys.stderr)
         return 2
 

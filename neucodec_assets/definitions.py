@@ -21,7 +21,11 @@ from neucodec_assets.progress_asset import (
     progress_schedule,
 )
 from neucodec_assets.sft import SftResource, sft_dataset, sft_pairs
-from neucodec_assets.tokens.asset import RUN_SETTING_GROUPS, backfill_policy, neucodec_tokens
+from neucodec_assets.tokens.asset import (
+    RUN_SETTING_GROUPS,
+    backfill_policy,
+    neucodec_tokens,
+)
 from neucodec_assets.tokens.discovery_sensor import discovery_sensor
 from neucodec_assets.tokens.job import neucodec_tokens_job
 from resources.dagster_resources import BucketResource, EncoderResource

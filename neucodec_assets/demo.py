@@ -124,7 +124,7 @@ def _demo_instance_yaml(home: Path) -> str:
 @contextmanager
 def _environment(values: dict[str, str]) -> Iterator[None]:
     """The deployment's settings for the code server and the run workers, which read them from the environment."""
-    saved = {k: os.environ.get(k) for k in values}
+    saved = {k: os.environ.get(k) for k in values}  # child environment: restored afterwards
     os.environ.update(values)
     try:
         yield

@@ -27,9 +27,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from gpu_executor.codec import SAMPLE_RATE, SAMPLES_PER_TOKEN
-from resources.bucket.base import TOKENS_PARQUET
-
-TOKENS_FILENAME = TOKENS_PARQUET  # kept for callers outside the package; prefer TOKENS_PARQUET
 
 PROVENANCE_KEY = "neucodec.provenance"
 FAILURES_KEY = "neucodec.failures"

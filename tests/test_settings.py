@@ -7,7 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from gpu_executor.settings import MASK, Settings, SettingsError, default_of, load_settings, markdown_table
+from gpu_executor.settings import (
+    MASK,
+    Settings,
+    SettingsError,
+    default_of,
+    load_settings,
+    markdown_table,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("neucodec_assets", "resources", "gpu_executor")
@@ -119,3 +126,19 @@ def test_the_environment_is_read_only_in_the_settings_module():
                 if not (writes or child):
                     reads.append(f"{path.relative_to(ROOT)}:{n}: {line.strip()}")
     assert not reads, "read settings through gpu_executor.settings:\n" + "\n".join(reads)
+
+
+def test_settings_command_prints_values_in_effect_and_refuses_bad_ones(monkeypatch, capsys):
+    from neucodec_assets import cli
+
+    monkeypatch.setenv("NEUCODEC_SHARDS_PER_RUN", "5")
+    monkeypatch.setenv("R2_SECRET_ACCESS_KEY", "s3cr3t-value-1234")
+    assert cli.main(["settings"]) == 0
+    out = capsys.readouterr().out
+    assert "NEUCODEC_SHARDS_PER_RUN=5\n" in out and f"R2_SECRET_ACCESS_KEY={MASK}\n" in out
+    assert "s3cr3t" not in out
+    assert cli.main(["settings", "--markdown"]) == 0
+    assert capsys.readouterr().out == markdown_table()
+    monkeypatch.setenv("NEUCODEC_HANG_SECONDS", "soon")
+    assert cli.main(["settings"]) == 2
+    assert "NEUCODEC_HANG_SECONDS='soon' is not accepted: it takes a number >= 1" in capsys.readouterr().err

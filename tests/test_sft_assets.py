@@ -21,8 +21,8 @@ from neucodec_assets.sft.training_ids import (
 )
 from neucodec_assets.tokens.partitions import SHARDS_PARTITION_NAME
 from resources.bucket import open_bucket
-from resources.dagster_resources import BucketResource
 from resources.bucket.base import TOKENS_PARQUET
+from resources.dagster_resources import BucketResource
 from resources.tokens_file import TokensFileWriter
 from tests.fixtures.sft_data import random_codes
 
