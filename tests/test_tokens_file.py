@@ -14,10 +14,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from resources.bucket import open_bucket
+from resources.bucket.base import TOKENS_PARQUET
 from resources.shard_reader import SegmentFailure
 from resources.tokens_file import (
     AUDIO_TAR_KEY,
-    TOKENS_PARQUET,
     AudioTarRecord,
     TokensFileError,
     TokensFileWriter,

@@ -43,10 +43,10 @@ from resources.bucket import (
     BucketError,
     ObjectHead,
 )
+from resources.bucket.base import TOKENS_PARQUET
 from resources.dagster_resources import LoadedEncoder
 from resources.shard_reader import ShardReader, metadata_label
 from resources.tokens_file import (
-    TOKENS_PARQUET,
     AudioTarRecord,
     TokensFileError,
     TokensFileReport,
