@@ -27,7 +27,7 @@ from dagster._core.workspace.load_target import ModuleTarget
 
 from neucodec_assets.automation import PROGRESS_KEY
 from neucodec_assets.backfills import DaemonLoop, submit_backfill
-from neucodec_assets.cli import console
+from neucodec_assets.console import console
 from neucodec_assets.tokens.discovery import add_shard_partitions, plan_discovery
 from neucodec_assets.tokens.metadata import TOKENS_ASSET_KEY, metadata_value
 from neucodec_assets.tokens.partitions import shards_partitions
