@@ -71,9 +71,9 @@ def detect_gpus(
     Order: the configured list; the launcher's own `CUDA_VISIBLE_DEVICES` (set to `""` or `-1` it means no GPU);
     `nvidia-smi`; `torch.cuda`. An empty list means a host without GPUs (the launcher then uses CPU slots).
     """
-    env = load_settings().as_env() if env is None else env
     if configured is not None:
         return parse_gpu_list(configured), "config"
+    env = load_settings().as_env() if env is None else env
     visible = env.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:
         if visible.strip().lower() in _NO_DEVICE_VALUES:

@@ -99,8 +99,9 @@ class Settings(BaseModel):
     semantic_model: str = setting(
         "facebook/w2v-bert-2.0", "encoder", "wav2vec2-bert: hub id or local transformers folder")
     device: str = setting("auto", "encoder", "`auto`, `cpu`, `cuda`, `cuda:N`", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
-    precision: Literal["fp32", "bf16", "fp16"] = setting(
-        "fp32", "encoder", "`fp32` (exact), `bf16`, `fp16` (refused on a CPU without native support)")
+    precision: Literal["fp32", "tf32", "bf16", "fp16"] = setting(
+        "fp32", "encoder", "`fp32` (exact), `tf32` (CUDA tensor cores), `bf16`, `fp16` (refused on a CPU without "
+        "native support)")
     batch_seconds: float | None = setting(
         None, "encoder", "padded audio seconds per batch",
         shown_default="20 on CPU; from the GPU's memory on CUDA", gt=0)
@@ -158,7 +159,8 @@ class Settings(BaseModel):
         0.0, "progress", "price of one GPU-hour, for the running cost and cost per 1,000 hours",
         shown_default="`0` (cost not shown)", ge=0)
     alert_webhook_url: SecretStr | None = setting(
-        None, "progress", "where `neucodec_alert_sensor` posts a JSON message per failed run; never logged",
+        None, "progress", "where `neucodec_alert_sensor` posts a JSON message per failed run (the sensor starts on "
+        "when it is set as the code location loads); never logged",
         shown_default="unset (no alerts)")
     legacy_dsn: SecretStr | None = setting(
         None, "progress", "the old fleet's Postgres for `import-legacy`; never logged", read="command")
@@ -275,6 +277,8 @@ class Settings(BaseModel):
                 shown = MASK if value.get_secret_value() else ""
             elif value is None:
                 shown = ""
+            elif value == "":
+                shown = '""'  # kept blank: a value (CUDA_VISIBLE_DEVICES="" means no GPU), not "unset"
             elif isinstance(value, bool):
                 shown = "on" if value else "off"
             else:

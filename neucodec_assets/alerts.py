@@ -125,14 +125,8 @@ def post_json(url: str, body: dict, *, attempts: int = POST_ATTEMPTS, timeout: f
     raise WebhookError(f"webhook post failed after {attempt + 1} attempts: {last}")
 
 
-@dg.run_failure_sensor(
-    name=SENSOR_NAME,
-    description=f"Posts a JSON message (Slack-compatible `text`, run id, job, shards, error) for every failed run "
-    f"to {WEBHOOK_ENV}. Off while the variable is unset.",
-    default_status=dg.DefaultSensorStatus.RUNNING if webhook_url() else dg.DefaultSensorStatus.STOPPED,
-    minimum_interval_seconds=30,
-)
-def neucodec_alert_sensor(context: dg.RunFailureSensorContext):
+def post_alert(context: dg.RunFailureSensorContext):
+    """One failed run: post its message to the webhook read now (a tick without a URL skips)."""
     url = webhook_url()
     if not url:
         return dg.SkipReason(f"{WEBHOOK_ENV} is not set: no alert sent")
@@ -145,3 +139,17 @@ def neucodec_alert_sensor(context: dg.RunFailureSensorContext):
         return dg.SkipReason(f"alert for run {body['run_id']} not delivered: {exc}")
     context.log.info(f"alert for run {body['run_id']} posted (HTTP {status})")
     return None
+
+
+def alert_sensor(webhook_set: bool = False) -> dg.SensorDefinition:
+    """The sensor; it starts on when the code location loads with NEUCODEC_ALERT_WEBHOOK_URL set."""
+    return dg.run_failure_sensor(
+        name=SENSOR_NAME,
+        description=f"Posts a JSON message (Slack-compatible `text`, run id, job, shards, error) for every failed "
+        f"run to {WEBHOOK_ENV}. Off while the variable is unset.",
+        default_status=dg.DefaultSensorStatus.RUNNING if webhook_set else dg.DefaultSensorStatus.STOPPED,
+        minimum_interval_seconds=30,
+    )(post_alert)
+
+
+neucodec_alert_sensor = alert_sensor()

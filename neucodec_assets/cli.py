@@ -39,8 +39,8 @@ def _instance():
     if not Path(home).is_dir():
         raise CliError(f"DAGSTER_HOME={home} is not a folder")
     instance = dg.DagsterInstance.get()
-    logger.debug("Dagster instance of DAGSTER_HOME=%s: %s, %s", home, type(instance.run_storage).__name__,
-                 type(instance.run_launcher).__name__)
+    # Not the run launcher: building it would need the launcher's own settings (a Celery broker, a kube config).
+    logger.debug("Dagster instance of DAGSTER_HOME=%s: %s", home, type(instance.run_storage).__name__)
     return instance
 
 

@@ -180,7 +180,7 @@ class EncoderResource(dg.ConfigurableResource):
     def settings(self) -> EncoderSettings:
         """The fields set here, else the settings in this process's environment (read now)."""
         env = load_settings()
-        picked = {name: getattr(self, name) if getattr(self, name) is not None else getattr(env, name)
+        picked = {name: getattr(self, name) if getattr(self, name) not in (None, "") else getattr(env, name)
                   for name in ENCODER_FIELDS}
         return EncoderSettings(**picked)
 

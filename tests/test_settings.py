@@ -44,7 +44,7 @@ def test_defaults_blanks_and_aliases():
     ({"NEUCODEC_SHARDS_PER_RUN": "eight"}, r"NEUCODEC_SHARDS_PER_RUN='eight' is not accepted: it takes a whole "
                                            r"number >= 1"),
     ({"NEUCODEC_SHARDS_PER_RUN": "0"}, r"NEUCODEC_SHARDS_PER_RUN='0' .* a whole number >= 1"),
-    ({"NEUCODEC_PRECISION": "fp8"}, r"NEUCODEC_PRECISION='fp8' .* one of fp32, bf16, fp16"),
+    ({"NEUCODEC_PRECISION": "fp8"}, r"NEUCODEC_PRECISION='fp8' .* one of fp32, tf32, bf16, fp16"),
     ({"NEUCODEC_AUTOMATION": "maybe"}, r"NEUCODEC_AUTOMATION='maybe' .* on/off"),
     ({"NEUCODEC_DEVICE": "gpu"}, r"NEUCODEC_DEVICE='gpu' .* `auto`, `cpu`, `cuda`, `cuda:N`"),
     ({"NEUCODEC_GPU_HOUR_PRICE": "-1"}, r"NEUCODEC_GPU_HOUR_PRICE='-1' .* a number >= 0"),
@@ -142,3 +142,14 @@ def test_settings_command_prints_values_in_effect_and_refuses_bad_ones(monkeypat
     monkeypatch.setenv("NEUCODEC_HANG_SECONDS", "soon")
     assert cli.main(["settings"]) == 2
     assert "NEUCODEC_HANG_SECONDS='soon' is not accepted: it takes a number >= 1" in capsys.readouterr().err
+
+
+def test_precisions_are_the_engines():
+    import typing
+
+    from gpu_executor.encoder.precision import PRECISIONS
+
+    annotation = Settings.model_fields["precision"].annotation
+    assert set(typing.get_args(annotation)) == set(PRECISIONS)
+    assert load_settings({"NEUCODEC_PRECISION": "tf32"}).precision == "tf32"
+    assert load_settings({"CUDA_VISIBLE_DEVICES": ""}).in_effect()["CUDA_VISIBLE_DEVICES"] == '""'
