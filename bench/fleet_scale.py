@@ -66,20 +66,6 @@ query PartitionHealthQuery($assetKey: AssetKeyInput!) {
 }
 """
 
-# The UI's backfill dialog mutation (LaunchPartitionBackfill), with the result types we read.
-LAUNCH_BACKFILL_MUTATION = """
-mutation LaunchPartitionBackfill($backfillParams: LaunchBackfillParams!) {
-  launchPartitionBackfill(backfillParams: $backfillParams) {
-    __typename
-    ... on LaunchBackfillSuccess { backfillId }
-    ... on PythonError { message stack }
-    ... on PartitionKeysNotFoundError { message }
-    ... on UnauthorizedError { message }
-  }
-}
-"""
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -184,6 +170,7 @@ def run_size(n: int, endpoint: str, args: argparse.Namespace) -> None:
     from neucodec_assets.tokens.discovery import DiscoveryCursor
     from neucodec_assets.tokens.partitions import shards_partitions
     from resources.dagster_resources import BucketResource
+    from tests.fixtures.dagster_api import launch_asset_backfill
 
     bucket_name = f"fleet-{n}-{uuid.uuid4().hex[:6]}"
     client = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="testing", aws_secret_access_key="testing",
@@ -229,14 +216,9 @@ def run_size(n: int, endpoint: str, args: argparse.Namespace) -> None:
             target = WorkspaceFileTarget(paths=[str(REPO_ROOT / "workspace.yaml")])
             with create_test_daemon_workspace_context(target, instance) as workspace:
                 # 3. a partition backfill of every shard, launched as the UI's backfill dialog launches it.
-                params = {"partitionNames": keys, "assetSelection": [{"path": ["neucodec_tokens"]}],
-                          "fromFailure": False, "tags": []}
                 start = time.perf_counter()
-                res = execute_dagster_graphql(workspace.create_request_context(), LAUNCH_BACKFILL_MUTATION,
-                                              {"backfillParams": params})
+                launch_asset_backfill(workspace, dg.AssetKey("neucodec_tokens"), keys, title="fleet-scale bench")
                 submit_s = time.perf_counter() - start
-                out = res.data["launchPartitionBackfill"]
-                assert out["__typename"] == "LaunchBackfillSuccess", out
                 print(f"backfill submission (GraphQL launchPartitionBackfill, {len(keys):,} partitions)  "
                       f"{verdict(submit_s, TARGET_S)}")
 
