@@ -40,9 +40,7 @@ from resources.tokens_file import TokensFileReport
 MAX_RUNTIME_BASE_SECONDS = 900.0  # worker start and model load (a first download of the weights included)
 MAX_RUNTIME_TAG = "dagster/max_runtime"
 HUNG_EXIT_CODE = 75
-
-
-RUN_SETTING_GROUPS = ("bucket", "encoder", "run")  # what a tokens run reads; shown with its materializations
+RUN_SETTING_GROUPS = ("bucket", "encoder", "run")  # what a tokens run reads: logged at its start, shown on the asset
 
 
 def backfill_policy(shards_per_run: int = default_of("shards_per_run")) -> dg.BackfillPolicy:
