@@ -20,7 +20,6 @@ import argparse
 import logging
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,6 +33,15 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 import dagster as dg  # noqa: E402
+
+from tests.fixtures.services import (  # noqa: E402
+    PG_HOST,
+    PG_PORT,
+    PG_USER,
+    create_database,
+    drop_database,
+    moto_server,
+)
 
 TARGET_S = 60.0
 VIEW_TARGET_S = 2.0
@@ -66,43 +74,6 @@ query PartitionHealthQuery($assetKey: AssetKeyInput!) {
 }
 """
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextmanager
-def moto_server():
-    """moto's standalone S3 server, as the tests start it."""
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.time() > deadline:
-                    raise RuntimeError("moto server did not start") from None
-                time.sleep(0.1)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-
-
-def pg_connect(dbname: str):
-    import psycopg2
-
-    return psycopg2.connect(host=os.environ.get("NEUCODEC_TEST_PG_HOST", "127.0.0.1"),
-                            port=int(os.environ.get("NEUCODEC_TEST_PG_PORT", "5432")),
-                            user=os.environ.get("NEUCODEC_TEST_PG_USER", "postgres"), dbname=dbname,
-                            connect_timeout=5)
-
-
 @contextmanager
 def dagster_home(sqlite: bool):
     """A fresh DAGSTER_HOME: the repository's dagster.yaml on a new Postgres database (dropped afterwards), or
@@ -113,17 +84,10 @@ def dagster_home(sqlite: bool):
     try:
         os.environ["DAGSTER_HOME"] = str(home)
         if not sqlite:
-            db = f"neucodec_bench_{uuid.uuid4().hex[:10]}"
-            conn = pg_connect("postgres")
-            conn.autocommit = True
-            with conn.cursor() as cur:
-                cur.execute(f'CREATE DATABASE "{db}"')
-            conn.close()
+            db = create_database("neucodec_bench")
             shutil.copy(REPO_ROOT / "dagster.yaml", home / "dagster.yaml")
             os.environ.update({
-                "DAGSTER_PG_HOST": os.environ.get("NEUCODEC_TEST_PG_HOST", "127.0.0.1"),
-                "DAGSTER_PG_PORT": os.environ.get("NEUCODEC_TEST_PG_PORT", "5432"),
-                "DAGSTER_PG_USERNAME": os.environ.get("NEUCODEC_TEST_PG_USER", "postgres"),
+                "DAGSTER_PG_HOST": PG_HOST, "DAGSTER_PG_PORT": str(PG_PORT), "DAGSTER_PG_USERNAME": PG_USER,
                 "DAGSTER_PG_PASSWORD": "", "DAGSTER_PG_DB": db,
             })
         yield home
@@ -132,11 +96,7 @@ def dagster_home(sqlite: bool):
         os.environ.update(saved)
         shutil.rmtree(home, ignore_errors=True)
         if db:
-            conn = pg_connect("postgres")
-            conn.autocommit = True
-            with conn.cursor() as cur:
-                cur.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
-            conn.close()
+            drop_database(db)
 
 
 def shard_prefixes(n: int) -> list[str]:
