@@ -35,7 +35,7 @@ SENTENCES = ("The weather is pleasant today, and we will meet at the station tom
 
 def speech_members(seconds: float, sr: int, channels: int, subtype: str, seg_seconds: float = 6.0) -> list[bytes]:
     """FLAC members of real espeak-ng speech, ``seg_seconds`` each, ``seconds`` in all."""
-    from resources.sample_bucket import _flac_bytes, espeak
+    from resources.sample_bucket import espeak, flac_bytes
 
     speech = []
     total = 0
@@ -46,7 +46,7 @@ def speech_members(seconds: float, sr: int, channels: int, subtype: str, seg_sec
         total += len(samples)
         k += 1
     wave = np.concatenate(speech)[: int(22_050 * seg_seconds)]
-    data, _ = _flac_bytes(wave, sr, channels, subtype)
+    data, _ = flac_bytes(wave, sr, channels, subtype)
     return [data] * max(1, round(seconds / seg_seconds))
 
 

@@ -140,9 +140,9 @@ def main() -> None:
 
     import torch
 
+    from gpu_executor.codec.random_model import cached_random_model, default_cache_root
     from gpu_executor.encoder import NeucodecEncoder
     from gpu_executor.encoder.engine import resolve_device
-    from gpu_executor.random_model import cached_random_model, default_cache_root
     from resources.bucket import open_bucket
     from resources.shard_reader import (
         available_cores,

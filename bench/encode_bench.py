@@ -39,7 +39,7 @@ def peak_rss_mib() -> float:
 
 def make_clips(total_seconds: float, seed: int) -> list[np.ndarray]:
     """About one clip per 8 s of audio, durations log-uniform in 0.5-25 s, synthesized speech."""
-    from gpu_executor.random_model import default_cache_root
+    from gpu_executor.codec.random_model import default_cache_root
     from tests.fixtures.model import speech_of_duration
 
     cache = default_cache_root() / "speech-v1"
@@ -56,7 +56,7 @@ def make_clips(total_seconds: float, seed: int) -> list[np.ndarray]:
 
 def load_reference(model: str, semantic: str, device: str):
     """The package's NeuCodec; local folders are served to its from_pretrained through an offline hub cache."""
-    from gpu_executor.neucodec_compat import import_neucodec
+    from gpu_executor.codec.neucodec_compat import import_neucodec
     from tests.fixtures.model import link_hub_repo, offline_hub
 
     neucodec = import_neucodec()
@@ -166,8 +166,8 @@ def main() -> None:
 
     import torch
 
+    from gpu_executor.codec.random_model import cached_random_model
     from gpu_executor.encoder.engine import resolve_device
-    from gpu_executor.random_model import cached_random_model
 
     if args.model is None:
         dirs = cached_random_model()

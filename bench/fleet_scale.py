@@ -121,10 +121,9 @@ def verdict(seconds: float, target: float) -> str:
 def run_size(n: int, endpoint: str, args: argparse.Namespace) -> None:
     import boto3
     from botocore.config import Config
-    from dagster._core.test_utils import create_test_daemon_workspace_context
-    from dagster._core.workspace.load_target import WorkspaceFileTarget
     from dagster_graphql.test.utils import execute_dagster_graphql
 
+    from gpu_executor.launch.dagster_internals import WorkspaceFileTarget, create_test_daemon_workspace_context
     from neucodec_assets import cli
     from neucodec_assets.tokens import discovery_sensor
     from neucodec_assets.tokens.discovery import DiscoveryCursor
@@ -228,9 +227,11 @@ def run_size(n: int, endpoint: str, args: argparse.Namespace) -> None:
 
 def daemon_iteration() -> int:
     """One iteration of Dagster's backfill daemon over DAGSTER_HOME and the repository's workspace (child process)."""
-    from dagster._core.test_utils import create_test_daemon_workspace_context
-    from dagster._core.workspace.load_target import WorkspaceFileTarget
-    from dagster._daemon.backfill import execute_backfill_iteration
+    from gpu_executor.launch.dagster_internals import (
+        WorkspaceFileTarget,
+        create_test_daemon_workspace_context,
+        execute_backfill_iteration,
+    )
 
     with dg.DagsterInstance.get() as instance, create_test_daemon_workspace_context(
             WorkspaceFileTarget(paths=[str(REPO_ROOT / "workspace.yaml")]), instance) as workspace:

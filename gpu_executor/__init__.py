@@ -1,22 +1,9 @@
-"""How the platform runs on GPUs: the batched neucodec encoder engine and the GPU run launcher.
+"""How the platform runs on GPUs, in three rooms that say where they run:
 
-The encoder engine (``gpu_executor.encoder``) has no Dagster import and can be used from a notebook. The launcher
-needs Dagster, so it is imported only when ``gpu_executor.GpuRunLauncher`` is first asked for.
+- ``gpu_executor.encoder`` and ``gpu_executor.codec``: the torch side, in the run worker on the GPU box: the batched
+  exact encoder engine, neucodec's audio contract, its decoder, round-trip quality, the random test model. No Dagster
+  import: usable from a notebook.
+- ``gpu_executor.launch``: the Dagster side, in the daemon, the webserver and the GPU workers: the run queue, the
+  launchers (one host, Celery, Kubernetes), GPU discovery. No torch import.
+- ``gpu_executor.settings``: every setting, read by both (neither torch nor Dagster).
 """
-
-from __future__ import annotations
-
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from gpu_executor.launcher import GpuRunLauncher
-
-__all__ = ["GpuRunLauncher"]
-
-
-def __getattr__(name: str) -> Any:
-    if name == "GpuRunLauncher":
-        from gpu_executor.launcher import GpuRunLauncher
-
-        return GpuRunLauncher
-    raise AttributeError(f"module 'gpu_executor' has no attribute {name!r}")

@@ -21,7 +21,8 @@ import os
 import sys
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
@@ -351,6 +352,21 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             shown = MASK if Settings.model_fields[name].annotation in (SecretStr, SecretStr | None) else repr(raw)
             problems.append(f"{var}={shown} is not accepted: it takes {_accepts(name)} ({err['msg']})")
         raise SettingsError("; ".join(problems)) from None
+
+
+@contextmanager
+def environment_set(values: Mapping[str, str]) -> Iterator[None]:
+    """Set environment variables for the block (for the processes started in it) and restore them after."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def markdown_table() -> str:

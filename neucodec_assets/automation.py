@@ -16,9 +16,9 @@ from __future__ import annotations
 import dagster as dg
 
 from gpu_executor.settings import Settings, default_of
+from neucodec_assets.progress import PROGRESS_ASSET_KEY
 
 SENSOR_NAME = "neucodec_automation"
-PROGRESS_KEY = dg.AssetKey("encoding_progress")  # read by the dataset card; its refreshes alone rebuild nothing
 
 
 def _missing_not_failed() -> dg.AutomationCondition:
@@ -49,7 +49,7 @@ def pairs_condition() -> dg.AutomationCondition:
 
 def dataset_condition(cron: str = default_of("sft_dataset_cron")) -> dg.AutomationCondition:
     """Rebuild the dataset once per cron period, as soon as any shard's pairs changed since the last build."""
-    pairs_updated = dg.AutomationCondition.any_deps_updated().ignore(dg.AssetSelection.assets(PROGRESS_KEY))
+    pairs_updated = dg.AutomationCondition.any_deps_updated().ignore(dg.AssetSelection.assets(PROGRESS_ASSET_KEY))
     return (
         dg.AutomationCondition.cron_tick_passed(cron).since_last_handled()
         & pairs_updated.since_last_handled()

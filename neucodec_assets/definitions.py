@@ -12,9 +12,9 @@ from __future__ import annotations
 import dagster as dg
 
 from gpu_executor.settings import Settings, load_settings
-from neucodec_assets.alerts import alert_sensor
 from neucodec_assets.automation import automation_sensor, dataset_condition
-from neucodec_assets.progress_asset import (
+from neucodec_assets.progress.alerts import alert_sensor
+from neucodec_assets.progress.asset import (
     encoding_progress,
     encoding_progress_after_backfills,
     encoding_progress_job,

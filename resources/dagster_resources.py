@@ -115,7 +115,7 @@ def load_encoder(settings: EncoderSettings) -> LoadedEncoder:
 
         model, semantic_model = settings.model, settings.semantic_model
         if settings.is_random:
-            from gpu_executor.random_model import cached_random_model
+            from gpu_executor.codec.random_model import cached_random_model
 
             dirs = cached_random_model()
             model, semantic_model = str(dirs.model_dir), str(dirs.semantic_model_dir)

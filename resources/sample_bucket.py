@@ -127,7 +127,7 @@ def _speakers(language: str, rng: np.random.Generator) -> list[_Speaker]:
     ]
 
 
-def _flac_bytes(samples: np.ndarray, sr: int, channels: int, subtype: str) -> tuple[bytes, float]:
+def flac_bytes(samples: np.ndarray, sr: int, channels: int, subtype: str) -> tuple[bytes, float]:
     """Resample the 22.05 kHz speech to ``sr`` and encode it as FLAC with ``channels`` channels."""
     x = soxr.resample(samples, 22_050, sr, quality="HQ").astype(np.float32)
     x = np.clip(x * 0.9, -1.0, 1.0)
@@ -161,7 +161,7 @@ def build_shard(index: int, dataset: str, language: str, segments: int, seed: in
                 chosen = chosen[:1]
                 samples, src_sr = espeak(chosen[0], language, spk.variant, spk.pitch, spk.speed)
             samples = samples[: int(MAX_SEGMENT_SECONDS * src_sr)]
-            data, duration = _flac_bytes(samples, sr, channels, subtype)
+            data, duration = flac_bytes(samples, sr, channels, subtype)
             segment_id = f"{spk.speaker_id}_{index:06d}_{k:04d}"
             member = f"{spk.speaker_id}/{segment_id}.flac" if k % 2 else f"{segment_id}.flac"
             info = tarfile.TarInfo(member)

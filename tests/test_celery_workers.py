@@ -26,14 +26,17 @@ import dagster as dg
 import psutil
 import pytest
 import yaml
-from dagster._core.execution.backfill import BulkActionStatus
-from dagster._core.remote_origin import InProcessCodeLocationOrigin
-from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
-from dagster._core.workspace.context import WorkspaceProcessContext
-from dagster._core.workspace.load_target import InProcessWorkspaceLoadTarget
 
-from gpu_executor.celery_launcher import SLOT_TAG, WORKER_TAG, CeleryGpuRunLauncher
-from neucodec_assets.backfills import DaemonLoop
+from gpu_executor.launch.celery_launcher import CeleryGpuRunLauncher
+from gpu_executor.launch.dagster_internals import (
+    BulkActionStatus,
+    InProcessCodeLocationOrigin,
+    InProcessWorkspaceLoadTarget,
+    LoadableTargetOrigin,
+    WorkspaceProcessContext,
+)
+from gpu_executor.launch.names import GPU_TAG, WORKER_TAG
+from neucodec_assets.cli.backfills import DaemonLoop
 from tests.fixtures.dagster_api import graphql, launch_asset_backfill, wait_for
 
 JOBS_FILE = Path(__file__).with_name("celery_jobs.py")
@@ -72,10 +75,10 @@ class Fleet:
             (self.records / sub).mkdir(parents=True)
         config: dict[str, Any] = {
             "storage": {"postgres": {"postgres_url": pg_url}},
-            "run_launcher": {"module": "gpu_executor.celery_launcher", "class": "CeleryGpuRunLauncher", "config": {
+            "run_launcher": {"module": "gpu_executor.launch.celery_launcher", "class": "CeleryGpuRunLauncher", "config": {
                 "broker": broker, "gpu_queue": self.gpu_queue, "default_queue": self.cpu_queue,
                 "heartbeat_timeout_seconds": HEARTBEAT_TIMEOUT_S}},
-            "run_coordinator": {"module": "gpu_executor.coordinator", "class": "GpuPoolRunCoordinator",
+            "run_coordinator": {"module": "gpu_executor.launch.coordinator", "class": "GpuPoolRunCoordinator",
                                 "config": {"gpu_pool_limit": pool_limit}},
             "concurrency": {"pools": {"granularity": "run"}},
             "run_monitoring": {"enabled": True, "poll_interval_seconds": 1, "start_timeout_seconds": start_timeout_s,
@@ -199,7 +202,7 @@ def test_two_boxes_spread_survive_a_killed_box_and_take_a_joining_box(postgres_d
         assert all(r["cuda_visible_devices"] == r["worker"][3] for r in first.values())
         for run_id, rec in first.items():
             run = fleet.instance.get_run_by_id(run_id)
-            assert run.tags[WORKER_TAG] == rec["worker"] and run.tags[SLOT_TAG] == rec["cuda_visible_devices"]
+            assert run.tags[WORKER_TAG] == rec["worker"] and run.tags[GPU_TAG] == rec["cuda_visible_devices"]
 
         on_a = {run_id for run_id, r in first.items() if r["worker"].endswith("@boxA")}
         a_pids = {p.pid for p in fleet.box_processes("boxA")}

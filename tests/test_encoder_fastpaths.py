@@ -78,7 +78,7 @@ def test_latent_is_the_quantizer_input(reference_codec, speech_clips):
 
 
 def _tiny_w2v_bert():
-    from gpu_executor.neucodec_compat import import_neucodec
+    from gpu_executor.codec.neucodec_compat import import_neucodec
 
     import_neucodec()  # transformers imports torchaudio: make it importable first
     from transformers import Wav2Vec2BertConfig, Wav2Vec2BertModel

@@ -20,12 +20,12 @@ ROOT = Path(__file__).resolve().parents[1]
 def _checks() -> dict:
     import torch
 
+    from gpu_executor.codec.neucodec_compat import import_neucodec
     from gpu_executor.encoder.acoustic import BatchedCodecEnc
     from gpu_executor.encoder.fused_activation import (
         fused_activation_available,
         fused_snake_activation,
     )
-    from gpu_executor.neucodec_compat import import_neucodec
 
     import_neucodec()
     from neucodec.activations import SnakeBeta

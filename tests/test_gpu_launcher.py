@@ -11,7 +11,9 @@ import json
 import logging
 import os
 import signal
+import subprocess
 import sys
+import textwrap
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,25 +23,24 @@ import dagster as dg
 import psutil
 import pytest
 import yaml
-from dagster._core.launcher.base import WorkerStatus
-from dagster._core.remote_origin import InProcessCodeLocationOrigin
-from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
-from dagster._core.workspace.context import (
+
+from gpu_executor.launch.dagster_internals import (
+    InProcessCodeLocationOrigin,
+    InProcessWorkspaceLoadTarget,
+    LoadableTargetOrigin,
+    QueuedRunCoordinatorDaemon,
+    WorkerStatus,
     WorkspaceProcessContext,
     WorkspaceRequestContext,
-)
-from dagster._core.workspace.load_target import InProcessWorkspaceLoadTarget
-from dagster._daemon.auto_run_reexecution.auto_run_reexecution import (
     consume_new_runs_for_automatic_reexecution,
+    execute_run_monitoring_iteration,
 )
-from dagster._daemon.monitoring.run_monitoring import execute_run_monitoring_iteration
-from dagster._daemon.run_coordinator.queued_run_coordinator_daemon import (
-    QueuedRunCoordinatorDaemon,
-)
-
-from gpu_executor.gpus import current_gpu_slot, detect_gpus
-from gpu_executor.launcher import GPU_TAG, HOST_TAG, PID_TAG, GpuRunLauncher
+from gpu_executor.launch.gpus import current_gpu_slot, detect_gpus
+from gpu_executor.launch.host_launcher import GpuRunLauncher
+from gpu_executor.launch.names import GPU_TAG, HOST_TAG, PID_TAG
 from tests.fixtures.dagster_api import wait_for
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 JOBS_FILE = Path(__file__).with_name("launcher_jobs.py")
 LOCATION = "launcher_jobs"
@@ -49,7 +50,7 @@ log = logging.getLogger(__name__)
 def write_instance(home: Path, pg_url: str, launcher_config: dict[str, Any], pools: bool) -> None:
     config: dict[str, Any] = {
         "storage": {"postgres": {"postgres_url": pg_url}},
-        "run_launcher": {"module": "gpu_executor.launcher", "class": "GpuRunLauncher", "config": launcher_config},
+        "run_launcher": {"module": "gpu_executor.launch.host_launcher", "class": "GpuRunLauncher", "config": launcher_config},
         "run_monitoring": {"enabled": True, "max_resume_run_attempts": 0, "poll_interval_seconds": 1},
         "run_retries": {"enabled": True, "max_retries": 1},
         "run_coordinator": {"module": "dagster.core.run_coordinator", "class": "QueuedRunCoordinator"},
@@ -315,6 +316,33 @@ def test_gpu_detection_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     assert detect_gpus(None, env={}) == (["0", "1"], "nvidia-smi")
     slot = current_gpu_slot({"NEUCODEC_GPU_SLOT": "1", "CUDA_VISIBLE_DEVICES": "1", "NEUCODEC_WORKER_HOST": "h"})
     assert slot == {"gpu_slot": "1", "cuda_visible_devices": "1", "host": "h"}
+
+
+def test_the_process_that_picks_a_gpu_never_starts_cuda(tmp_path: Path) -> None:
+    """On a host without nvidia-smi the GPUs are counted by torch, in a child process: CUDA reads
+    CUDA_VISIBLE_DEVICES once, when it starts, so a launcher or GPU worker that asked torch itself could no longer
+    hand out (or be held to) one GPU. Here the launcher picks its slots and the gpu-worker builds its workers' commands;
+    then neither process has torch loaded, so CUDA cannot have started in it."""
+    code = textwrap.dedent("""
+        import argparse, json, sys
+        from gpu_executor.launch.gpus import detect_gpus, gpus_from_torch
+        from gpu_executor.launch.gpu_worker_cli import worker_commands
+        from gpu_executor.launch.host_launcher import GpuRunLauncher
+        launcher = GpuRunLauncher(log_dir=sys.argv[1])
+        args = argparse.Namespace(gpus="auto", name="box", queue=None, cpu_slots=1, cpu_queue="dagster",
+                                  loglevel="INFO")
+        print(json.dumps({"slots": launcher.slots, "detected": detect_gpus(), "torch": gpus_from_torch(),
+                          "workers": len(worker_commands(args)), "torch_loaded": "torch" in sys.modules}))
+    """)
+    env = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
+    env["PATH"] = str(tmp_path)  # no nvidia-smi on this PATH: the torch count is what is left
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], env=env, capture_output=True, text=True,
+                         cwd=REPO_ROOT, timeout=300, check=True)
+    facts = json.loads(out.stdout.strip().splitlines()[-1])
+    assert facts["torch_loaded"] is False, facts
+    # This machine's torch has no CUDA: the child says so, and the launcher falls back to its CPU slot.
+    assert facts["torch"] is None and facts["detected"] == [[], "none found"] and facts["slots"] == ["cpu0"], facts
+    assert facts["workers"] == 1, facts  # the CPU worker only
 
 
 def test_cpu_slots_and_config_errors(tmp_path: Path) -> None:

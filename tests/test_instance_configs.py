@@ -6,10 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
-from dagster._config import process_config
 
-from gpu_executor.coordinator import GpuPoolRunCoordinator
-from gpu_executor.launcher import GpuRunLauncher
+from gpu_executor.launch.coordinator import GpuPoolRunCoordinator
+from gpu_executor.launch.dagster_internals import process_config
+from gpu_executor.launch.host_launcher import GpuRunLauncher
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PROFILES = {"single host": REPO_ROOT / "dagster.yaml", "kubernetes": REPO_ROOT / "deploy" / "k8s" / "dagster.yaml",

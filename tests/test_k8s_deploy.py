@@ -17,29 +17,32 @@ from typing import Any
 import dagster as dg
 import pytest
 import yaml
-from dagster._cli.api import ExecuteRunArgs
-from dagster._config import process_config
-from dagster._core.code_pointer import ModuleCodePointer
-from dagster._core.instance.config import dagster_instance_config
-from dagster._core.origin import JobPythonOrigin, RepositoryPythonOrigin
-from dagster._core.storage.compute_log_manager import ComputeIOType
-from dagster._core.storage.tags import BACKFILL_ID_TAG
-from dagster._core.workspace.context import WorkspaceProcessContext
-from dagster._core.workspace.load_target import WorkspaceFileTarget
-from dagster._daemon.backfill import execute_backfill_iteration
 from dagster_aws.s3.compute_log_manager import S3ComputeLogManager
 from dagster_k8s.job import construct_dagster_k8s_job, get_job_name_from_run_id
 from dagster_k8s.launcher import K8sRunLauncher
 from kubernetes.client import ApiClient
 
-from gpu_executor.coordinator import GpuPoolRunCoordinator, parse_run_tags
-from gpu_executor.k8s import (
+from gpu_executor.launch.coordinator import GpuPoolRunCoordinator, parse_run_tags
+from gpu_executor.launch.dagster_internals import (
+    BACKFILL_ID_TAG,
+    ComputeIOType,
+    ExecuteRunArgs,
+    JobPythonOrigin,
+    ModuleCodePointer,
+    RepositoryPythonOrigin,
+    WorkspaceFileTarget,
+    WorkspaceProcessContext,
+    dagster_instance_config,
+    execute_backfill_iteration,
+    process_config,
+)
+from gpu_executor.launch.k8s import (
     K8S_CONFIG_TAG,
     default_tolerations,
     gpu_run_tags,
     k8s_run_config,
 )
-from neucodec_assets.backfills import submit_backfill
+from neucodec_assets.cli.backfills import submit_backfill
 from neucodec_assets.tokens.checks import COMPLETE_CHECK_KEY, VALID_CHECK_KEY
 from neucodec_assets.tokens.discovery import add_shard_partitions
 from neucodec_assets.tokens.metadata import TOKENS_ASSET_KEY
@@ -253,7 +256,7 @@ def env_of(container: dict[str, Any]) -> dict[str, str]:
 
 
 def test_shipped_gpu_tags_are_the_helpers_config_and_helm_says_the_same() -> None:
-    """The `gpu_run_tags` written out in deploy/k8s/dagster.yaml is what gpu_executor.k8s builds for those sizes,
+    """The `gpu_run_tags` written out in deploy/k8s/dagster.yaml is what gpu_executor.launch.k8s builds for those sizes,
     dagster-k8s accepts it, and the Helm values carry the same mapping."""
     config = yaml.safe_load((DEPLOY / "k8s" / "dagster.yaml").read_text())["run_coordinator"]["config"]
     tags = parse_run_tags(config["gpu_run_tags"])

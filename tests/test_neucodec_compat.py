@@ -28,7 +28,7 @@ def test_neucodec_imports_and_file_loading_fails_clearly_without_torchaudio():
     out = _run(
         """
         import importlib
-        from gpu_executor.neucodec_compat import import_neucodec, torchaudio_is_stub, TorchaudioUnavailable
+        from gpu_executor.codec.neucodec_compat import import_neucodec, torchaudio_is_stub, TorchaudioUnavailable
         try:
             importlib.import_module("torchaudio")
             loadable = True
@@ -62,7 +62,7 @@ def test_a_working_torchaudio_is_kept(tmp_path: Path):
     out = _run(
         """
         import sys
-        from gpu_executor.neucodec_compat import import_neucodec, torchaudio_is_stub
+        from gpu_executor.codec.neucodec_compat import import_neucodec, torchaudio_is_stub
         neucodec = import_neucodec()
         import torchaudio
         assert not torchaudio_is_stub()

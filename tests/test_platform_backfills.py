@@ -20,8 +20,8 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from dagster._core.execution.backfill import BulkActionStatus
-from dagster._core.storage.tags import (
+
+from gpu_executor.launch.dagster_internals import (
     ASSET_EVALUATION_ID_TAG,
     ASSET_PARTITION_RANGE_END_TAG,
     ASSET_PARTITION_RANGE_START_TAG,
@@ -29,11 +29,11 @@ from dagster._core.storage.tags import (
     BACKFILL_ID_TAG,
     PARTITION_NAME_TAG,
     SENSOR_NAME_TAG,
+    BulkActionStatus,
+    WorkspaceFileTarget,
+    WorkspaceProcessContext,
 )
-from dagster._core.workspace.context import WorkspaceProcessContext
-from dagster._core.workspace.load_target import WorkspaceFileTarget
-
-from neucodec_assets.backfills import TERMINAL, DaemonLoop
+from neucodec_assets.cli.backfills import TERMINAL, DaemonLoop
 from neucodec_assets.tokens.discovery import add_shard_partitions
 from neucodec_assets.tokens.metadata import TOKENS_ASSET_KEY, metadata_value, tokens_key
 from resources.bucket import AUDIO_TAR, METADATA_PARQUET, LocalBucket

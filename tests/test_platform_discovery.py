@@ -49,10 +49,12 @@ def write_old_fleet_tokens(bucket: LocalBucket, shard: TinyShard, *, corrupt: bo
 def test_sensor_on_by_default_adds_shards_and_requests_no_runs(
     pg_instance, tiny_shards_dir, tmp_path, monkeypatch,
 ):
-    from dagster._core.scheduler.instigation import InstigatorType
-    from dagster._core.test_utils import create_test_daemon_workspace_context
-    from dagster._core.workspace.load_target import WorkspaceFileTarget
-    from dagster._daemon.sensor import execute_sensor_iteration
+    from gpu_executor.launch.dagster_internals import (
+        InstigatorType,
+        WorkspaceFileTarget,
+        create_test_daemon_workspace_context,
+        execute_sensor_iteration,
+    )
 
     bucket_dir = tmp_path / "bucket"
     shards = copy_tiny_shards(tiny_shards_dir, str(bucket_dir), count=3)

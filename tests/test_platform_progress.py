@@ -19,16 +19,15 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 import pytest
-from dagster._core.events import DagsterEvent, DagsterEventType
 
-from neucodec_assets.alerts import (
+from neucodec_assets.cli import main
+from neucodec_assets.progress.alerts import (
     SENSOR_NAME,
     WEBHOOK_ENV,
     neucodec_alert_sensor,
     post_json,
 )
-from neucodec_assets.cli import main
-from neucodec_assets.progress import (
+from neucodec_assets.progress.report import (
     DONE,
     FAILED,
     IN_FLIGHT,
@@ -81,7 +80,7 @@ def _tokens_run(instance: dg.DagsterInstance, key: str) -> dg.DagsterRun:
 
     run = instance.create_run_for_job(job_def=defs.resolve_job_def("neucodec_tokens_job"),
                                       tags={"dagster/partition": key}, asset_selection=frozenset({TOKENS_ASSET_KEY}))
-    instance.report_dagster_event(DagsterEvent(DagsterEventType.RUN_START.value, job_name=run.job_name),
+    instance.report_dagster_event(dg.DagsterEvent(dg.DagsterEventType.RUN_START.value, job_name=run.job_name),
                                   run_id=run.run_id)
     return instance.get_run_by_id(run.run_id)
 
@@ -187,7 +186,7 @@ def test_status_shows_cost_at_a_price(fleet, capsys, monkeypatch) -> None:
 
 
 def test_encoding_progress_asset_metadata_charts_and_cache(fleet) -> None:
-    from neucodec_assets.progress_asset import encoding_progress
+    from neucodec_assets.progress.asset import encoding_progress
     from resources.dagster_resources import BucketResource
 
     instance, bucket, _ = fleet
@@ -311,7 +310,7 @@ def webhook() -> Iterator[tuple[str, type[_Hook]]]:
 
 
 def _failure_context(instance: dg.DagsterInstance, run: dg.DagsterRun) -> dg.RunFailureSensorContext:
-    event = instance.all_logs(run.run_id, of_type=DagsterEventType.RUN_FAILURE)[0].dagster_event
+    event = instance.all_logs(run.run_id, of_type=dg.DagsterEventType.RUN_FAILURE)[0].dagster_event
     return dg.build_run_status_sensor_context(
         sensor_name=SENSOR_NAME, dagster_event=event, dagster_instance=instance,
         dagster_run=instance.get_run_by_id(run.run_id)).for_run_failure()
@@ -335,7 +334,7 @@ def test_failed_run_posts_to_the_webhook(fleet, webhook, monkeypatch, caplog) ->
 
 def test_step_failure_names_the_failed_shards(pg_instance, webhook, monkeypatch) -> None:
     """A real run whose step fails the way `neucodec_tokens` does: a Failure with its `failed_shards` table."""
-    from neucodec_assets.tokens.asset import _failed_shards_table
+    from neucodec_assets.tokens.asset import failed_shards_table
 
     url, hook = webhook
     monkeypatch.setenv(WEBHOOK_ENV, url)
@@ -345,7 +344,7 @@ def test_step_failure_names_the_failed_shards(pg_instance, webhook, monkeypatch)
     @dg.op
     def encode_shards() -> None:
         raise dg.Failure(description="1 of 3 shards failed: d/hi/b: no audio.tar",
-                         metadata={"failed_shards": _failed_shards_table([("d/hi/b", "no audio.tar")])})
+                         metadata={"failed_shards": failed_shards_table([("d/hi/b", "no audio.tar")])})
 
     @dg.job
     def shard_job() -> None:
@@ -383,11 +382,10 @@ def test_webhook_off_without_url_and_errors_never_show_it(fleet, webhook, monkey
 
 
 def test_progress_refreshes_after_a_tokens_backfill_ends(pg_instance) -> None:
-    from dagster._core.execution.backfill import BulkActionStatus
-
-    from neucodec_assets.backfills import submit_backfill
+    from gpu_executor.launch.dagster_internals import BulkActionStatus
+    from neucodec_assets.cli.backfills import submit_backfill
     from neucodec_assets.definitions import defs
-    from neucodec_assets.progress_asset import encoding_progress_after_backfills
+    from neucodec_assets.progress.asset import encoding_progress_after_backfills
 
     pg_instance.add_dynamic_partitions("shards", ["d/hi/a"])
     graph = defs.resolve_asset_graph()

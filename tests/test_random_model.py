@@ -7,7 +7,7 @@ import json
 import numpy as np
 import yaml
 
-from gpu_executor.random_model import FORMAT_VERSION, cached_random_model
+from gpu_executor.codec.random_model import FORMAT_VERSION, cached_random_model
 from tests.fixtures.model import assert_diverse
 
 

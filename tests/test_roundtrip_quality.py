@@ -17,7 +17,7 @@ import pytest
 import soundfile as sf
 import soxr
 
-from gpu_executor import quality
+from gpu_executor.codec import quality
 from neucodec_assets.tokens import roundtrip
 from neucodec_assets.tokens.metadata import metadata_value, tokens_key
 from resources.bucket import LocalBucket
@@ -90,7 +90,7 @@ def loaded() -> LoadedEncoder:
 
 
 def test_roundtrip_of_real_speech_through_the_random_model(loaded, tiny_shards_dir, tmp_path, monkeypatch):
-    from gpu_executor.neucodec_compat import import_neucodec
+    from gpu_executor.codec.neucodec_compat import import_neucodec
     from neucodec_assets.tokens.encoding import encode_shard
 
     bucket = LocalBucket(tmp_path / "bucket")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ast
 import re
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -110,22 +112,60 @@ def test_every_variable_the_project_names_is_a_setting():
     assert not unknown, sorted(unknown)
 
 
+def _environment_reads(path: Path) -> list[int]:
+    """Lines of ``path`` that read the process environment: `os.environ[...]`, `.get`, `in`, iteration, `os.getenv`.
+    Writes (`os.environ[k] = v`, `del`, `.update/.pop/.setdefault/.clear`) and handing the whole environment to a
+    child process (`{**os.environ, ...}`, `dict(os.environ)`, `os.environ.copy()`) are not reads."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+    not_reads = {"update", "pop", "setdefault", "clear", "copy"}
+    lines = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node.attr == "getenv" and getattr(node.value, "id", None) == "os":
+            lines.append(node.lineno)
+            continue
+        if not (isinstance(node, ast.Attribute) and node.attr == "environ" and getattr(node.value, "id", None) == "os"):
+            continue
+        parent = parents.get(node)
+        if isinstance(parent, ast.Subscript) and isinstance(parent.ctx, (ast.Store, ast.Del)):
+            continue  # os.environ[k] = v; del os.environ[k]
+        if isinstance(parent, ast.Attribute) and parent.attr in not_reads:
+            continue
+        if isinstance(parent, ast.Dict) and any(v is node and k is None for k, v in zip(parent.keys, parent.values)):
+            continue  # {**os.environ, ...}
+        if isinstance(parent, ast.Call) and getattr(parent.func, "id", None) == "dict" and parent.args == [node]:
+            continue  # dict(os.environ)
+        lines.append(node.lineno)
+    return lines
+
+
 def test_the_environment_is_read_only_in_the_settings_module():
-    """Outside gpu_executor/settings.py, os.environ is only written or passed to a child process's environment."""
+    """Outside gpu_executor/settings.py, os.environ is only written or handed whole to a child process."""
     reads = []
     for pkg in PACKAGES:
         for path in sorted((ROOT / pkg).rglob("*.py")):
             if path == ROOT / "gpu_executor" / "settings.py":
                 continue
-            for n, line in enumerate(path.read_text().splitlines(), 1):
-                if "os.environ" not in line and "os.getenv" not in line:
-                    continue
-                code = line.split("#")[0]
-                writes = re.search(r"os\.environ(\[[^]]+\]\s*=|\.update\(|\.pop\(|\.setdefault\()", code)
-                child = "{**os.environ" in code or "dict(os.environ" in code or "child environment" in line
-                if not (writes or child):
-                    reads.append(f"{path.relative_to(ROOT)}:{n}: {line.strip()}")
+            source = path.read_text().splitlines()
+            reads += [f"{path.relative_to(ROOT)}:{n}: {source[n - 1].strip()}" for n in _environment_reads(path)]
     assert not reads, "read settings through gpu_executor.settings:\n" + "\n".join(reads)
+
+
+def test_the_environment_lint_tells_reads_from_writes(tmp_path):
+    sample = tmp_path / "sample.py"
+    sample.write_text(textwrap.dedent("""
+        import os
+        os.environ["A"] = "1"
+        os.environ.update({"B": "2"})
+        del os.environ["A"]
+        child = {**os.environ, "C": "3"}
+        copy = dict(os.environ)
+        value = os.environ["D"]
+        other = os.environ.get("E")
+        present = "F" in os.environ
+        named = os.getenv("G")
+    """))
+    assert sorted(_environment_reads(sample)) == [8, 9, 10, 11]  # the four reads, nothing else
 
 
 def test_settings_command_prints_values_in_effect_and_refuses_bad_ones(monkeypatch, capsys):

@@ -4,12 +4,12 @@ import numpy as np
 import polars as pl
 import pytest
 
+from neucodec_assets.charts import markdown_image
 from neucodec_assets.sft.card import CardInputs, render_card
 from neucodec_assets.sft.charts import (
     duration_histogram,
     duration_histogram_png,
     hours_per_language_png,
-    markdown_image,
 )
 from neucodec_assets.sft.packing import PackingStats, blocks_to_arrow, pack_documents
 from neucodec_assets.sft.split import (

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from gpu_executor.neucodec_compat import import_neucodec
+from gpu_executor.codec.neucodec_compat import import_neucodec
 from gpu_executor.settings import load_settings
 
 __all__ = [
@@ -143,7 +143,7 @@ def _load_checkpoint(path: Path) -> dict[str, torch.Tensor]:
         raise ModelLoadError(f"cannot read the neucodec checkpoint {path}: {type(error).__name__}: {error}") from error
 
 
-def _load_strict(module: nn.Module, prefix: str, state: dict[str, torch.Tensor], source: str) -> None:
+def load_strict(module: nn.Module, prefix: str, state: dict[str, torch.Tensor], source: str) -> None:
     """Copy ``prefix.*`` weights into ``module``; every module weight must be present with its shape."""
     expected = module.state_dict()
     missing = [k for k in expected if f"{prefix}.{k}" not in state]
@@ -214,7 +214,7 @@ def load_parts(model: str | os.PathLike, semantic_model: str | os.PathLike) -> E
     semantic_folder = resolve_folder(semantic_model, _SEMANTIC_FILES, "semantic model")
     modules = _new_codec_modules()
     for prefix, module in modules.items():
-        _load_strict(module, prefix, state, model_folder.source)
+        load_strict(module, prefix, state, model_folder.source)
     sem_overrides = {
         k[len("semantic_model."):]: v for k, v in state.items() if k.startswith("semantic_model.")
     }

@@ -12,8 +12,9 @@ from collections.abc import Iterator
 import dagster as dg
 import polars as pl
 
-from neucodec_assets.automation import PROGRESS_KEY, dataset_condition, pairs_condition
-from neucodec_assets.sft.charts import markdown_image
+from neucodec_assets.automation import dataset_condition, pairs_condition
+from neucodec_assets.charts import markdown_image
+from neucodec_assets.progress import PROGRESS_ASSET_KEY
 from neucodec_assets.sft.dataset_build import (
     DURATION_CHART,
     HOURS_CHART,
@@ -127,7 +128,7 @@ def sft_pairs(context: dg.AssetExecutionContext, bucket: BucketResource, sft: Sf
 def roundtrip_by_language(instance: dg.DagsterInstance) -> pl.DataFrame | None:
     """Decode round-trip means per language as `encoding_progress` last recorded them (None before its first run):
     the dataset card reports token quality without reading every shard's materialization again."""
-    event = instance.get_latest_materialization_event(PROGRESS_KEY)
+    event = instance.get_latest_materialization_event(PROGRESS_ASSET_KEY)
     if event is None or event.asset_materialization is None:
         return None
     rows: dict[str, dict] = {}
@@ -141,7 +142,7 @@ def roundtrip_by_language(instance: dg.DagsterInstance) -> pl.DataFrame | None:
 
 
 @dg.asset(
-    deps=[sft_pairs, PROGRESS_KEY],  # the card reports the round-trip quality encoding_progress summarizes
+    deps=[sft_pairs, PROGRESS_ASSET_KEY],  # the card reports the round-trip quality encoding_progress summarizes
     group_name=GROUP,
     automation_condition=dataset_condition(),
     kinds={"parquet", "huggingface"},

@@ -1,26 +1,11 @@
-"""PNG charts for the materialization and the dataset card (matplotlib's Agg backend: no display needed)."""
+"""PNG charts of the SFT dataset for its materialization and card."""
 
 from __future__ import annotations
 
-import base64
-import io
+import numpy as np
+import polars as pl
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
-import numpy as np  # noqa: E402
-import polars as pl  # noqa: E402
-
-DPI = 90
-
-
-def _png(figure: plt.Figure) -> bytes:
-    buffer = io.BytesIO()
-    figure.tight_layout()
-    figure.savefig(buffer, format="png", dpi=DPI)
-    plt.close(figure)
-    return buffer.getvalue()
+from neucodec_assets.charts import figure_png, plt
 
 
 def hours_per_language_png(by_language: pl.DataFrame) -> bytes:
@@ -30,7 +15,7 @@ def hours_per_language_png(by_language: pl.DataFrame) -> bytes:
     axis.barh(frame.get_column("language").to_list(), frame.get_column("hours").to_list(), color="#3b7dd8")
     axis.set_xlabel("hours")
     axis.set_title("Hours per language")
-    return _png(figure)
+    return figure_png(figure)
 
 
 DURATION_BIN_EDGES = np.concatenate([np.arange(0.0, 60.0, 1.0), [60.0, np.inf]])  # 1 s bins, last: 60 s and up
@@ -52,9 +37,4 @@ def duration_histogram_png(counts: np.ndarray) -> bytes:
     axis.set_xlabel("clip duration (s); last bar: 60 s and longer")
     axis.set_ylabel("segments")
     axis.set_title(f"Clip durations ({int(counts.sum()):,} segments)")
-    return _png(figure)
-
-
-def markdown_image(png: bytes, alt: str) -> str:
-    """Markdown with the PNG inlined as a data URI, for dg.MetadataValue.md."""
-    return f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode('ascii')})"
+    return figure_png(figure)

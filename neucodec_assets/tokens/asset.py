@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import dagster as dg
 from pydantic import Field
 
-from gpu_executor.coordinator import GPU_POOL
+from gpu_executor.launch.names import GPU_POOL
 from gpu_executor.settings import Settings, default_of, load_settings
 from neucodec_assets.automation import tokens_condition
 from neucodec_assets.tokens.checks import (
@@ -38,7 +38,6 @@ from resources.shard_reader import ShardError, default_decode_workers
 from resources.tokens_file import TokensFileReport
 
 MAX_RUNTIME_BASE_SECONDS = 900.0  # worker start and model load (a first download of the weights included)
-MAX_RUNTIME_TAG = "dagster/max_runtime"
 HUNG_EXIT_CODE = 75
 RUN_SETTING_GROUPS = ("bucket", "encoder", "run")  # what a tokens run reads: logged at its start, shown on the asset
 
@@ -59,14 +58,14 @@ class TokensConfig(dg.Config):
 
 def gpu_label() -> str:
     """The GPU the run worker was given (GPU run launcher) for the metadata."""
-    from gpu_executor.gpus import current_gpu_slot
+    from gpu_executor.launch.gpus import current_gpu_slot
 
     slot = current_gpu_slot()
     return (f"slot {slot['gpu_slot']}, CUDA_VISIBLE_DEVICES={slot['cuda_visible_devices']}, "
             f"host {slot['host']}")
 
 
-def _failed_shards_table(failed: list[tuple[str, str]]) -> dg.TableMetadataValue:
+def failed_shards_table(failed: list[tuple[str, str]]) -> dg.TableMetadataValue:
     return dg.MetadataValue.table(
         records=[dg.TableRecord({"shard": key, "error": error}) for key, error in failed],
         schema=dg.TableSchema(columns=[dg.TableColumn("shard", "string"), dg.TableColumn("error", "string")]),
@@ -106,7 +105,7 @@ def _outcome_events(outcomes: list[ShardOutcome]) -> Iterator[dg.AssetMaterializ
 def _place_in_process_run(context: dg.AssetExecutionContext, settings: Settings) -> None:
     """`dagster asset materialize` runs in the caller's process, outside the queue and the launcher: on a GPU host
     it takes a GPU that no launched run holds (and says which), or refuses, naming the way to queue the shard."""
-    from gpu_executor.launcher import GpuRunLauncher, NoFreeSlotError, slot_label
+    from gpu_executor.launch.host_launcher import GpuRunLauncher, NoFreeSlotError, slot_label
 
     launcher = context.instance.run_launcher
     if settings.gpu_slot or not isinstance(launcher, GpuRunLauncher) or not launcher.has_gpus:
@@ -123,7 +122,7 @@ def _place_in_process_run(context: dg.AssetExecutionContext, settings: Settings)
 def _fail_hung_run(context: dg.AssetExecutionContext, message: str) -> None:
     """The watchdog's verdict: fail the run (run retries start it again) and end this process, whose stuck
     thread cannot be interrupted."""
-    from dagster._core.events import JobFailureData, RunFailureReason
+    from gpu_executor.launch.dagster_internals import JobFailureData, RunFailureReason
 
     text = f"Run {context.run_id} is hung: {message}. The run is failed so that run retries start it afresh."
     context.log.error(text)
@@ -139,10 +138,10 @@ def _fail_hung_run(context: dg.AssetExecutionContext, message: str) -> None:
 def _set_max_runtime(context: dg.AssetExecutionContext, shards: int, seconds_per_shard: float) -> None:
     """`dagster/max_runtime` from the shards this run holds, unless the run already has one: run monitoring then
     fails a run that outlives its budget however it got stuck."""
-    if MAX_RUNTIME_TAG in context.run.tags:
+    if dg.MAX_RUNTIME_SECONDS_TAG in context.run.tags:
         return
     budget = int(MAX_RUNTIME_BASE_SECONDS + shards * seconds_per_shard)
-    context.instance.add_run_tags(context.run_id, {MAX_RUNTIME_TAG: str(budget)})
+    context.instance.add_run_tags(context.run_id, {dg.MAX_RUNTIME_SECONDS_TAG: str(budget)})
 
 
 @dg.multi_asset(
@@ -211,6 +210,6 @@ def neucodec_tokens(
         raise dg.Failure(
             description=f"{len(failed)} of {len(keys)} shards failed: "
             + "; ".join(f"{k}: {e}" for k, e in failed[:5]),
-            metadata={"failed_shards": _failed_shards_table(failed),
+            metadata={"failed_shards": failed_shards_table(failed),
                       "recorded_shards": dg.MetadataValue.int(len(outcome.outcomes) - len(failed))},
         )

@@ -3,8 +3,8 @@
 While a shard encodes, ``RoundtripSample`` keeps the waves (from the shard reader, the same 16 kHz audio the encoder
 got) and the codes of a seeded sample of its segments (``NEUCODEC_ROUNDTRIP_SAMPLES``, default 4; 0 turns it off).
 After the tokens file is uploaded, ``roundtrip_for_shard`` decodes them with the neucodec package's own decoder
-(``gpu_executor.decoder``: ``NeuCodec.decode_code``), compares each with its source at 16 kHz
-(``gpu_executor.quality``: STOI, wide-band PESQ, SI-SDR, log-mel distance), writes listenable pairs to
+(``gpu_executor.codec.decoder``: ``NeuCodec.decode_code``), compares each with its source at 16 kHz
+(``gpu_executor.codec.quality``: STOI, wide-band PESQ, SI-SDR, log-mel distance), writes listenable pairs to
 ``<shard>/roundtrip/<segment_id>.source.wav`` / ``.decoded.wav`` (16 kHz PCM_16) and returns the materialization
 metadata entries (``roundtrip_*``).
 
@@ -107,7 +107,7 @@ _DECODERS: dict[tuple[str, str], object] = {}
 
 def _model_folder(settings) -> str:
     if settings.is_random:
-        from gpu_executor.random_model import cached_random_model
+        from gpu_executor.codec.random_model import cached_random_model
 
         return str(cached_random_model().model_dir)
     return settings.model
@@ -115,7 +115,7 @@ def _model_folder(settings) -> str:
 
 def decoder_for(loaded):
     """The package's decoder for a LoadedEncoder's model, on its device; loaded on first use, kept per process."""
-    from gpu_executor.decoder import NeucodecDecoder
+    from gpu_executor.codec.decoder import NeucodecDecoder
 
     key = (_model_folder(loaded.settings), str(loaded.encoder.device))
     with _DECODER_LOCK:
@@ -132,12 +132,12 @@ class RoundtripPair:
     segment_id: str
     source: np.ndarray  # 16 kHz, trimmed to the decoded length
     decoded: np.ndarray  # 16 kHz
-    figures: object  # gpu_executor.quality.QualityFigures
+    figures: object  # gpu_executor.codec.quality.QualityFigures
 
 
 def decode_and_score(decoder, items: Iterable[tuple[str, np.ndarray, np.ndarray]]) -> list[RoundtripPair]:
     """Decode each (id, source wave, codes) and score it against its source at 16 kHz."""
-    from gpu_executor.quality import quality_figures
+    from gpu_executor.codec.quality import quality_figures
 
     out = []
     for segment_id, wave, codes in items:
@@ -177,7 +177,7 @@ def roundtrip_for_shard(sample: RoundtripSample | None, target, loaded, log: Log
         log(f"{sample.prefix}: round trip failed ({type(exc).__name__}: {exc}); the tokens file stands")
         return {"roundtrip_error": f"{type(exc).__name__}: {exc}"}
     seconds = time.perf_counter() - start
-    from gpu_executor.quality import mean_figures
+    from gpu_executor.codec.quality import mean_figures
 
     means = mean_figures([p.figures for p in pairs])
     meta: dict[str, object] = {"roundtrip_segments": dg.MetadataValue.int(len(pairs))}

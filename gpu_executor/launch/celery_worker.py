@@ -1,7 +1,7 @@
 """The Celery app a GPU box runs: dagster-celery's run task, plus what a rented box needs around it.
 
-`celery -A gpu_executor.celery_worker:app worker -Q gpu -c 1` is started once per GPU by
-`neucodec-platform gpu-worker` (gpu_executor.gpu_worker_cli), with CUDA_VISIBLE_DEVICES set to that GPU. The task
+`celery -A gpu_executor.launch.celery_worker:app worker -Q gpu -c 1` is started once per GPU by
+`neucodec-platform gpu-worker` (gpu_executor.launch.gpu_worker_cli), with CUDA_VISIBLE_DEVICES set to that GPU. The task
 keeps dagster-celery's name (`execute_job`, what CeleryRunLauncher sends) and runs the run as `dagster api execute_run`
 in a child process (a Celery pool process is daemonic: Dagster's multiprocess executor could not start steps), and
 adds:
@@ -32,19 +32,12 @@ from typing import Any, Iterator
 
 import dagster as dg
 from celery import Celery
-from dagster._grpc.types import ExecuteRunArgs
-from dagster._serdes import serialize_value, unpack_value
 from dagster_celery.config import DEFAULT_CONFIG, TASK_EXECUTE_JOB_NAME
 from dagster_celery.make_app import make_app
 
-from gpu_executor.celery_launcher import (
-    HEARTBEAT_TAG,
-    SLOT_TAG,
-    WORKER_TAG,
-    broker_from_env,
-    configure_app,
-    default_backend,
-)
+from gpu_executor.launch.celery_launcher import broker_from_env, configure_app, default_backend
+from gpu_executor.launch.dagster_internals import ExecuteRunArgs, unpack_value
+from gpu_executor.launch.names import GPU_TAG, HEARTBEAT_TAG, WORKER_TAG
 from gpu_executor.settings import load_settings
 
 logger = logging.getLogger(__name__)
@@ -64,7 +57,7 @@ class Heartbeat:
         self.instance, self.run_id, self.task_id, self.every = instance, run_id, task_id, every
         self.count = 0
         self.stop_event = threading.Event()
-        self.beat({WORKER_TAG: worker, SLOT_TAG: load_settings().gpu_slot or "none"})
+        self.beat({WORKER_TAG: worker, GPU_TAG: load_settings().gpu_slot or "none"})
         self.thread = threading.Thread(target=self._loop, name="neucodec-celery-heartbeat", daemon=True)
         self.thread.start()
 
@@ -99,7 +92,7 @@ def _run_process(args: ExecuteRunArgs, instance: dg.DagsterInstance) -> subproce
     daemonic and may not fork Dagster's step processes, and a fresh process per run frees the GPU's memory."""
     local = ExecuteRunArgs(job_origin=args.job_origin, run_id=args.run_id, instance_ref=instance.get_ref(),
                            set_exit_code_on_failure=True)
-    env = {**os.environ, "DAGSTER_EXECUTE_RUN_ARGS": serialize_value(local)}
+    env = {**os.environ, "DAGSTER_EXECUTE_RUN_ARGS": dg.serialize_value(local)}
     return subprocess.Popen([sys.executable, "-m", "dagster", "api", "execute_run"], env=env)
 
 
@@ -154,7 +147,7 @@ def make_worker_app(broker: str | None = None, queues: list[str] | None = None) 
 
 
 def __getattr__(name: str) -> Any:
-    """`app` is built on first use (`celery -A gpu_executor.celery_worker:app`): importing needs no broker set."""
+    """`app` is built on first use (`celery -A gpu_executor.launch.celery_worker:app`): importing needs no broker set."""
     if name == "app":
         value = make_worker_app()
         globals()["app"] = value

@@ -5,7 +5,7 @@ reaches the worker through the broker, and reads the task's state for run monito
 rented boxes, added here:
 
 - routing: runs in the `gpu` pool go to the `gpu` queue (one Celery worker per GPU consumes it, see
-  gpu_executor.celery_worker), every other run to the default queue; a run's own `dagster-celery/queue` tag wins;
+  gpu_executor.launch.celery_worker), every other run to the default queue; a run's own `dagster-celery/queue` tag wins;
 - a dead box is noticed: Celery leaves a SIGKILLed worker's task STARTED forever, so the worker writes a heartbeat
   counter into a run tag and the monitoring daemon fails a STARTED run whose counter stopped moving for
   ``heartbeat_timeout_seconds`` (measured on the daemon's clock, so box clocks do not matter). Run retries then
@@ -30,25 +30,24 @@ from typing import Any
 import dagster as dg
 from celery import Celery
 from dagster import Field, IntSource, Noneable, StringSource
-from dagster._core.launcher import CheckRunHealthResult, LaunchRunContext, WorkerStatus
-from dagster._serdes import ConfigurableClassData
 from dagster_celery.launcher import CeleryRunLauncher
 from dagster_celery.tags import DAGSTER_CELERY_QUEUE_TAG, DAGSTER_CELERY_TASK_ID_TAG
 from kombu import Exchange, Queue
 from typing_extensions import Self
 
+from gpu_executor.launch.dagster_internals import (
+    CheckRunHealthResult,
+    ConfigurableClassData,
+    LaunchRunContext,
+    WorkerStatus,
+)
+from gpu_executor.launch.names import GPU_POOL, HEARTBEAT_TAG, WORKER_TAG
 from gpu_executor.settings import Settings, load_settings
 
-GPU_POOL = "gpu"
 GPU_QUEUE = "gpu"
 DEFAULT_QUEUE = "dagster"
 BROKER_ENVS = Settings.env_names("celery_broker")
 BACKEND_ENVS = Settings.env_names("celery_backend")
-#: Written by the worker while its run executes: "<celery task id>:<counter>".
-HEARTBEAT_TAG = "neucodec/celery_heartbeat"
-#: The Celery worker (``gpuN@box``) and GPU a run was given, for the UI and for tests.
-WORKER_TAG = "neucodec/celery_worker"
-SLOT_TAG = "neucodec/gpu"
 DEFAULT_HEARTBEAT_TIMEOUT_S = 120
 
 #: Celery settings both sides need. A publish retries while the broker restarts instead of failing the launch.

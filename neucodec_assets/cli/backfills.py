@@ -15,8 +15,8 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import dagster as dg
-from dagster._core.events.log import EventLogEntry
-from dagster._core.execution.backfill import BulkActionStatus, PartitionBackfill
+
+from gpu_executor.launch.dagster_internals import BulkActionStatus, PartitionBackfill
 
 #: Backfill states after which nothing more happens.
 TERMINAL = frozenset({BulkActionStatus.COMPLETED_SUCCESS, BulkActionStatus.COMPLETED_FAILED,
@@ -46,9 +46,7 @@ class DaemonLoop:
     in this process: Dagster's own daemon code, called faster than `dagster-daemon`'s 30-second backfill cadence."""
 
     def __init__(self, context):
-        from dagster._daemon.run_coordinator.queued_run_coordinator_daemon import (
-            QueuedRunCoordinatorDaemon,
-        )
+        from gpu_executor.launch.dagster_internals import QueuedRunCoordinatorDaemon
 
         self.context = context  # a WorkspaceProcessContext
         self.queue = QueuedRunCoordinatorDaemon(interval_seconds=1)
@@ -56,11 +54,9 @@ class DaemonLoop:
         self._event_cursors: dict[str, str] = {}  # run id -> cursor of the last event log entry handed on
 
     def tick(self) -> None:
-        from dagster._daemon.auto_run_reexecution.auto_run_reexecution import (
+        from gpu_executor.launch.dagster_internals import (
             consume_new_runs_for_automatic_reexecution,
-        )
-        from dagster._daemon.backfill import execute_backfill_iteration
-        from dagster._daemon.monitoring.run_monitoring import (
+            execute_backfill_iteration,
             execute_run_monitoring_iteration,
         )
 
@@ -75,7 +71,7 @@ class DaemonLoop:
             list(consume_new_runs_for_automatic_reexecution(self.context, failed, logger))
             self._seen_failures.update(r.dagster_run.run_id for r in failed)
 
-    def _new_events(self, run_id: str) -> Iterator[EventLogEntry]:
+    def _new_events(self, run_id: str) -> Iterator[dg.EventLogEntry]:
         """The run's event log entries since the last call for it."""
         while True:
             page = self.context.instance.get_records_for_run(run_id, cursor=self._event_cursors.get(run_id),
@@ -87,7 +83,7 @@ class DaemonLoop:
 
     def until_done(self, backfill_id: str, *, timeout: float, every: float = 0.5,
                    progress: Callable[[str], None] | None = None,
-                   events: Callable[[EventLogEntry], None] | None = None) -> BulkActionStatus:
+                   events: Callable[[dg.EventLogEntry], None] | None = None) -> BulkActionStatus:
         """Tick until the backfill ends; ``progress`` hears each change of its runs' states, ``events`` each new
         entry of their event logs (the run workers write them to the instance, in their own processes)."""
         instance = self.context.instance

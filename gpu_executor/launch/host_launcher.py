@@ -8,7 +8,7 @@ sees the occupancy of runs still going, the webserver can terminate a run the da
 monitoring daemon can tell a dead worker from a live one.
 
 Queueing stays with Dagster: the GPU assets declare `pool="gpu"`, `concurrency.pools.granularity: run`, and
-`gpu_executor.coordinator.GpuPoolRunCoordinator` keeps the `gpu` pool limit at `total_capacity`. Only runs in the
+`gpu_executor.launch.coordinator.GpuPoolRunCoordinator` keeps the `gpu` pool limit at `total_capacity`. Only runs in the
 `gpu` pool that materialize assets get a slot; other runs (SFT, checks-only) start with no GPU visible. The launcher never fails a run for lack
 of a free GPU; if the pool limit is set too high it puts the run on the least-loaded GPU and warns in the run's
 events.
@@ -33,28 +33,30 @@ from typing import Any
 
 import dagster as dg
 import psutil
-from dagster._cli.api import ExecuteRunArgs
-from dagster._core.events import EngineEventData
-from dagster._core.launcher.base import (
+from typing_extensions import Self
+
+from gpu_executor.launch.coordinator import encodes
+from gpu_executor.launch.dagster_internals import (
     CheckRunHealthResult,
+    ConfigurableClass,
+    ConfigurableClassData,
+    EngineEventData,
+    ExecuteRunArgs,
     LaunchRunContext,
     RunLauncher,
     WorkerStatus,
 )
-from dagster._serdes import ConfigurableClass, ConfigurableClassData
-from typing_extensions import Self
-
-from gpu_executor.coordinator import GPU_POOL, encodes
-from gpu_executor.gpus import GPU_SLOT_ENV, WORKER_HOST_ENV, detect_gpus, parse_gpu_list
+from gpu_executor.launch.gpus import GPU_SLOT_ENV, WORKER_HOST_ENV, detect_gpus, parse_gpu_list
+from gpu_executor.launch.names import (
+    GPU_POOL,
+    GPU_TAG,
+    HOST_TAG,
+    NO_SLOT,
+    PID_CREATE_TIME_TAG,
+    PID_TAG,
+    WORKER_LOG_TAG,
+)
 from gpu_executor.settings import load_settings
-
-GPU_TAG = "neucodec/gpu"
-HOST_TAG = "neucodec/host"
-PID_TAG = "neucodec/pid"
-PID_CREATE_TIME_TAG = "neucodec/pid_create_time"
-WORKER_LOG_TAG = "neucodec/worker_log"
-#: The slot tag of a run that holds no GPU (it is not in the `gpu` pool).
-NO_SLOT = "none"
 
 # Runs in these states hold their slot (while their worker process is alive).
 _ACTIVE = [dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]
@@ -69,7 +71,8 @@ class NoFreeSlotError(RuntimeError):
 
 
 def _parse_env_vars(items: Sequence[str]) -> dict[str, str]:
-    """`KEY=VALUE` sets a value; a bare `KEY` passes the launcher's own value through (as in dagster-k8s)."""
+    """`KEY=VALUE` sets a value for the run workers. A bare `KEY` (dagster-k8s' pass-through) is accepted and needs
+    nothing: a run worker inherits the launcher's whole environment."""
     out: dict[str, str] = {}
     for item in items:
         key, sep, value = item.partition("=")
@@ -77,8 +80,6 @@ def _parse_env_vars(items: Sequence[str]) -> dict[str, str]:
             raise ValueError(f"env_vars entry {item!r} has no variable name")
         if sep:
             out[key] = value
-        elif key in os.environ:  # child environment: passed through
-            out[key] = os.environ[key]  # child environment
     return out
 
 
@@ -90,7 +91,7 @@ class GpuRunLauncher(RunLauncher, ConfigurableClass):
             else torch.cuda.
       runs_per_gpu: runs that share one GPU (default 1).
       cpu_slots: concurrent runs on a host without GPUs (default 1).
-      env_vars: extra `KEY=VALUE` (or `KEY` to pass through) for the run workers.
+      env_vars: extra `KEY=VALUE` for the run workers (which inherit the launcher's environment).
       log_dir: where each worker's stdout/stderr goes (default $DAGSTER_HOME/run_worker_logs).
       host: the name this host goes by in run tags (default the host name).
       terminate_grace_seconds: how long terminate waits after SIGTERM before SIGKILL (default 20).
@@ -265,7 +266,7 @@ class GpuRunLauncher(RunLauncher, ConfigurableClass):
                 slot, over = NO_SLOT, False
             gpu_env = slot if slot in self.slots and not slot.startswith("cpu") else ""
             env = {
-                **os.environ,  # child environment
+                **os.environ,
                 **_parse_env_vars(self._env_vars),
                 "CUDA_VISIBLE_DEVICES": gpu_env,
                 GPU_SLOT_ENV: slot,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
+import sys
 from collections.abc import Mapping, Sequence
 
 from gpu_executor.settings import Settings, load_settings
@@ -51,15 +52,23 @@ def gpus_from_nvidia_smi(timeout_s: float = 20.0) -> list[str] | None:
     return parse_gpu_list(",".join(out.split()))
 
 
-def gpus_from_torch() -> list[str] | None:
-    """GPU indices torch sees (`torch.cuda.device_count()`), or None when torch has no CUDA."""
+#: Run in a child process: the count needs CUDA's driver, and a process whose CUDA started has its devices fixed.
+_TORCH_COUNT = "import torch; print(torch.cuda.device_count() if torch.cuda.is_available() else -1)"
+
+
+def gpus_from_torch(timeout_s: float = 120.0) -> list[str] | None:
+    """GPU indices torch sees, counted in a child process, or None when torch has no CUDA.
+
+    Never in this process: CUDA reads CUDA_VISIBLE_DEVICES once, when it starts, so a launcher or worker that asked
+    torch here could no longer hand out or be held to one GPU (on a host without nvidia-smi).
+    """
     try:
-        import torch
-    except ImportError:
+        out = subprocess.run([sys.executable, "-c", _TORCH_COUNT], capture_output=True, text=True,
+                             timeout=timeout_s, check=True).stdout
+        count = int(out.strip().splitlines()[-1])
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
         return None
-    if not torch.cuda.is_available():
-        return None
-    return [str(i) for i in range(torch.cuda.device_count())]
+    return [str(i) for i in range(count)] if count >= 0 else None
 
 
 def detect_gpus(
@@ -69,7 +78,8 @@ def detect_gpus(
     """The GPU ids to hand out and where they came from.
 
     Order: the configured list; the launcher's own `CUDA_VISIBLE_DEVICES` (set to `""` or `-1` it means no GPU);
-    `nvidia-smi`; `torch.cuda`. An empty list means a host without GPUs (the launcher then uses CPU slots).
+    `nvidia-smi`; `torch.cuda` in a child process (nothing here starts CUDA in the calling process). An empty list
+    means a host without GPUs (the launcher then uses CPU slots).
     """
     if configured is not None:
         return parse_gpu_list(configured), "config"
@@ -99,7 +109,7 @@ def current_gpu_slot(env: Mapping[str, str] | None = None) -> dict[str, str]:
 
 
 def main() -> None:
-    """`python -m gpu_executor.gpus [RUNS_PER_GPU]`: the GPUs this host would hand out and the `gpu` pool limit the
+    """`python -m gpu_executor.launch.gpus [RUNS_PER_GPU]`: the GPUs this host would hand out and the `gpu` pool limit the
     queue keeps for them (GpuPoolRunCoordinator, gpu_pool_limit: auto)."""
     import sys
 

@@ -44,7 +44,6 @@ from neucodec_assets.tokens.roundtrip import figures_from_metadata
 from resources.bucket import Bucket, BucketError
 from resources.bucket.base import ShardLayout
 
-PROGRESS_ASSET_KEY = dg.AssetKey("encoding_progress")
 DEFAULT_CRON = default_of("progress_cron")
 READ_THREADS = 16
 WINDOW_SECONDS = 3600.0
@@ -217,11 +216,10 @@ class ProgressCache:
 def shard_states(instance: dg.DagsterInstance, keys: Sequence[str]) -> dict[str, str]:
     """done / failed / in flight / pending per partition, from the asset's partition status cache (the same
     answer as the UI's partition bar; Dagster keeps it current incrementally)."""
-    from dagster._core.storage.partition_status_cache import AssetPartitionStatus
 
     statuses = instance.get_status_by_partition(TOKENS_ASSET_KEY, list(keys), shards_partitions) or {}
-    names = {AssetPartitionStatus.MATERIALIZED: DONE, AssetPartitionStatus.FAILED: FAILED,
-             AssetPartitionStatus.IN_PROGRESS: IN_FLIGHT}
+    names = {dg.AssetPartitionStatus.MATERIALIZED: DONE, dg.AssetPartitionStatus.FAILED: FAILED,
+             dg.AssetPartitionStatus.IN_PROGRESS: IN_FLIGHT}
     return {key: names.get(statuses.get(key), PENDING) for key in keys}
 
 
@@ -693,7 +691,7 @@ def numeric_metadata(report: ProgressReport) -> dict[str, dg.MetadataValue]:
 
 def progress_chart_png(report: ProgressReport) -> bytes:
     """Stacked bars per language: hours done, remaining (estimated) and in failed shards."""
-    from neucodec_assets.sft.charts import _png, plt
+    from neucodec_assets.charts import figure_png, plt
 
     labels = list(report.by_language) or ["(none)"]
     groups = [report.by_language.get(label, GroupProgress()) for label in labels]
@@ -707,12 +705,12 @@ def progress_chart_png(report: ProgressReport) -> bytes:
     axis.set_xlabel("audio hours")
     axis.set_title("Encoding progress per language")
     axis.legend(loc="lower right", fontsize=8)
-    return _png(figure)
+    return figure_png(figure)
 
 
 def throughput_chart_png(report: ProgressReport) -> bytes:
     """Audio hours encoded in each wall hour over the last HISTORY_HOURS hours."""
-    from neucodec_assets.sft.charts import _png, plt
+    from neucodec_assets.charts import figure_png, plt
 
     hours = [datetime.fromtimestamp(t, tz=timezone.utc) for t, _ in report.hourly]
     figure, axis = plt.subplots(figsize=(7, 3.2))
@@ -720,7 +718,7 @@ def throughput_chart_png(report: ProgressReport) -> bytes:
     axis.set_ylabel("audio hours per wall hour")
     axis.set_title(f"Throughput, last {HISTORY_HOURS} hours (UTC)")
     figure.autofmt_xdate()
-    return _png(figure)
+    return figure_png(figure)
 
 
 CHARTS = {"progress_by_language.png": progress_chart_png, "throughput.png": throughput_chart_png}

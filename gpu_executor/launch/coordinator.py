@@ -1,4 +1,4 @@
-"""A run queue whose `gpu` pool limit is right from the first run: Dagster's QueuedRunCoordinator plus one step.
+"""A run queue whose `gpu` pool limit is right from the first run: Dagster's dg.QueuedRunCoordinator plus one step.
 
 Dagster creates a pool's limit lazily, during a dequeue pass that has already decided which runs may start: on a
 fresh instance the first pass starts every queued run of the pool at once (DESIGN.md). This coordinator sets the
@@ -14,7 +14,7 @@ GPUs (Kubernetes, Celery); ``manual`` leaves the pool to the operator. Every sub
 queue passes here (UI and automation backfills, `dagster job launch`, retries), while tags on one named job do not
 reach the implicit asset job that backfills run (DESIGN.md). On Kubernetes it is the `dagster-k8s/config` tag that
 K8sRunLauncher reads when it launches (GPU limit, `NEUCODEC_DEVICE=cuda`, spool disk); ``k8s`` builds that tag from
-``NEUCODEC_K8S_*`` (gpu_executor.k8s). A tag the run already has is never replaced; runs outside the pool and
+``NEUCODEC_K8S_*`` (gpu_executor.launch.k8s). A tag the run already has is never replaced; runs outside the pool and
 checks-only runs (they read files, never encode) get nothing.
 """
 
@@ -26,11 +26,11 @@ from collections.abc import Mapping
 from typing import Any
 
 import dagster as dg
-from dagster._core.run_coordinator import QueuedRunCoordinator, SubmitRunContext
-from dagster._serdes import ConfigurableClassData
 from typing_extensions import Self
 
-GPU_POOL = "gpu"
+from gpu_executor.launch.dagster_internals import ConfigurableClassData
+from gpu_executor.launch.names import GPU_POOL
+
 AUTO = "auto"
 MANUAL = "manual"
 POOL_CHECK_SECONDS = 30.0
@@ -41,7 +41,7 @@ logger = logging.getLogger(__name__)
 
 def parse_run_tags(value: Any) -> dict[str, str]:
     """``gpu_run_tags`` config -> tags: None (none), ``k8s`` (from NEUCODEC_K8S_*), or {tag: string | mapping}."""
-    from gpu_executor.k8s import K8S_CONFIG_TAG, gpu_run_tags, tag_value
+    from gpu_executor.launch.k8s import K8S_CONFIG_TAG, gpu_run_tags, tag_value
 
     if value is None:
         return {}
@@ -93,8 +93,8 @@ def parse_pool_limit(value: int | str | None) -> int | str:
     return limit
 
 
-class GpuPoolRunCoordinator(QueuedRunCoordinator):
-    """QueuedRunCoordinator that keeps the `gpu` pool limit set before any of the pool's runs is queued.
+class GpuPoolRunCoordinator(dg.QueuedRunCoordinator):
+    """dg.QueuedRunCoordinator that keeps the `gpu` pool limit set before any of the pool's runs is queued.
 
     Extra config: ``gpu_pool`` (default ``gpu``), ``gpu_pool_limit`` (``auto`` | ``manual`` | N) and
     ``gpu_run_tags`` (``k8s`` | {tag: value}: added to the pool's encoding runs when they are submitted).
@@ -166,7 +166,7 @@ class GpuPoolRunCoordinator(QueuedRunCoordinator):
             self._checked = (now, self.ensure_pool_limit())
         return self._checked[1]
 
-    def submit_run(self, context: SubmitRunContext) -> dg.DagsterRun:
+    def submit_run(self, context: dg.SubmitRunContext) -> dg.DagsterRun:
         run = context.dagster_run
         pools = run.run_op_concurrency.all_pools if run.run_op_concurrency else None
         if pools and self.gpu_pool in pools:

@@ -10,7 +10,6 @@ and the libraries print, which the terminal shows only with -v) and is rebuilt o
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -20,14 +19,12 @@ from pathlib import Path
 
 import dagster as dg
 import yaml
-from dagster._core.events.log import EventLogEntry
-from dagster._core.execution.backfill import BulkActionStatus
-from dagster._core.workspace.context import WorkspaceProcessContext
-from dagster._core.workspace.load_target import ModuleTarget
 
-from neucodec_assets.automation import PROGRESS_KEY
-from neucodec_assets.backfills import DaemonLoop, submit_backfill
-from neucodec_assets.console import console
+from gpu_executor.launch.dagster_internals import BulkActionStatus, ModuleTarget, WorkspaceProcessContext
+from gpu_executor.settings import environment_set
+from neucodec_assets.cli.backfills import DaemonLoop, submit_backfill
+from neucodec_assets.cli.console import console
+from neucodec_assets.progress import PROGRESS_ASSET_KEY
 from neucodec_assets.tokens.discovery import add_shard_partitions, plan_discovery
 from neucodec_assets.tokens.metadata import TOKENS_ASSET_KEY, metadata_value
 from neucodec_assets.tokens.partitions import shards_partitions
@@ -121,21 +118,6 @@ def _demo_instance_yaml(home: Path) -> str:
         yaml.safe_dump(config, sort_keys=False)
 
 
-@contextmanager
-def _environment(values: dict[str, str]) -> Iterator[None]:
-    """The deployment's settings for the code server and the run workers, which read them from the environment."""
-    saved = {k: os.environ.get(k) for k in values}  # child environment: restored afterwards
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
 def _summary_rows(instance: dg.DagsterInstance, keys: Sequence[str]) -> list[ShardRow]:
     rows = []
     for key in keys:
@@ -160,7 +142,7 @@ def _summary_rows(instance: dg.DagsterInstance, keys: Sequence[str]) -> list[Sha
 def _roundtrip_line(instance: dg.DagsterInstance, keys: Sequence[str], bucket_url: str) -> str | None:
     """The round-trip means over all shards as `encoding_progress` summarized them (it ran after the tokens in the
     demo's backfill), and the folder of the first shard's WAV pairs."""
-    event = instance.get_latest_materialization_event(PROGRESS_KEY)
+    event = instance.get_latest_materialization_event(PROGRESS_ASSET_KEY)
     progress = event.asset_materialization.metadata if event and event.asset_materialization else {}
     segments = int(metadata_value(progress, "roundtrip_segments") or 0)
     if not segments:
@@ -258,7 +240,7 @@ def _backfill_everything(summary: DemoSummary, settings, home: Path, bucket_dir:
     env = {"NEUCODEC_BUCKET": bucket_url, "NEUCODEC_AUTOMATION": "off", "DAGSTER_HOME": str(home)}
     if settings.is_random:
         env["NEUCODEC_MODEL"] = RANDOM_MODEL
-    with _environment(env), _workspace(home) as (instance, ctx):
+    with environment_set(env), _workspace(home) as (instance, ctx):
         keys = _discover(instance, bucket_dir, say)
         backfill_id = _submit(instance, keys, summary, say)
         summary.runs = _wait_for(ctx, backfill_id, keys, say, home, Path(summary.log_file))
@@ -332,7 +314,7 @@ class _StepProgress:
         self.failures: list[str] = []
         self.failed_runs: set[str] = set()
 
-    def __call__(self, entry: EventLogEntry) -> None:
+    def __call__(self, entry: dg.EventLogEntry) -> None:
         _log_event(entry)
         event = entry.dagster_event
         if event is None:
@@ -366,11 +348,12 @@ def _user_error(error) -> str:
     while error.cause is not None:
         error = error.cause
     message = error.message.strip()
-    prefix = "dagster._core.definitions.events.Failure: "
-    return message.removeprefix(prefix)
+    if error.cls_name == dg.Failure.__name__:  # "<module path>.Failure: <description>"
+        return message.partition(": ")[2] or message
+    return message
 
 
-def _log_event(entry: EventLogEntry) -> None:
+def _log_event(entry: dg.EventLogEntry) -> None:
     """One event log entry as a log record with the event's own time and level, like Dagster's console logger."""
     event_type = entry.dagster_event_type.name if entry.dagster_event_type else "LOG"
     message = f"{entry.job_name or '-'} - {entry.run_id} - {entry.step_key or '-'} - {event_type} - {entry.message}"

@@ -3,7 +3,7 @@
 Past one machine the platform runs each shard as its own Kubernetes Job; the scheduler, not the platform, finds a
 node with a free GPU. The `dagster-k8s/config` run tag carries the GPU limit, node selector, tolerations, the
 `NEUCODEC_DEVICE=cuda` env (a GPU pod never falls back to the CPU) and the spool disk. The run queue
-(`gpu_executor.coordinator.GpuPoolRunCoordinator`, config `gpu_run_tags`) adds it to every run of the `gpu` pool when
+(`gpu_executor.launch.coordinator.GpuPoolRunCoordinator`, config `gpu_run_tags`) adds it to every run of the `gpu` pool when
 the run is submitted, so UI and automation backfills get it too. No Dagster import: this is plain data.
 
 Defaults come from the environment of the process that builds the tags (with `gpu_run_tags: k8s`: the daemon and

@@ -135,7 +135,7 @@ def _build_semantic_model(seed: int):
 
 
 def _build_codec_parts(seed: int) -> dict[str, torch.nn.Module]:
-    from gpu_executor.neucodec_compat import import_neucodec
+    from gpu_executor.codec.neucodec_compat import import_neucodec
 
     import_neucodec()
     from neucodec.codec_decoder_vocos import CodecDecoderVocos
@@ -181,7 +181,7 @@ def _rescale_fsq_input(parts: dict[str, torch.nn.Module], semantic_model, folder
 
 def write_random_model(dest: Path, seed: int = 0) -> RandomModelDirs:
     """Write a random full-size neucodec model into ``dest/neucodec`` and ``dest/w2v-bert-2.0``."""
-    from gpu_executor.neucodec_compat import import_neucodec
+    from gpu_executor.codec.neucodec_compat import import_neucodec
 
     import_neucodec()  # before transformers: it makes torchaudio importable where the wheel cannot load
     dest = Path(dest)
@@ -213,7 +213,7 @@ def write_random_model(dest: Path, seed: int = 0) -> RandomModelDirs:
         "seed": seed,
         "format_version": FORMAT_VERSION,
         "fsq_project_in_scale": round(float(scale), 6),
-        "written_by": "gpu_executor.random_model",
+        "written_by": "gpu_executor.codec.random_model",
         "note": "random initialization of the neucodec 0.0.6 architecture, for tests; never for real encoding",
     }
     (model_dir / "meta.yaml").write_text(yaml.safe_dump(meta, sort_keys=True))

@@ -14,12 +14,13 @@ import urllib.request
 from collections.abc import Sequence
 
 import dagster as dg
-from dagster._core.storage.tags import (
+
+from gpu_executor.launch.dagster_internals import (
     ASSET_PARTITION_RANGE_END_TAG,
     ASSET_PARTITION_RANGE_START_TAG,
     PARTITION_NAME_TAG,
 )
-
+from gpu_executor.launch.names import GPU_TAG, HOST_TAG
 from gpu_executor.settings import Settings, load_settings
 from neucodec_assets.tokens.partitions import shards_partitions
 
@@ -93,8 +94,8 @@ def alert_message(context: dg.RunFailureSensorContext) -> dict:
         "failed_shards": failed,
         "error": error,
         "backfill": run.tags.get("dagster/backfill"),
-        "gpu": run.tags.get("neucodec/gpu"),
-        "host": run.tags.get("neucodec/host"),
+        "gpu": run.tags.get(GPU_TAG),
+        "host": run.tags.get(HOST_TAG),
     }
 
 

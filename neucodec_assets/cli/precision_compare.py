@@ -96,7 +96,7 @@ def read_sample(bucket, prefix: str, samples: int, *, workers: int = 2) -> list[
 
 def _column(loaded, waves: list[tuple[str, np.ndarray]], reference: list[np.ndarray] | None
             ) -> tuple[PrecisionColumn, list[np.ndarray]]:
-    from gpu_executor.quality import mean_figures
+    from gpu_executor.codec.quality import mean_figures
 
     start = time.perf_counter()
     codes = list(loaded.encoder.encode([w for _, w in waves], [s for s, _ in waves]))

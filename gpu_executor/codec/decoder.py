@@ -20,8 +20,8 @@ import torch
 from torch import nn
 
 from gpu_executor.codec import SAMPLE_RATE
-from gpu_executor.encoder.loading import _load_strict, load_codec_checkpoint
-from gpu_executor.neucodec_compat import import_neucodec
+from gpu_executor.codec.neucodec_compat import import_neucodec
+from gpu_executor.encoder.loading import load_codec_checkpoint, load_strict
 
 __all__ = ["NeucodecDecoder", "DECODER_SAMPLE_RATE"]
 
@@ -60,8 +60,8 @@ class NeucodecDecoder:
         start = time.perf_counter()
         folder, state = load_codec_checkpoint(model)
         parts = _DecodeParts()
-        _load_strict(parts.generator, "generator", state, folder.source)
-        _load_strict(parts.fc_post_a, "fc_post_a", state, folder.source)
+        load_strict(parts.generator, "generator", state, folder.source)
+        load_strict(parts.fc_post_a, "fc_post_a", state, folder.source)
         del state
         info = {"model": folder.source, "model_revision": folder.revision, "model_folder": str(folder.path)}
         return cls(parts, device, info, time.perf_counter() - start)

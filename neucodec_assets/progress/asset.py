@@ -13,10 +13,11 @@ import time
 
 import dagster as dg
 
-from neucodec_assets.progress import (
+from neucodec_assets.charts import markdown_image
+from neucodec_assets.progress import PROGRESS_ASSET_KEY
+from neucodec_assets.progress.report import (
     CHARTS,
     DEFAULT_CRON,
-    PROGRESS_ASSET_KEY,
     ProgressCache,
     collect,
     format_markdown,
@@ -24,7 +25,6 @@ from neucodec_assets.progress import (
     progress_prefix,
     report_from,
 )
-from neucodec_assets.sft.charts import markdown_image
 from neucodec_assets.tokens.metadata import TOKENS_ASSET_KEY
 from resources.dagster_resources import BucketResource
 
@@ -103,7 +103,7 @@ BACKFILLS_SEEN = 20
 )
 def encoding_progress_after_backfills(context: dg.SensorEvaluationContext):
     """The cursor is the end time of the last backfill seen; the first tick only sets it (no refresh on deploy)."""
-    from dagster._core.execution.backfill import BulkActionStatus
+    from gpu_executor.launch.dagster_internals import BulkActionStatus
 
     ended = [b for b in context.instance.get_backfills(limit=BACKFILLS_SEEN)
              if b.status != BulkActionStatus.REQUESTED and b.backfill_end_timestamp

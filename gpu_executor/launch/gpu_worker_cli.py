@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 
-from gpu_executor.gpus import GPU_SLOT_ENV, WORKER_HOST_ENV, detect_gpus, parse_gpu_list
+from gpu_executor.launch.gpus import GPU_SLOT_ENV, WORKER_HOST_ENV, detect_gpus, parse_gpu_list
 from gpu_executor.settings import load_settings
 
 RESTART_PAUSE_S = 5.0
@@ -43,8 +43,8 @@ def worker_commands(args: argparse.Namespace) -> list[tuple[list[str], dict[str,
     box = args.name or socket.gethostname()
     gpu_queue = args.queue or load_settings().celery_gpu_queue
     gpus = [] if str(args.gpus).strip().lower() == "none" else (
-        detect_gpus() if args.gpus == "auto" else parse_gpu_list(args.gpus))
-    base = [sys.executable, "-m", "celery", "-A", "gpu_executor.celery_worker:app", "worker",
+        detect_gpus()[0] if args.gpus == "auto" else parse_gpu_list(args.gpus))
+    base = [sys.executable, "-m", "celery", "-A", "gpu_executor.launch.celery_worker:app", "worker",
             "--concurrency", "1", "--pool", "prefork", "--without-gossip", "--without-mingle",
             "--loglevel", args.loglevel]
     out = []
@@ -61,7 +61,7 @@ def worker_commands(args: argparse.Namespace) -> list[tuple[list[str], dict[str,
 
 
 def run_gpu_worker(args: argparse.Namespace) -> int:
-    from gpu_executor.celery_launcher import broker_from_env
+    from gpu_executor.launch.celery_launcher import broker_from_env
 
     broker_from_env()  # fail here, not in every worker, when the broker is not set
     commands = worker_commands(args)

@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from neucodec_assets.console import console
+from neucodec_assets.cli.console import console
 
 VERBOSE_HELP = "also print Dagster's and the libraries' logs and warnings (debug level)"
 logger = logging.getLogger("neucodec_assets.cli")  # also when run as `python -m neucodec_assets.cli`
@@ -49,7 +49,7 @@ class CliError(RuntimeError):
 
 
 def _cmd_discover(args: argparse.Namespace) -> int:
-    from neucodec_assets.adoption import adopt_existing
+    from neucodec_assets.cli.adoption import adopt_existing
     from neucodec_assets.tokens.discovery import add_shard_partitions, plan_discovery
     from neucodec_assets.tokens.partitions import shards_partitions
     from resources.bucket import open_bucket
@@ -72,7 +72,7 @@ def _cmd_discover(args: argparse.Namespace) -> int:
 
 def _cmd_import_legacy(args: argparse.Namespace) -> int:
     from gpu_executor.settings import load_settings
-    from neucodec_assets.legacy_import import import_legacy, redact_dsn
+    from neucodec_assets.cli.legacy_import import import_legacy, redact_dsn
     from resources.bucket import open_bucket
 
     dsn = args.dsn or load_settings().secret("legacy_dsn")
@@ -97,7 +97,7 @@ def _cmd_enqueue(args: argparse.Namespace) -> int:
     thing the UI's backfill dialog records; the daemon runs it on the fleet's slots."""
     import dagster as dg
 
-    from neucodec_assets.backfills import submit_backfill
+    from neucodec_assets.cli.backfills import submit_backfill
     from neucodec_assets.definitions import defs
     from neucodec_assets.tokens.metadata import TOKENS_ASSET_KEY
     from neucodec_assets.tokens.partitions import shards_partitions
@@ -133,7 +133,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     asset's report, computed now. Reads the asset's cache in the bucket when there is one; writes nothing."""
     import json
 
-    from neucodec_assets.progress import (
+    from neucodec_assets.progress.report import (
         ProgressCache,
         collect,
         format_text,
@@ -152,7 +152,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     """The demo opens its own `console`, with its log file in the folder it resets first."""
-    from neucodec_assets.demo import DemoError, run_demo
+    from neucodec_assets.cli.demo import DemoError, run_demo
 
     try:
         summary = run_demo(args.model, shards=args.shards, segments=args.segments, root=Path(args.dir),
@@ -182,7 +182,7 @@ def _cmd_compare_precision(args: argparse.Namespace) -> int:
     import dataclasses
     import json
 
-    from neucodec_assets.precision_compare import compare_precision
+    from neucodec_assets.cli.precision_compare import compare_precision
     from resources.bucket import open_bucket
     from resources.dagster_resources import EncoderResource
 
@@ -293,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dir", default=".demo", help="folder for the bucket and DAGSTER_HOME (default .demo)")
     p.set_defaults(func=_cmd_demo, console=False)
 
-    from gpu_executor.gpu_worker_cli import add_parser as add_gpu_worker_parser
+    from gpu_executor.launch.gpu_worker_cli import add_parser as add_gpu_worker_parser
 
     add_gpu_worker_parser(sub)  # rented GPU boxes: one Celery worker per GPU (deploy/README.md)
     sub.choices["gpu-worker"].set_defaults(console=False)  # a long-running worker: its log is its output
@@ -325,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from gpu_executor.settings import SettingsError
-    from neucodec_assets.legacy_import import LegacyImportError
+    from neucodec_assets.cli.legacy_import import LegacyImportError
     from resources.bucket import BucketError
 
     try:
