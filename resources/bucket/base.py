@@ -111,6 +111,10 @@ class Bucket(abc.ABC):
     url: str
     layout: ShardLayout
 
+    def url_of(self, key: str) -> str:
+        """Where an object lives, for people and for links in metadata (`s3://BUCKET/PREFIX/KEY`, `file:///...`)."""
+        return f"{self.url}/{check_key(key)}"
+
     @abc.abstractmethod
     def list_keys(self, prefix: str = "", start_after: str = "") -> Iterable[tuple[str, int]]:
         """Every (key, size) under ``prefix`` (a key prefix, not necessarily a folder), in S3's order (UTF-8
