@@ -90,6 +90,9 @@ class Settings(BaseModel):
     spool_dir: str | None = setting(
         None, "bucket", "where an S3 shard's `audio.tar` is downloaded (needs about one shard of disk)",
         shown_default="system temp")
+    download_part_mib: float = setting(
+        64.0, "bucket", "size of the ranged parts (4 at a time) in which an object of two parts or more is "
+        "downloaded", ge=0.0625)
     decode_workers: int | None = setting(
         None, "bucket", "audio decoding threads per shard (`bench/decode_bench.py` measures what a GPU needs)",
         shown_default="the cores this process may use minus one, 2 to 8", ge=1)
@@ -126,8 +129,8 @@ class Settings(BaseModel):
         8, "run", "shards per backfill run (one model load per run)", read="location", ge=1)
     progress_seconds: float = setting(30.0, "run", "how often a run logs progress", gt=0)
     hang_seconds: float = setting(
-        600.0, "run", "a run with no encoded segment and no downloaded byte for this long is failed (and retried)",
-        ge=1)
+        600.0, "run", "a run with no encoded segment for this long, or whose download had a part without a byte "
+        "for this long, is failed (and retried)", ge=1)
     max_seconds_per_shard: float = setting(
         7200.0, "run", "per-shard budget of a run's `dagster/max_runtime` (plus a start-up allowance)", ge=1)
     roundtrip_samples: int = setting(

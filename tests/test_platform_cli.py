@@ -10,7 +10,6 @@ import queue
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -24,23 +23,9 @@ from neucodec_assets.tokens.discovery import add_shard_partitions
 from neucodec_assets.tokens.metadata import TOKENS_ASSET_KEY, metadata_value, tokens_key
 from resources.bucket import AUDIO_TAR, METADATA_PARQUET, LocalBucket
 from resources.tokens_file import read_tokens_file, validate_tokens_file
-from tests.fixtures.platform import REPO_ROOT, copy_tiny_shards
+from tests.fixtures.platform import DAGSTER, REPO_ROOT, copy_tiny_shards, deployment_env
 
-DAGSTER = str(Path(sys.executable).parent / "dagster")
 LINE_DEADLINE_S = 400
-
-
-def deployment_env(bucket_dir: Path) -> dict[str, str]:
-    """os.environ (DAGSTER_HOME and DAGSTER_PG_* set by pg_dagster_home) plus the NEUCODEC_* settings."""
-    env = dict(os.environ)
-    env.update({
-        "NEUCODEC_BUCKET": bucket_dir.as_uri(),
-        "NEUCODEC_MODEL": "random",
-        "NEUCODEC_DEVICE": "cpu",
-        "NEUCODEC_PROGRESS_SECONDS": "0.001",  # log after every encode call (it takes a number > 0)
-        "NEUCODEC_STREAM_BUFFER_SECONDS": "0.5",  # one segment per encode call
-    })
-    return env
 
 
 def test_definitions_validate_with_only_env(pg_dagster_home, tmp_path):

@@ -1,10 +1,12 @@
 """A run that is alive but makes no progress (a stalled download, a wedged GPU) must fail, as the old fleet's
 heartbeat monitor made it: Dagster's run monitoring only sees dead workers.
 
-The shard loop says what it is waiting for and beats on every encoded segment; bytes arriving in the download
-folder count as progress too. When nothing moved for ``timeout`` seconds, ``on_hang`` gets a message naming the
-wait. The run loop's ``on_hang`` fails the run and ends the process, since a thread stuck in a socket read or a CUDA
-call cannot be interrupted from Python.
+The shard loop says what it is waiting for and beats on every encoded segment. While it waits for a download, the
+download's TransferMeter is the measure: bytes as they arrive, per stream, so a slow but steady link is alive however
+long a multi-gigabyte tar takes, and one ranged part that gets no byte for ``timeout`` seconds is a hang even while
+the others flow. When nothing moved for ``timeout`` seconds, ``on_hang`` gets a message naming the wait. The run
+loop's ``on_hang`` fails the run and ends the process, since a thread stuck in a socket read or a CUDA call cannot be
+interrupted from Python.
 """
 
 from __future__ import annotations
@@ -12,27 +14,14 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from types import TracebackType
 
-
-def folder_bytes(path: Path | None) -> int:
-    """Bytes of the files under ``path`` (0 when it does not exist); files vanishing meanwhile are skipped."""
-    if path is None or not path.exists():
-        return 0
-    total = 0
-    for item in path.rglob("*"):
-        try:
-            if item.is_file():
-                total += item.stat().st_size
-        except OSError:
-            continue
-    return total
+from resources.bucket.transfer import TransferMeter
 
 
 class HangWatchdog:
-    """Calls ``on_hang(message)`` once when neither a beat nor a byte in the watched folder came for ``timeout``
-    seconds. Use as a context manager around the work."""
+    """Calls ``on_hang(message)`` once when no beat came for ``timeout`` seconds and the download waited for (if
+    any) had a stream without a byte for as long. Use as a context manager around the work."""
 
     def __init__(self, timeout: float, on_hang: Callable[[str], None], *, poll_seconds: float | None = None):
         if timeout <= 0:
@@ -43,8 +32,7 @@ class HangWatchdog:
         self._lock = threading.Lock()
         self._last = time.monotonic()
         self._what = "the run to start"
-        self._folder: Path | None = None
-        self._folder_bytes = 0
+        self._meter: TransferMeter | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.fired: str | None = None
@@ -53,28 +41,25 @@ class HangWatchdog:
         with self._lock:
             self._last = time.monotonic()
 
-    def waiting_for(self, what: str, folder: Path | None = None) -> None:
-        """Say what the loop waits for now (it counts as progress); growth of ``folder`` keeps it alive."""
+    def waiting_for(self, what: str, meter: TransferMeter | None = None) -> None:
+        """Say what the loop waits for now (it counts as progress); bytes arriving on ``meter`` keep it alive."""
         with self._lock:
-            self._what, self._folder = what, folder
-            self._folder_bytes = folder_bytes(folder)
+            self._what, self._meter = what, meter
             self._last = time.monotonic()
 
-    def _idle_seconds(self) -> float:
+    def _idle(self) -> tuple[float, str]:
         with self._lock:
-            folder, seen = self._folder, self._folder_bytes
-        now_bytes = folder_bytes(folder)
-        with self._lock:
-            if now_bytes != seen:
-                self._folder_bytes, self._last = now_bytes, time.monotonic()
-            return time.monotonic() - self._last
+            idle, what, meter = time.monotonic() - self._last, self._what, self._meter
+        if meter is not None:
+            state = meter.state()
+            idle = min(idle, state.idle_seconds)
+            what = f"{what} ({state.describe()})"
+        return idle, what
 
     def _watch(self) -> None:
         while not self._stop.wait(self.poll_seconds):
-            idle = self._idle_seconds()
+            idle, what = self._idle()
             if idle >= self.timeout:
-                with self._lock:
-                    what = self._what
                 self.fired = f"no progress for {idle:.0f} s (limit {self.timeout:g} s) while waiting for {what}"
                 self.on_hang(self.fired)
                 return

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from gpu_executor.settings import default_of, load_settings
+from resources.bucket.transfer import TransferMeter
 
 AUDIO_TAR = "audio.tar"
 METADATA_PARQUET = "metadata.parquet"
@@ -165,8 +166,9 @@ class Bucket(abc.ABC):
         """The whole object: only for small objects (metadata, tokens files)."""
 
     @abc.abstractmethod
-    def download_to(self, key: str, local_path: str | os.PathLike[str]) -> Path:
-        """Stream the object to a local file (written under a temporary name, then renamed)."""
+    def download_to(self, key: str, local_path: str | os.PathLike[str], meter: TransferMeter | None = None) -> Path:
+        """Stream the object to a local file (written under a temporary name, then renamed); every read is counted
+        on ``meter``."""
 
     @abc.abstractmethod
     def open_stream(self, key: str) -> BinaryIO:

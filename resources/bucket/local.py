@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -16,6 +15,7 @@ from resources.bucket.base import (
     ShardLayout,
     check_key,
 )
+from resources.bucket.transfer import TransferMeter
 
 
 class LocalBucket(Bucket):
@@ -89,12 +89,15 @@ class LocalBucket(Bucket):
             raise FileNotFoundError(f"{self.url}/{key}")
         return path.read_bytes()
 
-    def download_to(self, key: str, local_path: str | os.PathLike[str]) -> Path:
+    def download_to(self, key: str, local_path: str | os.PathLike[str], meter: TransferMeter | None = None) -> Path:
         src = self.path(key)
         if not src.is_file():
             raise FileNotFoundError(f"{self.url}/{key}")
         dest = Path(local_path)
-        self._atomic_write(dest, lambda out: _copy_from(src, out))
+        meter = meter if meter is not None else TransferMeter()
+        meter.expected = src.stat().st_size
+        with meter.stream() as received:
+            self._atomic_write(dest, lambda out: _copy_from(src, out, received))
         return dest
 
     def open_stream(self, key: str) -> BinaryIO:
@@ -131,6 +134,9 @@ class LocalBucket(Bucket):
             raise
 
 
-def _copy_from(src: Path, out: BinaryIO) -> None:
+def _copy_from(src: Path, out: BinaryIO, received: Callable[[int], None] | None = None) -> None:
     with open(src, "rb") as f:
-        shutil.copyfileobj(f, out, length=8 << 20)
+        while chunk := f.read(8 << 20):
+            out.write(chunk)
+            if received is not None:
+                received(len(chunk))

@@ -2,7 +2,8 @@
 
 Requests are retried by ``call_with_retries`` (botocore's own retries are off so one policy governs all);
 object reads resume with a ``Range`` request after a dropped connection, so large objects are streamed
-and never held whole in memory.
+and never held whole in memory. Downloads report every read to a ``TransferMeter``, in small pieces, so that a
+watchdog on a slow link sees bytes arriving.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -27,11 +28,14 @@ from resources.bucket.base import (
     check_key,
 )
 from resources.bucket.retry import RetryPolicy, call_with_retries, is_transient
+from resources.bucket.transfer import TransferMeter
 
 log = logging.getLogger(__name__)
 
 MAX_SINGLE_PUT_BYTES = 5 * 1024**3  # S3's limit for one PUT
 STREAM_BUFFER_BYTES = 1 << 20
+#: The most one read of a response body waits for: progress is reported per piece (a slow link shows as alive).
+READ_PIECE_BYTES = 32 << 10
 
 
 def _pair(settings: Settings, id_field: str, secret_field: str) -> tuple[str, str] | None:
@@ -108,7 +112,8 @@ class S3Bucket(Bucket):
         self.layout = layout or ShardLayout.from_env()
         self.retry = retry or RetryPolicy()
         self.list_page_size = 1000  # S3's maximum; listing is paginated with continuation tokens
-        self.download_part_bytes = 64 * 1024**2  # objects of two parts or more download in parallel ranges
+        # Objects of two parts or more download in parallel ranges.
+        self.download_part_bytes = int(load_settings().download_part_mib * 2**20)
         self.download_workers = 4
         self.client = client if client is not None else make_client()
 
@@ -170,24 +175,27 @@ class S3Bucket(Bucket):
         raw.open()
         return io.BufferedReader(raw, buffer_size=STREAM_BUFFER_BYTES)  # type: ignore[return-value]
 
-    def download_to(self, key: str, local_path: str | os.PathLike[str]) -> Path:
-        """Stream the object to ``local_path``; large objects come in parallel ranged parts, each resumable."""
+    def download_to(self, key: str, local_path: str | os.PathLike[str], meter: TransferMeter | None = None) -> Path:
+        """Stream the object to ``local_path``; large objects come in parallel ranged parts, each resumable, each a
+        stream of ``meter``."""
         dest = Path(local_path)
         dest.parent.mkdir(parents=True, exist_ok=True)
         head = self._head(key)
         size, etag = int(head["ContentLength"]), head.get("ETag")
+        meter = meter if meter is not None else TransferMeter()
+        meter.expected = size
         fd, tmp = tempfile.mkstemp(prefix=".tmp-download-", dir=dest.parent)
         try:
             with os.fdopen(fd, "wb") as out:
                 if size < 2 * self.download_part_bytes or self.download_workers < 2:
-                    with self.open_stream(key) as stream:
+                    with meter.stream() as received, self._stream(key, 0, None, etag, received) as stream:
                         shutil.copyfileobj(stream, out, length=8 << 20)
                 else:
                     out.truncate(size)
                     parts = [(start, min(start + self.download_part_bytes, size))
                              for start in range(0, size, self.download_part_bytes)]
                     with ThreadPoolExecutor(self.download_workers, thread_name_prefix="s3-download") as pool:
-                        for _ in pool.map(lambda part: self._download_part(key, etag, fd, *part), parts):
+                        for _ in pool.map(lambda part: self._download_part(key, etag, fd, meter, *part), parts):
                             pass
             os.replace(tmp, dest)
         except BaseException:
@@ -195,9 +203,13 @@ class S3Bucket(Bucket):
             raise
         return dest
 
-    def _download_part(self, key: str, etag: str | None, fd: int, start: int, end: int) -> None:
-        raw = ResumableObjectStream(self, key, start=start, end=end, etag=etag)
-        with io.BufferedReader(raw, buffer_size=STREAM_BUFFER_BYTES) as stream:
+    def _stream(self, key: str, start: int, end: int | None, etag: str | None,
+                received: Callable[[int], None] | None) -> io.BufferedReader:
+        raw = ResumableObjectStream(self, key, start=start, end=end, etag=etag, on_read=received)
+        return io.BufferedReader(raw, buffer_size=STREAM_BUFFER_BYTES)
+
+    def _download_part(self, key: str, etag: str | None, fd: int, meter: TransferMeter, start: int, end: int) -> None:
+        with meter.stream() as received, self._stream(key, start, end, etag, received) as stream:
             pos = start
             while chunk := stream.read(8 << 20):
                 os.pwrite(fd, chunk, pos)
@@ -238,13 +250,14 @@ class ResumableObjectStream(io.RawIOBase):
     """
 
     def __init__(self, bucket: S3Bucket, key: str, start: int = 0, end: int | None = None,
-                 etag: str | None = None):
+                 etag: str | None = None, on_read: Callable[[int], None] | None = None):
         self._bucket = bucket
         self._key = key
         self._full = bucket.full_key(key)
         self._pos = start
         self._end = end
         self._etag = etag
+        self._on_read = on_read
         self._body = None
 
     def readable(self) -> bool:
@@ -275,12 +288,16 @@ class ResumableObjectStream(io.RawIOBase):
                     self.open()
                     if self._end is not None and self._pos >= self._end:
                         return 0
-                want = len(view) if self._end is None else min(len(view), self._end - self._pos)
+                want = min(len(view), READ_PIECE_BYTES)
+                if self._end is not None:
+                    want = min(want, self._end - self._pos)
                 data = self._body.read(want)
                 if not data:
                     raise ConnectionError(f"stream ended at byte {self._pos} of {self._end}")
                 view[: len(data)] = data
                 self._pos += len(data)
+                if self._on_read is not None:
+                    self._on_read(len(data))
                 return len(data)
             except Exception as exc:  # noqa: BLE001 - classified below
                 from botocore.exceptions import IncompleteReadError
