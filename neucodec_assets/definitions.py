@@ -25,6 +25,7 @@ from neucodec_assets.tokens.asset import (
     RUN_SETTING_GROUPS,
     backfill_policy,
     neucodec_tokens,
+    neucodec_tokens_checks,
 )
 from neucodec_assets.tokens.discovery_sensor import discovery_sensor
 from neucodec_assets.tokens.job import neucodec_tokens_job
@@ -49,6 +50,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     ).merge_attributes(metadata={"settings": settings_metadata(settings, ("sft", "automation"))}))
     return dg.Definitions(
         assets=[tokens, sft_pairs, dataset, encoding_progress],
+        asset_checks=[neucodec_tokens_checks],
         jobs=[neucodec_tokens_job, encoding_progress_job],
         schedules=[progress_schedule(settings.progress_cron)],
         sensors=[discovery_sensor(settings.discovery_interval_seconds), automation_sensor(settings),

@@ -19,34 +19,38 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import dagster as dg
-import pytest
 
 from gpu_executor.launch.dagster_internals import (
     ASSET_EVALUATION_ID_TAG,
-    ASSET_PARTITION_RANGE_END_TAG,
-    ASSET_PARTITION_RANGE_START_TAG,
     AUTOMATION_CONDITION_TAG,
     BACKFILL_ID_TAG,
-    PARTITION_NAME_TAG,
     SENSOR_NAME_TAG,
     BulkActionStatus,
     WorkspaceFileTarget,
     WorkspaceProcessContext,
 )
-from neucodec_assets.cli.backfills import TERMINAL, DaemonLoop
+from neucodec_assets.cli.backfills import DaemonLoop
 from neucodec_assets.tokens.discovery import add_shard_partitions
-from neucodec_assets.tokens.metadata import TOKENS_ASSET_KEY, metadata_value, tokens_key
+from neucodec_assets.tokens.metadata import TOKENS_ASSET_KEY, tokens_key
 from resources.bucket import AUDIO_TAR, METADATA_PARQUET, LocalBucket
 from resources.tokens_file import validate_tokens_file
+from tests.fixtures.backfills import (
+    WORKSPACE,
+    assert_never_overlapped,
+    backfill_runs,
+    materialization_status,
+    partition_statuses,
+    run_keys,
+    wait_backfill,
+)
 from tests.fixtures.dagster_api import graphql, launch_asset_backfill, wait_for
 from tests.fixtures.platform import REPO_ROOT, copy_tiny_shards
 
-WORKSPACE = str(REPO_ROOT / "workspace.yaml")
 BROKEN = "zz_broken/xx/shard_999999"
 log = logging.getLogger(__name__)
 
 # What the UI sends besides the backfill dialog (tests/fixtures/dagster_api.py): the backfill page's "Re-execute
-# from failure", and the asset page's partition bar.
+# from failure".
 REEXECUTE_BACKFILL = """
 mutation ReexecuteBackfill($reexecutionParams: ReexecutionParams!) {
   reexecutePartitionBackfill(reexecutionParams: $reexecutionParams) {
@@ -56,82 +60,6 @@ mutation ReexecuteBackfill($reexecutionParams: ReexecutionParams!) {
   }
 }
 """
-PARTITION_STATUSES = """
-query AssetPartitionStatuses($assetKey: AssetKeyInput!) {
-  assetNodeOrError(assetKey: $assetKey) {
-    ... on AssetNode {
-      assetPartitionStatuses {
-        ... on DefaultPartitionStatuses {
-          materializedPartitions failedPartitions materializingPartitions unmaterializedPartitions
-        }
-      }
-    }
-  }
-}
-"""
-
-
-@pytest.fixture
-def deployment(pg_dagster_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> LocalBucket:
-    """What a deployment sets: a bucket, the random model on the CPU in exact fp32, two shards per run."""
-    bucket_dir = tmp_path / "bucket"
-    bucket_dir.mkdir()
-    for key, value in {
-        "NEUCODEC_BUCKET": bucket_dir.as_uri(), "NEUCODEC_MODEL": "random", "NEUCODEC_DEVICE": "cpu",
-        "NEUCODEC_PRECISION": "fp32", "NEUCODEC_SHARDS_PER_RUN": "2",
-    }.items():
-        monkeypatch.setenv(key, value)
-    return LocalBucket(bucket_dir)
-
-
-def partition_statuses(context: WorkspaceProcessContext) -> dict[str, set[str]]:
-    data = graphql(context, PARTITION_STATUSES, {"assetKey": {"path": TOKENS_ASSET_KEY.path}})
-    statuses = data["assetNodeOrError"]["assetPartitionStatuses"]
-    return {name: set(keys) for name, keys in statuses.items()}
-
-
-def backfill_runs(instance: dg.DagsterInstance, backfill_id: str) -> list[dg.DagsterRun]:
-    return list(instance.get_runs(filters=dg.RunsFilter(tags={BACKFILL_ID_TAG: backfill_id})))
-
-
-def run_keys(run: dg.DagsterRun, all_keys: list[str]) -> list[str]:
-    """The partitions a run was given, read back from the tags Dagster's backfill daemon put on it."""
-    if PARTITION_NAME_TAG in run.tags:
-        return [run.tags[PARTITION_NAME_TAG]]
-    start, end = run.tags[ASSET_PARTITION_RANGE_START_TAG], run.tags[ASSET_PARTITION_RANGE_END_TAG]
-    return all_keys[all_keys.index(start): all_keys.index(end) + 1]
-
-
-def assert_never_overlapped(instance: dg.DagsterInstance, runs: list[dg.DagsterRun], slots: int) -> None:
-    """From the runs' recorded start and end times: at no moment were more than ``slots`` of them running."""
-    records = instance.get_run_records(filters=dg.RunsFilter(run_ids=[r.run_id for r in runs]))
-    spans = sorted((r.start_time, r.end_time) for r in records)
-    assert all(start is not None and end is not None for start, end in spans), spans
-    edges = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans], key=lambda x: (x[0], x[1]))
-    running = peak = 0
-    for _, step in edges:
-        running += step
-        peak = max(peak, running)
-    assert peak <= slots, f"{peak} runs at once on {slots} slot(s): {spans}"
-
-
-def wait_backfill(instance: dg.DagsterInstance, daemons: DaemonLoop, backfill_id: str) -> BulkActionStatus:
-    def explain() -> str:
-        lines = [f"backfill {backfill_id}: {instance.get_backfill(backfill_id).status}"]
-        for run in backfill_runs(instance, backfill_id):
-            lines.append(f"{run.run_id} {run.status} {dict(run.tags)}")
-            lines.append(str(instance.run_launcher.get_run_worker_debug_info(run)))
-        return "\n".join(lines)
-
-    wait_for(f"backfill {backfill_id} to end", lambda: instance.get_backfill(backfill_id).status in TERMINAL,
-             timeout=300, tick=daemons.tick, explain=explain, every=0.5)
-    return instance.get_backfill(backfill_id).status
-
-
-def materialization_status(instance: dg.DagsterInstance, key: str) -> str:
-    records = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=TOKENS_ASSET_KEY, asset_partitions=[key]), limit=1).records
-    return metadata_value(records[0].asset_materialization.metadata, "status")
 
 
 def test_graphql_backfills_run_through_the_daemon(deployment, pg_dagster_home, tiny_shards_dir, monkeypatch):

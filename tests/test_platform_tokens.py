@@ -159,25 +159,26 @@ def test_tokens_run_over_s3_with_prefetch_and_a_broken_shard(tiny_shards_dir, s3
     keys = sorted([s.prefix for s in shards]) + [broken]
     lines: list[str] = []
 
-    outcome = TokensRun(bucket, EncoderResource().load(), log=lines.append, gpu="slot 3").run(keys)
-    assert outcome.crash is None
-    assert [o.prefix for o in outcome.outcomes] == keys
-    assert [o.status for o in outcome.outcomes] == [ENCODED, ENCODED, FAILED]
+    outcomes = list(TokensRun(bucket, EncoderResource().load(), log=lines.append, gpu="slot 3").run(keys))
+    assert [o.prefix for o in outcomes] == keys
+    assert [o.status for o in outcomes] == [ENCODED, ENCODED, FAILED]
     # The broken shard fails alone and says why; the good ones have their files, figures and passing checks.
-    assert "ShardError" in outcome.outcomes[-1].error and any(broken in line for line in lines)
+    assert "ShardError" in outcomes[-1].error and any(broken in line for line in lines)
     by_key = {s.prefix: s for s in shards}
-    for shard_outcome in outcome.outcomes[:2]:
+    for shard_outcome in outcomes[:2]:
         figures = shard_outcome.result.figures
         shard = by_key[shard_outcome.prefix]
         assert figures.segment_count == len(shard.segment_ids)
         assert figures.total_tokens == sum(shard.token_counts)
         assert figures.output_uri == f"{url}/{tokens_key(shard.prefix)}"
-        assert figures.extra["download_seconds"] >= 0  # fetched by the prefetcher, not streamed twice
+        # Fetched by the prefetcher, every byte of the tar counted as it arrived (not streamed twice).
+        assert figures.extra["download_bytes"] == bucket.size(f"{shard.prefix}/{AUDIO_TAR}")
+        assert figures.extra["download_seconds"] > 0
         assert figures.gpu == "slot 3"
         assert all(check.passed for check in shard_outcome.result.checks)
         assert validate_tokens_file(bucket.read_bytes(tokens_key(shard.prefix))).ok
     assert not bucket.exists(tokens_key(broken))
 
     # Again: both good shards are current (no encoding); the broken one still fails.
-    again = TokensRun(bucket, EncoderResource().load(), log=lines.append).run(keys)
-    assert [o.status for o in again.outcomes] == [EXISTING, EXISTING, FAILED]
+    again = list(TokensRun(bucket, EncoderResource().load(), log=lines.append).run(keys))
+    assert [o.status for o in again] == [EXISTING, EXISTING, FAILED]

@@ -41,6 +41,7 @@ from gpu_executor.launch.dagster_internals import (
     LaunchRunContext,
     WorkerStatus,
 )
+from gpu_executor.launch.coordinator import encodes
 from gpu_executor.launch.names import GPU_POOL, HEARTBEAT_TAG, WORKER_TAG
 from gpu_executor.settings import Settings, load_settings
 
@@ -89,11 +90,6 @@ def configure_app(app: Celery, queues: Sequence[str]) -> Celery:
     return app
 
 
-def in_pool(run: dg.DagsterRun, pool: str) -> bool:
-    pools = run.run_op_concurrency.all_pools if run.run_op_concurrency else None
-    return bool(pools) and pool in pools
-
-
 class CeleryGpuRunLauncher(CeleryRunLauncher):
     """CeleryRunLauncher that sends `gpu` pool runs to the `gpu` queue and fails runs whose box went silent."""
 
@@ -123,7 +119,7 @@ class CeleryGpuRunLauncher(CeleryRunLauncher):
     def queue_for(self, run: dg.DagsterRun) -> str:
         if DAGSTER_CELERY_QUEUE_TAG in run.tags:
             return run.tags[DAGSTER_CELERY_QUEUE_TAG]
-        return self.gpu_queue if in_pool(run, self.gpu_pool) else self.default_queue
+        return self.gpu_queue if encodes(run, self.gpu_pool) else self.default_queue
 
     def launch_run(self, context: LaunchRunContext) -> None:
         run = context.dagster_run

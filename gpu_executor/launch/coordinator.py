@@ -14,8 +14,8 @@ GPUs (Kubernetes, Celery); ``manual`` leaves the pool to the operator. Every sub
 queue passes here (UI and automation backfills, `dagster job launch`, retries), while tags on one named job do not
 reach the implicit asset job that backfills run (DESIGN.md). On Kubernetes it is the `dagster-k8s/config` tag that
 K8sRunLauncher reads when it launches (GPU limit, `NEUCODEC_DEVICE=cuda`, spool disk); ``k8s`` builds that tag from
-``NEUCODEC_K8S_*`` (gpu_executor.launch.k8s). A tag the run already has is never replaced; runs outside the pool and
-checks-only runs (they read files, never encode) get nothing.
+``NEUCODEC_K8S_*`` (gpu_executor.launch.k8s). A tag the run already has is never replaced; runs outside the pool (SFT,
+checks-only runs: the tokens checks are their own op, in no pool) get nothing.
 """
 
 from __future__ import annotations
@@ -63,12 +63,10 @@ def parse_run_tags(value: Any) -> dict[str, str]:
 
 
 def encodes(run: dg.DagsterRun, pool: str = GPU_POOL) -> bool:
-    """A run of the pool that materializes assets (a checks-only run reads tokens files and needs no GPU)."""
+    """The one rule for "this run needs a GPU", used by the queue and every launcher: one of its ops is in the pool.
+    Only the encoder is (the tokens checks are their own op, outside it), so a checks-only run needs no GPU."""
     pools = run.run_op_concurrency.all_pools if run.run_op_concurrency else None
-    if not pools or pool not in pools:
-        return False
-    # Dagster subsets a job to checks alone when checks are selected and assets are not (None or empty).
-    return not (not run.asset_selection and run.asset_check_selection)
+    return bool(pools) and pool in pools
 
 
 def parse_pool_limit(value: int | str | None) -> int | str:

@@ -43,13 +43,14 @@ from dagster._core.events import JobFailureData, RunFailureReason
 # The CLI records a backfill as the UI's mutation does (PartitionBackfill) and reads its state (BulkActionStatus).
 from dagster._core.execution.backfill import BulkActionStatus, PartitionBackfill
 
-# The tags Dagster's backfill daemon puts on runs: which partitions and which backfill a run holds.
+# The tags Dagster puts on runs: which partitions and which backfill a run holds, which run a retry re-executes.
 from dagster._core.storage.tags import (
     ASSET_EVALUATION_ID_TAG,
     ASSET_PARTITION_RANGE_END_TAG,
     ASSET_PARTITION_RANGE_START_TAG,
     AUTOMATION_CONDITION_TAG,
     BACKFILL_ID_TAG,
+    PARENT_RUN_ID_TAG,
     PARTITION_NAME_TAG,
     SENSOR_NAME_TAG,
 )
@@ -121,6 +122,7 @@ __all__ = [
     "ASSET_PARTITION_RANGE_START_TAG",
     "AUTOMATION_CONDITION_TAG",
     "BACKFILL_ID_TAG",
+    "PARENT_RUN_ID_TAG",
     "PARTITION_NAME_TAG",
     "SENSOR_NAME_TAG",
     "BulkActionStatus",

@@ -8,10 +8,10 @@ sees the occupancy of runs still going, the webserver can terminate a run the da
 monitoring daemon can tell a dead worker from a live one.
 
 Queueing stays with Dagster: the GPU assets declare `pool="gpu"`, `concurrency.pools.granularity: run`, and
-`gpu_executor.launch.coordinator.GpuPoolRunCoordinator` keeps the `gpu` pool limit at `total_capacity`. Only runs in the
-`gpu` pool that materialize assets get a slot; other runs (SFT, checks-only) start with no GPU visible. The launcher never fails a run for lack
-of a free GPU; if the pool limit is set too high it puts the run on the least-loaded GPU and warns in the run's
-events.
+`gpu_executor.launch.coordinator.GpuPoolRunCoordinator` keeps the `gpu` pool limit at `total_capacity`. Only runs in
+the `gpu` pool (the encoder's) get a slot (`coordinator.encodes`); other runs (SFT, checks-only) start with no GPU
+visible. The launcher never fails a run for lack of a free GPU; if the pool limit is set too high it puts the run on
+the least-loaded GPU and warns in the run's events.
 """
 
 from __future__ import annotations

@@ -1,10 +1,15 @@
-"""`neucodec_tokens`: one tokens file per shard partition, encoded on the `gpu` pool.
+"""`neucodec_tokens`: one tokens file per shard partition, encoded on the `gpu` pool; and its checks, outside it.
 
 A run may hold several shards (the backfill policy groups them); the shard loop is `TokensRun`, and this asset only
-turns its outcomes into Dagster events: one materialization per shard (encoded, or existing: a valid file made the
-same way, unless the run config says ``force: true``) with its check evaluations, then a failure naming the shards
-that could not be read. Around the loop: a hang watchdog, `dagster/max_runtime` from the run's shards, and, for
-runs executing in the caller's process, a GPU that no launched run holds.
+turns its outcomes into Dagster events, each as soon as its shard is done: one materialization per shard (encoded,
+or existing: a valid file made the same way, unless the run config says ``force: true``) with its check
+evaluations, then a failure naming the shards that failed. Around the loop: a hang watchdog, `dagster/max_runtime`
+from the run's shards, the shard in flight recorded for crash isolation (tokens.crashes), and, for runs executing
+in the caller's process, a GPU that no launched run holds.
+
+The checks are their own op (`neucodec_tokens_checks`, in no pool): a run that only checks files (the UI's "Execute
+checks") holds no GPU slot. In an encoding run that op does not execute (the asset yields no output for it to wait
+for): the asset evaluates the checks itself, from the file it just wrote.
 """
 
 # No `from __future__ import annotations`: Dagster reads the config and resource types from the runtime
@@ -27,6 +32,7 @@ from neucodec_assets.tokens.checks import (
     shard_audio_ids,
     valid_evaluation,
 )
+from neucodec_assets.tokens.crashes import IN_FLIGHT_TAG, crashes_before, plan_after_crashes
 from neucodec_assets.tokens.encoding import validate_existing
 from neucodec_assets.tokens.hang_watchdog import HangWatchdog
 from neucodec_assets.tokens.metadata import TOKENS_ASSET_KEY, tokens_key
@@ -92,14 +98,13 @@ def _check_only_evaluations(store: Bucket, key: str) -> list[dg.AssetCheckEvalua
     return evaluations
 
 
-def _outcome_events(outcomes: list[ShardOutcome]) -> Iterator[dg.AssetMaterialization]:
-    """One materialization per shard that has a current tokens file (encoded or existing), in one shape."""
-    for outcome in outcomes:
-        if outcome.result is not None:
-            figures = outcome.result.figures
-            yield dg.AssetMaterialization(
-                asset_key=TOKENS_ASSET_KEY, partition=figures.prefix, metadata=figures.to_metadata(),
-            )
+def _outcome_events(outcome: ShardOutcome) -> Iterator[dg.AssetMaterialization | dg.AssetCheckEvaluation]:
+    """A shard with a current tokens file (encoded or existing): its materialization, then its check evaluations."""
+    if outcome.result is not None:
+        figures = outcome.result.figures
+        yield dg.AssetMaterialization(asset_key=TOKENS_ASSET_KEY, partition=figures.prefix,
+                                      metadata=figures.to_metadata())
+        yield from outcome.result.checks
 
 
 def _place_in_process_run(context: dg.AssetExecutionContext, settings: Settings) -> None:
@@ -144,6 +149,19 @@ def _set_max_runtime(context: dg.AssetExecutionContext, shards: int, seconds_per
     context.instance.add_run_tags(context.run_id, {dg.MAX_RUNTIME_SECONDS_TAG: str(budget)})
 
 
+def _plan_shards(context: dg.AssetExecutionContext, keys: list[str]) -> tuple[list[str], dict[str, str]]:
+    """The run's shards in the order to encode them, and those not to encode again, after its parents' crashes."""
+    if context.run.tags.get(IN_FLIGHT_TAG):  # inherited from the parent run this one retries
+        context.instance.add_run_tags(context.run_id, {IN_FLIGHT_TAG: ""})
+    plan = plan_after_crashes(keys, crashes_before(context.instance, context.run))
+    if plan.suspects:
+        context.log.warning(f"{len(plan.suspects)} shards were being encoded when an earlier try of this run died: "
+                            f"{', '.join(plan.suspects)}; they are encoded last, after their run-mates")
+    for key, why in plan.isolated.items():
+        context.log.error(f"shard {key} is not encoded again: {why}")
+    return plan.order, plan.isolated
+
+
 @dg.multi_asset(
     name="neucodec_tokens",
     specs=[
@@ -160,7 +178,6 @@ def _set_max_runtime(context: dg.AssetExecutionContext, shards: int, seconds_per
             automation_condition=tokens_condition(),
         )
     ],
-    check_specs=TOKENS_CHECK_SPECS,
     backfill_policy=backfill_policy(),  # definitions.py applies NEUCODEC_SHARDS_PER_RUN
     pool=GPU_POOL,
     can_subset=True,
@@ -170,20 +187,10 @@ def neucodec_tokens(
 ) -> Iterator:
     keys = list(context.partition_keys)
     store = bucket.open()
-    selected_checks = set(context.selected_asset_check_keys)
-
-    def selected(evaluations: list[dg.AssetCheckEvaluation]) -> list[dg.AssetCheckEvaluation]:
-        return [e for e in evaluations if dg.AssetCheckKey(e.asset_key, e.check_name) in selected_checks]
-
-    if TOKENS_ASSET_KEY not in context.selected_asset_keys:
-        context.log.info(f"checking the tokens files of {len(keys)} shards (no encoding)")
-        for key in keys:
-            yield from selected(_check_only_evaluations(store, key))
-        return
-
     settings = load_settings()
     context.log.info("settings in effect: " + ", ".join(
         f"{k}={v}" for k, v in settings.in_effect(RUN_SETTING_GROUPS).items() if v != "unset"))
+    order, isolated = _plan_shards(context, keys)
     _set_max_runtime(context, len(keys), settings.max_seconds_per_shard)
     _place_in_process_run(context, settings)
     loaded = encoder.load()
@@ -191,25 +198,37 @@ def neucodec_tokens(
         f"{len(keys)} shards in this run; model {loaded.model_label} on {loaded.device} "
         f"(loaded in {loaded.load_seconds:.1f} s); bucket {store.url}"
     )
+    failed: list[tuple[str, str]] = []
     with HangWatchdog(settings.hang_seconds, lambda message: _fail_hung_run(context, message)) as watchdog:
-        outcome = TokensRun(
+        shards = TokensRun(
             store, loaded, log=context.log.info, force=config.force, gpu=gpu_label(),
             extra_provenance={"dagster_run_id": context.run_id},
             decode_workers=settings.decode_workers or default_decode_workers(),
-            spool_dir=settings.spool_dir, watchdog=watchdog,
-        ).run(keys)
-
-    yield from _outcome_events(outcome.outcomes)
-    for shard in outcome.outcomes:
-        if shard.result is not None:
-            yield from selected(shard.result.checks)
-    if outcome.crash is not None:
-        raise outcome.crash
-    failed = [(o.prefix, o.error or "") for o in outcome.with_status(FAILED)]
+            spool_dir=settings.spool_dir, watchdog=watchdog, progress_seconds=settings.progress_seconds,
+            in_flight=lambda key: context.instance.add_run_tags(context.run_id, {IN_FLIGHT_TAG: key}),
+        )
+        for outcome in shards.run(order, isolated):
+            yield from _outcome_events(outcome)
+            if outcome.status == FAILED:
+                failed.append((outcome.prefix, outcome.error or ""))
     if failed:
         raise dg.Failure(
             description=f"{len(failed)} of {len(keys)} shards failed: "
             + "; ".join(f"{k}: {e}" for k, e in failed[:5]),
             metadata={"failed_shards": failed_shards_table(failed),
-                      "recorded_shards": dg.MetadataValue.int(len(outcome.outcomes) - len(failed))},
+                      "recorded_shards": dg.MetadataValue.int(len(keys) - len(failed))},
         )
+
+
+@dg.multi_asset_check(specs=TOKENS_CHECK_SPECS, can_subset=True, name="neucodec_tokens_checks",
+                      description="Re-read each shard's tokens file from the bucket and evaluate its checks "
+                      "(no encoding, no GPU); encoding runs evaluate them as each file is written.")
+def neucodec_tokens_checks(context: dg.AssetCheckExecutionContext, bucket: BucketResource) -> Iterator:
+    store = bucket.open()
+    selected_checks = set(context.selected_asset_check_keys)
+    keys = list(context.partition_keys)
+    context.log.info(f"checking the tokens files of {len(keys)} shards (no encoding)")
+    for key in keys:
+        for evaluation in _check_only_evaluations(store, key):
+            if dg.AssetCheckKey(evaluation.asset_key, evaluation.check_name) in selected_checks:
+                yield evaluation

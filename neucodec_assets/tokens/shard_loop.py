@@ -1,16 +1,18 @@
-"""The shard loop of one `neucodec_tokens` run, as a plain class: testable without Dagster, one outcome per shard.
+"""The shard loop of one `neucodec_tokens` run, as a plain class: testable without Dagster, one outcome per shard,
+handed out as each shard is done (so the asset records it at once: a run that dies later loses none of it).
 
 A run holds several shards (the backfill policy groups them) and one loaded model. Shards whose tokens file is
 current are reported as existing without downloading their audio; the others are downloaded one ahead of the
-encoder (ShardPrefetcher) and encoded. A shard that cannot be read fails alone; an unexpected error stops the loop
-and is handed back with the outcomes so far, so that the shards already done are still recorded.
+encoder (ShardPrefetcher) and encoded in the order given. A shard that cannot be read fails alone; a shard named in
+``isolated`` (it crashed its run before: tokens.crashes) fails alone without being encoded; an unexpected error
+stops the loop and propagates, after the outcomes already handed out.
 """
 
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from neucodec_assets.tokens.encoding import (
@@ -22,6 +24,7 @@ from neucodec_assets.tokens.encoding import (
 from neucodec_assets.tokens.hang_watchdog import HangWatchdog
 from neucodec_assets.tokens.prefetch import ShardPrefetcher
 from resources.bucket import Bucket, BucketError
+from resources.bucket.transfer import TransferMeter
 from resources.dagster_resources import LoadedEncoder
 from resources.shard_reader import ShardError, read_shard
 from resources.tokens_file import TokensFileError
@@ -46,34 +49,30 @@ class ShardOutcome:
     error: str | None = None
 
 
-@dataclass
-class RunOutcome:
-    """Outcomes in the order the shards were given; ``crash`` is an unexpected error that stopped the loop."""
-
-    outcomes: list[ShardOutcome] = field(default_factory=list)
-    crash: BaseException | None = None
-
-    def with_status(self, status: str) -> list[ShardOutcome]:
-        return [o for o in self.outcomes if o.status == status]
-
-
 class TokensRun:
     """Encode (or recognise as done) the tokens files of several shards with one loaded encoder."""
 
     def __init__(
         self, store: Bucket, loaded: LoadedEncoder, *, log: Log, force: bool = False, gpu: str | None = None,
         extra_provenance: Mapping[str, str] | None = None, decode_workers: int = 2, spool_dir: str | None = None,
-        watchdog: HangWatchdog | None = None,
+        watchdog: HangWatchdog | None = None, in_flight: Callable[[str], None] | None = None,
+        progress_seconds: float = 30.0,
     ):
         self.store, self.loaded, self.log = store, loaded, log
         self.force, self.gpu = force, gpu
         self.extra_provenance = dict(extra_provenance or {})
         self.decode_workers, self.spool_dir = decode_workers, spool_dir
         self.watchdog = watchdog
+        self.in_flight = in_flight  # told the shard being encoded ("" when none), for crash isolation
+        self.progress_seconds = progress_seconds
 
-    def _waiting_for(self, what: str, folder: Path | None = None) -> None:
+    def _waiting_for(self, what: str, meter: TransferMeter | None = None) -> None:
         if self.watchdog is not None:
-            self.watchdog.waiting_for(what, folder)
+            self.watchdog.waiting_for(what, meter)
+
+    def _mark_in_flight(self, prefix: str) -> None:
+        if self.in_flight is not None:
+            self.in_flight(prefix)
 
     def _failed(self, prefix: str, exc: BaseException | str) -> ShardOutcome:
         error = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}"
@@ -101,44 +100,50 @@ class TokensRun:
             return self._failed(prefix, str(fetched.error))
         self._waiting_for(f"shard {prefix} to be read and encoded (segment by segment)")
         beat = self.watchdog.beat if self.watchdog is not None else None
+        self._mark_in_flight(prefix)  # before the first line that says so: a crash from here on names this shard
+        self.log(f"{prefix}: encoding")
         try:
             with read_shard(fetched.source, prefix, workers=self.decode_workers) as reader:
                 result = encode_shard(reader, self.store, self.loaded, workdir, self.log, gpu=self.gpu,
                                       extra_provenance=self.extra_provenance, on_segment=beat,
                                       audio_tar=fetched.audio_head)
         except SHARD_ERRORS as exc:
+            self._mark_in_flight("")
             return self._failed(prefix, exc)
+        self._mark_in_flight("")
         if fetched.fetch_seconds:
-            result.figures.extra = {**result.figures.extra, "download_seconds": round(fetched.fetch_seconds, 3)}
+            result.figures.extra = {**result.figures.extra, "download_seconds": round(fetched.fetch_seconds, 3),
+                                    "download_bytes": fetched.fetch_bytes}
         f = result.figures
         self.log(f"{prefix}: {f.segment_count} segments, {len(f.failed or [])} failed, "
                  f"{f.total_audio_seconds / 3600:.4f} h, {f.total_tokens} tokens, "
                  f"{f.real_time_factor or 0:.2f}x real time -> {f.output_key}")
         return ShardOutcome(prefix, ENCODED, result)
 
-    def run(self, keys: Sequence[str]) -> RunOutcome:
-        done: dict[str, ShardOutcome] = {}
-        crash: BaseException | None = None
-        try:
-            for key in keys:
-                outcome = self._existing(key)
-                if outcome is not None:
-                    done[key] = outcome
-            to_encode = [k for k in keys if k not in done]
-            with tempfile.TemporaryDirectory(prefix="neucodec-tokens-", dir=self.spool_dir) as work:
-                downloads = Path(work) / "prefetch"
+    def run(self, keys: Sequence[str], isolated: Mapping[str, str] | None = None) -> Iterator[ShardOutcome]:
+        """Each shard's outcome as soon as it is done: existing ones first, then the others in ``keys``' order;
+        a shard in ``isolated`` (shard -> why) that has no current tokens file fails with that reason, unencoded."""
+        isolated = dict(isolated or {})
+        to_encode = []
+        for key in keys:
+            outcome = self._existing(key)
+            if outcome is not None:
+                yield outcome
+            elif key in isolated:
+                yield self._failed(key, isolated[key])
+            else:
+                to_encode.append(key)
+        with tempfile.TemporaryDirectory(prefix="neucodec-tokens-", dir=self.spool_dir) as work:
+            with ShardPrefetcher(self.store, to_encode, Path(work) / "prefetch", log=self.log,
+                                 progress_seconds=self.progress_seconds) as prefetcher:
                 upcoming = iter(to_encode)
 
                 def expect_download() -> None:
                     key = next(upcoming, None)
                     if key is not None:
-                        self._waiting_for(f"the download of {self.store.url}/{key}/audio.tar", downloads)
+                        self._waiting_for(f"the download of {self.store.url}/{key}/audio.tar", prefetcher.meter(key))
 
                 expect_download()
-                with ShardPrefetcher(self.store, to_encode, downloads) as prefetcher:
-                    for fetched in prefetcher:
-                        done[fetched.prefix] = self._encode(fetched, Path(work))
-                        expect_download()
-        except Exception as exc:  # noqa: BLE001 - handed back so that the shards already done are recorded
-            crash = exc
-        return RunOutcome([done[k] for k in keys if k in done], crash)
+                for fetched in prefetcher:
+                    yield self._encode(fetched, Path(work))
+                    expect_download()
