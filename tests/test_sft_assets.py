@@ -145,22 +145,27 @@ def test_pairs_and_dataset_on_a_local_bucket(tmp_path, tiny_qwen_tokenizer_dir, 
     assert meta["training_tokens"] == int(records.get_column("input_ids").list.len().sum())
     assert meta["train_segments"] + meta["validation_segments"] == 18
     assert meta["dropped"]["empty_transcript"] == 2 and meta["dropped"]["no_metadata_row"] == 5
-    assert meta["hours_per_language_chart"].startswith("![hours per language](data:image/png;base64,")
-    assert (root / layout.chart_key(HOURS_CHART)).read_bytes().startswith(b"\x89PNG")
-    assert (root / layout.chart_key(DURATION_CHART)).read_bytes().startswith(b"\x89PNG")
+    version = meta["version"]
+    # the charts are linked, not inlined: bucket objects in the version's folder, where the card shows them
+    for name, chart in [("hours_per_language_chart", HOURS_CHART), ("clip_duration_chart", DURATION_CHART)]:
+        assert meta[name] == f"{root.as_uri()}/{layout.chart_key(version, chart)}"
+        assert (root / layout.chart_key(version, chart)).read_bytes().startswith(b"\x89PNG")
     packed = meta["packed"]
     assert packed["tokens"] == meta["training_tokens"] and packed["documents"] == 18
+    assert meta["split_key"] == layout.version_key(version, "split.parquet") and meta["replaced_version"] == "none"
 
-    split = pl.read_parquet(root / layout.meta_key("split.parquet"))
+    split = pl.read_parquet(root / meta["split_key"])
     assert split.height == 18 and set(split.get_column("split")) == {"train", "validation"}
     assert meta["validation_segments"] == split.filter(pl.col("split") == "validation").height
-    manifest = pl.read_parquet(root / layout.meta_key("manifest.parquet"))
+    manifest = pl.read_parquet(root / meta["manifest_key"])
     assert manifest.get_column("shard").to_list() == sorted(shards)
     assert manifest.get_column("segments").sum() == 18
 
     card_dir = root / layout.prefix
     card = (card_dir / "README.md").read_text()
     assert "- segments: 18" in card and "config_name: packed" in card
+    assert f'path: "__versions__/{version}/packed/train/*.parquet"' in card
+    assert f"![Hours per language](__versions__/{version}/charts/{HOURS_CHART})" in card
     # the card's configs work as written: records (not the platform's own parquet files) and packed blocks,
     # both with the train/validation split of the split file
     _assert_records_follow(card_dir, split, records)
@@ -181,9 +186,10 @@ def test_pairs_and_dataset_on_a_local_bucket(tmp_path, tiny_qwen_tokenizer_dir, 
         docs += [tuple(ids[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
     assert sorted(docs) == sorted(tuple(x) for x in records.get_column("input_ids").to_list())
 
-    # rerun: the split is identical
-    _materialize([sft_dataset], instance, resources)
-    assert pl.read_parquet(root / layout.meta_key("split.parquet")).equals(split)
+    # rerun: a new version with the identical split; the replaced one stays until the next build
+    rerun = _metadata(_materialize([sft_dataset], instance, resources))
+    assert rerun["version"] > version and rerun["replaced_version"] == version and rerun["deleted_versions"] == []
+    assert pl.read_parquet(root / rerun["split_key"]).equals(split)
 
     # other split settings, and a shard whose records predate split folders: sft_dataset files the records
     # again, so the loaded splits still follow the split file
@@ -196,10 +202,14 @@ def test_pairs_and_dataset_on_a_local_bucket(tmp_path, tiny_qwen_tokenizer_dir, 
     pq.write_table(pq.read_table(index_path).drop_columns(["split"]), index_path)  # keeps the provenance
     reseeded = {**resources, "sft": SftResource(tokenizer=str(tiny_qwen_tokenizer_dir), validation_fraction=0.5,
                                                 split_seed="other", pack=True, block_size=700)}
-    assert _materialize([sft_dataset], instance, reseeded).success
-    resplit = pl.read_parquet(root / layout.meta_key("split.parquet"))
+    third = _metadata(_materialize([sft_dataset], instance, reseeded))
+    resplit = pl.read_parquet(root / third["split_key"])
     assert not resplit.equals(split) and not legacy.exists()
     _assert_records_follow(card_dir, resplit, records)
+    # the first version is gone now that its card is two builds old; the one the third build replaced is kept
+    assert third["deleted_versions"] == [version]
+    assert {layout.version_of_key(k) for k, _ in bucket.list_keys(layout.versions_prefix)} == {
+        rerun["version"], third["version"]}
 
 
 def test_pairs_and_dataset_on_s3_without_tokenizer(s3_env, instance):
@@ -223,7 +233,10 @@ def test_pairs_and_dataset_on_s3_without_tokenizer(s3_env, instance):
         _materialize([sft_pairs], instance, resources, partition_key="emilia/ms/missing")
     meta = _metadata(_materialize([sft_dataset], instance, resources))
     assert meta["segments"] == 5 and "training_tokens" not in meta and "packed" not in meta
-    assert bucket.exists("out/sft/README.md")
+    assert meta["card_url"] == f"{url}/out/sft/README.md" and bucket.exists("out/sft/README.md")
+    chart = meta["hours_per_language_chart"]  # a link to the object, which is there
+    assert chart == f"{url}/out/sft/__versions__/{meta['version']}/charts/{HOURS_CHART}"
+    assert bucket.read_bytes(chart.removeprefix(f"{url}/")).startswith(b"\x89PNG")
     packing = {**resources, "sft": SftResource(prefix="out/sft", tokenizer="none", pack=True)}
     with pytest.raises(dg.Failure, match="packing needs input_ids"):
         _materialize([sft_dataset], instance, packing)
