@@ -21,36 +21,8 @@ from neucodec_assets.sft.training_ids import (
 )
 from neucodec_assets.tokens.partitions import SHARDS_PARTITION_NAME
 from resources.bucket import open_bucket
-from resources.bucket.base import TOKENS_PARQUET
 from resources.dagster_resources import BucketResource
-from resources.tokens_file import TokensFileWriter
-from tests.fixtures.sft_data import random_codes
-
-WORDS = ["hello", "world", "selamat", "pagi", "dunia", "quick", "brown", "fox"]
-
-
-def _write_shard(bucket, shard: str, rng: np.random.Generator, n: int, metadata: bool = True,
-                 speakers: bool = True) -> dict[str, dict]:
-    """A shard's tokens file and metadata; returns the expected records by segment id."""
-    codes = {f"{shard.replace('/', '_')}_{i}": random_codes(rng, float(rng.uniform(1.0, 6.0))) for i in range(n)}
-    with tempfile.TemporaryDirectory() as tmp:  # the platform's own tokens-file writer (DESIGN.md contract)
-        writer = TokensFileWriter(Path(tmp) / TOKENS_PARQUET, {"model": "test"})
-        for segment_id, segment_codes in codes.items():
-            writer.add(segment_id, np.asarray(segment_codes, dtype=np.uint16))
-        bucket.upload_file(writer.close(), f"{shard}/{TOKENS_PARQUET}")
-    texts = {sid: " ".join(rng.choice(WORDS, size=int(rng.integers(2, 6)))) for sid in codes}
-    texts[next(iter(codes))] = "  "  # one empty transcript per shard
-    if metadata:
-        frame = pl.DataFrame(
-            {
-                "segment_id": list(codes) + ["only_in_metadata"],
-                "text": list(texts.values()) + ["no audio"],
-                "speaker": [f"spk{i % 3}" if speakers else None for i in range(n + 1)],
-            }
-        )
-        bucket.put_bytes(f"{shard}/metadata.parquet", _parquet_bytes(frame))
-    kept = list(codes)[1:] if metadata else []
-    return {sid: {"codes": codes[sid], "text": texts[sid]} for sid in kept}
+from tests.fixtures.sft_data import write_sft_shard
 
 
 def _record_files(root: Path, layout: SftLayout, shard: str) -> list[Path]:
@@ -76,14 +48,6 @@ def _assert_records_follow(card_dir: Path, split: pl.DataFrame, records: pl.Data
     assert speakers["train"] and speakers["validation"] and not speakers["train"] & speakers["validation"]
 
 
-def _parquet_bytes(frame: pl.DataFrame) -> bytes:
-    import io
-
-    buffer = io.BytesIO()
-    frame.write_parquet(buffer)
-    return buffer.getvalue()
-
-
 def _materialize(assets, instance, resources, partition_key=None) -> dg.ExecuteInProcessResult:
     return dg.materialize(assets, instance=instance, resources=resources, partition_key=partition_key)
 
@@ -104,9 +68,9 @@ def test_pairs_and_dataset_on_a_local_bucket(tmp_path, tiny_qwen_tokenizer_dir, 
     bucket = open_bucket(root.as_uri())
     rng = np.random.default_rng(11)
     shards = ["ds1/ms/shard_0", "ds1/en/shard_1", "ds2/ta/shard_2"]
-    expected = _write_shard(bucket, shards[0], rng, 12)
-    expected |= _write_shard(bucket, shards[1], rng, 8, speakers=False)
-    _write_shard(bucket, shards[2], rng, 5, metadata=False)
+    expected = write_sft_shard(bucket, shards[0], rng, 12)
+    expected |= write_sft_shard(bucket, shards[1], rng, 8, speakers=False)
+    write_sft_shard(bucket, shards[2], rng, 5, metadata=False)
     instance.add_dynamic_partitions(SHARDS_PARTITION_NAME, shards)
     resources = {
         "bucket": BucketResource(url=root.as_uri()),
@@ -216,7 +180,7 @@ def test_pairs_and_dataset_on_s3_without_tokenizer(s3_env, instance):
     url = f"s3://{s3_env['bucket']}"
     bucket = open_bucket(url)
     rng = np.random.default_rng(12)
-    expected = _write_shard(bucket, "emilia/ms/s0", rng, 6)
+    expected = write_sft_shard(bucket, "emilia/ms/s0", rng, 6)
     instance.add_dynamic_partitions(SHARDS_PARTITION_NAME, ["emilia/ms/s0", "emilia/ms/missing"])
     resources = {"bucket": BucketResource(url=url), "sft": SftResource(prefix="out/sft", tokenizer="none")}
     assert _materialize([sft_pairs], instance, resources, partition_key="emilia/ms/s0").success
@@ -231,6 +195,14 @@ def test_pairs_and_dataset_on_s3_without_tokenizer(s3_env, instance):
 
     with pytest.raises(dg.Failure, match="no tokens file"):
         _materialize([sft_pairs], instance, resources, partition_key="emilia/ms/missing")
+    # a card and its files as builds before versions wrote them, in place
+    unversioned = ["out/sft/__packed__/train/part-00000.parquet", "out/sft/__sft_meta__/split.parquet",
+                   "out/sft/__sft_meta__/manifest.parquet", "out/sft/__sft_meta__/totals.json",
+                   f"out/sft/charts/{HOURS_CHART}"]
+    for old in unversioned:
+        bucket.put_bytes(old, b"from an unversioned build")
+    bucket.put_bytes("out/sft/README.md", b'---\nconfigs:\n- config_name: packed\n  data_files:\n  - split: train\n'
+                     b'    path: "__packed__/train/*.parquet"\n---\n![Hours per language](charts/hours.png)\n')
     meta = _metadata(_materialize([sft_dataset], instance, resources))
     assert meta["segments"] == 5 and "training_tokens" not in meta and "packed" not in meta
     assert meta["card_url"] == f"{url}/out/sft/README.md" and bucket.exists("out/sft/README.md")
@@ -240,6 +212,17 @@ def test_pairs_and_dataset_on_s3_without_tokenizer(s3_env, instance):
     packing = {**resources, "sft": SftResource(prefix="out/sft", tokenizer="none", pack=True)}
     with pytest.raises(dg.Failure, match="packing needs input_ids"):
         _materialize([sft_dataset], instance, packing)
+
+    # The unversioned card's files outlive it by one build, as a version does; the shards' index files stay.
+    layout = SftLayout("out/sft")
+    assert meta["replaced_version"] == "none" and all(bucket.exists(old) for old in unversioned)
+    second = _metadata(_materialize([sft_dataset], instance, resources))
+    assert second["replaced_version"] == meta["version"] and second["deleted_versions"] == []
+    assert not any(bucket.exists(old) for old in unversioned) and bucket.exists(layout.index_key("emilia/ms/s0"))
+    third = _metadata(_materialize([sft_dataset], instance, resources))
+    assert third["deleted_versions"] == [meta["version"]] and not bucket.exists(chart.removeprefix(f"{url}/"))
+    assert {layout.version_of_key(k) for k, _ in bucket.list_keys(layout.versions_prefix)} == {
+        second["version"], third["version"]}
 
 
 def test_settings_fall_back_to_environment(monkeypatch):
