@@ -6,7 +6,7 @@ backfill policies group shards into runs, one model load per run):
   shard is not retried in a loop: fix it, then backfill it);
 - `sft_pairs` for shards whose tokens exist and that have no pairs yet, or whose tokens were materialized again;
 - `sft_dataset` at most once per ``NEUCODEC_SFT_DATASET_CRON`` period (default hourly), when pairs changed and no
-  `sft_pairs` run is in flight (a build never reads a shard whose records and index are being rewritten).
+  `sft_pairs` run is in flight (a build does not begin on shards whose records and index are half rewritten).
 
 ``NEUCODEC_AUTOMATION=off`` starts the sensor stopped, for teams that backfill by hand; the sensor's toggle in the UI
 does the same at run time. Each requested run carries the automation evaluation that asked for it (UI: Automation).

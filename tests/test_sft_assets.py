@@ -130,6 +130,7 @@ def test_pairs_and_dataset_on_a_local_bucket(tmp_path, tiny_qwen_tokenizer_dir, 
     assert "- segments: 18" in card and "config_name: packed" in card
     assert f'path: "__versions__/{version}/packed/train/*.parquet"' in card
     assert f"![Hours per language](__versions__/{version}/charts/{HOURS_CHART})" in card
+    assert f"This card publishes build `{version}`: its packed blocks, split file and charts are under " in card
     # the card's configs work as written: records (not the platform's own parquet files) and packed blocks,
     # both with the train/validation split of the split file
     _assert_records_follow(card_dir, split, records)

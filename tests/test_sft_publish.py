@@ -226,7 +226,7 @@ def test_a_reader_during_rebuilds_always_loads_one_version(tmp_path, tiny_qwen_t
     ("versions", "published", "replaced", "deleted"),
     [
         ({"a", "b", "c"}, "c", "b", ["a"]),  # the usual: the replaced version stays until the next build
-        ({"a", "b", "c", "d"}, "d", "b", ["a"]),  # c: a failed build after b, deleted by the next build
+        ({"a", "b", "c", "d"}, "d", "b", ["a"]),  # c, a build after b that failed, waits for the next build
         ({"a", "b", "c"}, "b", "c", ["a"]),  # two builds at once: b published after c, neither is deleted
         ({"a", "b"}, "b", None, []),  # replacing an unversioned card (or none): nothing deleted yet
     ],

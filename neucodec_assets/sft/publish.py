@@ -19,9 +19,9 @@ from resources.bucket.base import Bucket
 _NAMED_VERSION = re.compile(rf"{VERSIONS_FOLDER}/([^/\"'\s)]+)/")
 
 
-def new_version(now: datetime | None = None) -> str:
+def new_version() -> str:
     """A version name that sorts by the time its build started (UTC, to the microsecond)."""
-    return (now or datetime.now(timezone.utc)).strftime("%Y%m%dT%H%M%S%fZ")
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
 
 
 def card_version(card: str | None) -> str | None:
