@@ -5,7 +5,8 @@ backfill policies group shards into runs, one model load per run):
 - `neucodec_tokens` for every shard without tokens that is not in flight and whose last try did not fail (a failed
   shard is not retried in a loop: fix it, then backfill it);
 - `sft_pairs` for shards whose tokens exist and that have no pairs yet, or whose tokens were materialized again;
-- `sft_dataset` at most once per ``NEUCODEC_SFT_DATASET_CRON`` period (default hourly), when pairs changed.
+- `sft_dataset` at most once per ``NEUCODEC_SFT_DATASET_CRON`` period (default hourly), when pairs changed and no
+  `sft_pairs` run is in flight (a build does not begin on shards whose records and index are half rewritten).
 
 ``NEUCODEC_AUTOMATION=off`` starts the sensor stopped, for teams that backfill by hand; the sensor's toggle in the UI
 does the same at run time. Each requested run carries the automation evaluation that asked for it (UI: Automation).
@@ -48,13 +49,17 @@ def pairs_condition() -> dg.AutomationCondition:
 
 
 def dataset_condition(cron: str = default_of("sft_dataset_cron")) -> dg.AutomationCondition:
-    """Rebuild the dataset once per cron period, as soon as any shard's pairs changed since the last build."""
-    pairs_updated = dg.AutomationCondition.any_deps_updated().ignore(dg.AssetSelection.assets(PROGRESS_ASSET_KEY))
+    """Rebuild the dataset once per cron period, as soon as any shard's pairs changed since the last build and no
+    shard is being paired: a tick that passes while pairs are in flight waits for them."""
+    progress = dg.AssetSelection.assets(PROGRESS_ASSET_KEY)
+    pairs_updated = dg.AutomationCondition.any_deps_updated().ignore(progress)
+    pairs_in_flight = dg.AutomationCondition.any_deps_in_progress().ignore(progress)
     return (
         dg.AutomationCondition.cron_tick_passed(cron).since_last_handled()
         & pairs_updated.since_last_handled()
+        & ~pairs_in_flight
         & ~dg.AutomationCondition.in_progress()
-    ).with_label(f"pairs changed, at most once per {cron}")
+    ).with_label(f"pairs changed and none in flight, at most once per {cron}")
 
 
 def automation_sensor(settings: Settings) -> dg.AutomationConditionSensorDefinition:

@@ -1,8 +1,11 @@
 """The automation conditions as Dagster evaluates them (its own evaluator, on a real instance): shards found before
 the automation sensor's first tick are encoded too, done shards are not, and pairs follow the tokens. (A real
-`dagster-daemon` doing the same: tests/test_platform_backfills.py.)"""
+`dagster-daemon` doing the same: tests/test_platform_backfills.py.) The dataset is rebuilt once per cron period, never
+while a shard is being paired."""
 
 from __future__ import annotations
+
+import datetime
 
 import dagster as dg
 
@@ -11,6 +14,7 @@ from neucodec_assets.tokens.discovery import add_shard_partitions
 from neucodec_assets.tokens.metadata import TOKENS_ASSET_KEY
 
 PAIRS = dg.AssetKey("sft_pairs")
+DATASET = dg.AssetKey("sft_dataset")
 KEYS = ["ds/hi/shard_000000", "ds/hi/shard_000001", "ds/ta/shard_000000"]
 
 
@@ -36,3 +40,37 @@ def test_shards_known_before_the_first_tick_are_requested_once(pg_instance) -> N
     third = dg.evaluate_automation_conditions(defs=defs, instance=pg_instance, cursor=second.cursor)
     assert third.get_requested_partitions(TOKENS_ASSET_KEY) == set()
     assert third.get_requested_partitions(PAIRS) == {KEYS[2]}
+
+
+def _pairs_run_in_flight(instance: dg.DagsterInstance, key: str) -> dg.DagsterRun:
+    """A started sft_pairs run for one shard, created as the queue creates it (Dagster records the planned
+    materialization of the partition)."""
+    job = defs.resolve_implicit_job_def_def_for_assets([PAIRS])
+    run = instance.create_run_for_job(job_def=job, tags={"dagster/partition": key}, asset_selection=frozenset({PAIRS}))
+    instance.report_dagster_event(dg.DagsterEvent(dg.DagsterEventType.RUN_START.value, job_name=run.job_name),
+                                  run_id=run.run_id)
+    return instance.get_run_by_id(run.run_id)
+
+
+def test_the_dataset_waits_for_pairs_in_flight(pg_instance) -> None:
+    add_shard_partitions(pg_instance, KEYS)
+    for key in KEYS:
+        pg_instance.report_runless_asset_event(dg.AssetMaterialization(TOKENS_ASSET_KEY, partition=key))
+        pg_instance.report_runless_asset_event(dg.AssetMaterialization(PAIRS, partition=key))
+    start = datetime.datetime.now(datetime.timezone.utc)
+    first = dg.evaluate_automation_conditions(defs=defs, instance=pg_instance, evaluation_time=start)
+
+    # An hour later pairs have changed, and one shard is being paired again: the dataset's tick waits.
+    pg_instance.report_runless_asset_event(dg.AssetMaterialization(PAIRS, partition=KEYS[0]))
+    run = _pairs_run_in_flight(pg_instance, KEYS[1])
+    later = start + datetime.timedelta(hours=1, minutes=1)
+    waiting = dg.evaluate_automation_conditions(defs=defs, instance=pg_instance, cursor=first.cursor,
+                                                evaluation_time=later)
+    assert waiting.get_num_requested(DATASET) == 0
+    assert waiting.get_num_requested(PAIRS) == 0  # the shard in flight is not asked twice
+
+    # Once that run has ended, the same tick's rebuild starts.
+    pg_instance.report_run_canceled(run, "terminated")  # what the launcher writes when a run is terminated
+    ended = dg.evaluate_automation_conditions(defs=defs, instance=pg_instance, cursor=waiting.cursor,
+                                              evaluation_time=later + datetime.timedelta(minutes=1))
+    assert ended.get_num_requested(DATASET) == 1

@@ -21,36 +21,8 @@ from neucodec_assets.sft.training_ids import (
 )
 from neucodec_assets.tokens.partitions import SHARDS_PARTITION_NAME
 from resources.bucket import open_bucket
-from resources.bucket.base import TOKENS_PARQUET
 from resources.dagster_resources import BucketResource
-from resources.tokens_file import TokensFileWriter
-from tests.fixtures.sft_data import random_codes
-
-WORDS = ["hello", "world", "selamat", "pagi", "dunia", "quick", "brown", "fox"]
-
-
-def _write_shard(bucket, shard: str, rng: np.random.Generator, n: int, metadata: bool = True,
-                 speakers: bool = True) -> dict[str, dict]:
-    """A shard's tokens file and metadata; returns the expected records by segment id."""
-    codes = {f"{shard.replace('/', '_')}_{i}": random_codes(rng, float(rng.uniform(1.0, 6.0))) for i in range(n)}
-    with tempfile.TemporaryDirectory() as tmp:  # the platform's own tokens-file writer (DESIGN.md contract)
-        writer = TokensFileWriter(Path(tmp) / TOKENS_PARQUET, {"model": "test"})
-        for segment_id, segment_codes in codes.items():
-            writer.add(segment_id, np.asarray(segment_codes, dtype=np.uint16))
-        bucket.upload_file(writer.close(), f"{shard}/{TOKENS_PARQUET}")
-    texts = {sid: " ".join(rng.choice(WORDS, size=int(rng.integers(2, 6)))) for sid in codes}
-    texts[next(iter(codes))] = "  "  # one empty transcript per shard
-    if metadata:
-        frame = pl.DataFrame(
-            {
-                "segment_id": list(codes) + ["only_in_metadata"],
-                "text": list(texts.values()) + ["no audio"],
-                "speaker": [f"spk{i % 3}" if speakers else None for i in range(n + 1)],
-            }
-        )
-        bucket.put_bytes(f"{shard}/metadata.parquet", _parquet_bytes(frame))
-    kept = list(codes)[1:] if metadata else []
-    return {sid: {"codes": codes[sid], "text": texts[sid]} for sid in kept}
+from tests.fixtures.sft_data import write_sft_shard
 
 
 def _record_files(root: Path, layout: SftLayout, shard: str) -> list[Path]:
@@ -76,14 +48,6 @@ def _assert_records_follow(card_dir: Path, split: pl.DataFrame, records: pl.Data
     assert speakers["train"] and speakers["validation"] and not speakers["train"] & speakers["validation"]
 
 
-def _parquet_bytes(frame: pl.DataFrame) -> bytes:
-    import io
-
-    buffer = io.BytesIO()
-    frame.write_parquet(buffer)
-    return buffer.getvalue()
-
-
 def _materialize(assets, instance, resources, partition_key=None) -> dg.ExecuteInProcessResult:
     return dg.materialize(assets, instance=instance, resources=resources, partition_key=partition_key)
 
@@ -104,9 +68,9 @@ def test_pairs_and_dataset_on_a_local_bucket(tmp_path, tiny_qwen_tokenizer_dir, 
     bucket = open_bucket(root.as_uri())
     rng = np.random.default_rng(11)
     shards = ["ds1/ms/shard_0", "ds1/en/shard_1", "ds2/ta/shard_2"]
-    expected = _write_shard(bucket, shards[0], rng, 12)
-    expected |= _write_shard(bucket, shards[1], rng, 8, speakers=False)
-    _write_shard(bucket, shards[2], rng, 5, metadata=False)
+    expected = write_sft_shard(bucket, shards[0], rng, 12)
+    expected |= write_sft_shard(bucket, shards[1], rng, 8, speakers=False)
+    write_sft_shard(bucket, shards[2], rng, 5, metadata=False)
     instance.add_dynamic_partitions(SHARDS_PARTITION_NAME, shards)
     resources = {
         "bucket": BucketResource(url=root.as_uri()),
@@ -145,22 +109,28 @@ def test_pairs_and_dataset_on_a_local_bucket(tmp_path, tiny_qwen_tokenizer_dir, 
     assert meta["training_tokens"] == int(records.get_column("input_ids").list.len().sum())
     assert meta["train_segments"] + meta["validation_segments"] == 18
     assert meta["dropped"]["empty_transcript"] == 2 and meta["dropped"]["no_metadata_row"] == 5
-    assert meta["hours_per_language_chart"].startswith("![hours per language](data:image/png;base64,")
-    assert (root / layout.chart_key(HOURS_CHART)).read_bytes().startswith(b"\x89PNG")
-    assert (root / layout.chart_key(DURATION_CHART)).read_bytes().startswith(b"\x89PNG")
+    version = meta["version"]
+    # the charts are linked, not inlined: bucket objects in the version's folder, where the card shows them
+    for name, chart in [("hours_per_language_chart", HOURS_CHART), ("clip_duration_chart", DURATION_CHART)]:
+        assert meta[name] == f"{root.as_uri()}/{layout.chart_key(version, chart)}"
+        assert (root / layout.chart_key(version, chart)).read_bytes().startswith(b"\x89PNG")
     packed = meta["packed"]
     assert packed["tokens"] == meta["training_tokens"] and packed["documents"] == 18
+    assert meta["split_key"] == layout.version_key(version, "split.parquet") and meta["replaced_version"] == "none"
 
-    split = pl.read_parquet(root / layout.meta_key("split.parquet"))
+    split = pl.read_parquet(root / meta["split_key"])
     assert split.height == 18 and set(split.get_column("split")) == {"train", "validation"}
     assert meta["validation_segments"] == split.filter(pl.col("split") == "validation").height
-    manifest = pl.read_parquet(root / layout.meta_key("manifest.parquet"))
+    manifest = pl.read_parquet(root / meta["manifest_key"])
     assert manifest.get_column("shard").to_list() == sorted(shards)
     assert manifest.get_column("segments").sum() == 18
 
     card_dir = root / layout.prefix
     card = (card_dir / "README.md").read_text()
     assert "- segments: 18" in card and "config_name: packed" in card
+    assert f'path: "__versions__/{version}/packed/train/*.parquet"' in card
+    assert f"![Hours per language](__versions__/{version}/charts/{HOURS_CHART})" in card
+    assert f"This card publishes build `{version}`: its packed blocks, split file and charts are under " in card
     # the card's configs work as written: records (not the platform's own parquet files) and packed blocks,
     # both with the train/validation split of the split file
     _assert_records_follow(card_dir, split, records)
@@ -181,9 +151,10 @@ def test_pairs_and_dataset_on_a_local_bucket(tmp_path, tiny_qwen_tokenizer_dir, 
         docs += [tuple(ids[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
     assert sorted(docs) == sorted(tuple(x) for x in records.get_column("input_ids").to_list())
 
-    # rerun: the split is identical
-    _materialize([sft_dataset], instance, resources)
-    assert pl.read_parquet(root / layout.meta_key("split.parquet")).equals(split)
+    # rerun: a new version with the identical split; the replaced one stays until the next build
+    rerun = _metadata(_materialize([sft_dataset], instance, resources))
+    assert rerun["version"] > version and rerun["replaced_version"] == version and rerun["deleted_versions"] == []
+    assert pl.read_parquet(root / rerun["split_key"]).equals(split)
 
     # other split settings, and a shard whose records predate split folders: sft_dataset files the records
     # again, so the loaded splits still follow the split file
@@ -196,17 +167,21 @@ def test_pairs_and_dataset_on_a_local_bucket(tmp_path, tiny_qwen_tokenizer_dir, 
     pq.write_table(pq.read_table(index_path).drop_columns(["split"]), index_path)  # keeps the provenance
     reseeded = {**resources, "sft": SftResource(tokenizer=str(tiny_qwen_tokenizer_dir), validation_fraction=0.5,
                                                 split_seed="other", pack=True, block_size=700)}
-    assert _materialize([sft_dataset], instance, reseeded).success
-    resplit = pl.read_parquet(root / layout.meta_key("split.parquet"))
+    third = _metadata(_materialize([sft_dataset], instance, reseeded))
+    resplit = pl.read_parquet(root / third["split_key"])
     assert not resplit.equals(split) and not legacy.exists()
     _assert_records_follow(card_dir, resplit, records)
+    # the first version is gone now that its card is two builds old; the one the third build replaced is kept
+    assert third["deleted_versions"] == [version]
+    assert {layout.version_of_key(k) for k, _ in bucket.list_keys(layout.versions_prefix)} == {
+        rerun["version"], third["version"]}
 
 
 def test_pairs_and_dataset_on_s3_without_tokenizer(s3_env, instance):
     url = f"s3://{s3_env['bucket']}"
     bucket = open_bucket(url)
     rng = np.random.default_rng(12)
-    expected = _write_shard(bucket, "emilia/ms/s0", rng, 6)
+    expected = write_sft_shard(bucket, "emilia/ms/s0", rng, 6)
     instance.add_dynamic_partitions(SHARDS_PARTITION_NAME, ["emilia/ms/s0", "emilia/ms/missing"])
     resources = {"bucket": BucketResource(url=url), "sft": SftResource(prefix="out/sft", tokenizer="none")}
     assert _materialize([sft_pairs], instance, resources, partition_key="emilia/ms/s0").success
@@ -221,12 +196,34 @@ def test_pairs_and_dataset_on_s3_without_tokenizer(s3_env, instance):
 
     with pytest.raises(dg.Failure, match="no tokens file"):
         _materialize([sft_pairs], instance, resources, partition_key="emilia/ms/missing")
+    # a card and its files as builds before versions wrote them, in place
+    unversioned = ["out/sft/__packed__/train/part-00000.parquet", "out/sft/__sft_meta__/split.parquet",
+                   "out/sft/__sft_meta__/manifest.parquet", "out/sft/__sft_meta__/totals.json",
+                   f"out/sft/charts/{HOURS_CHART}"]
+    for old in unversioned:
+        bucket.put_bytes(old, b"from an unversioned build")
+    bucket.put_bytes("out/sft/README.md", b'---\nconfigs:\n- config_name: packed\n  data_files:\n  - split: train\n'
+                     b'    path: "__packed__/train/*.parquet"\n---\n![Hours per language](charts/hours.png)\n')
     meta = _metadata(_materialize([sft_dataset], instance, resources))
     assert meta["segments"] == 5 and "training_tokens" not in meta and "packed" not in meta
-    assert bucket.exists("out/sft/README.md")
+    assert meta["card_url"] == f"{url}/out/sft/README.md" and bucket.exists("out/sft/README.md")
+    chart = meta["hours_per_language_chart"]  # a link to the object, which is there
+    assert chart == f"{url}/out/sft/__versions__/{meta['version']}/charts/{HOURS_CHART}"
+    assert bucket.read_bytes(chart.removeprefix(f"{url}/")).startswith(b"\x89PNG")
     packing = {**resources, "sft": SftResource(prefix="out/sft", tokenizer="none", pack=True)}
     with pytest.raises(dg.Failure, match="packing needs input_ids"):
         _materialize([sft_dataset], instance, packing)
+
+    # The unversioned card's files outlive it by one build, as a version does; the shards' index files stay.
+    layout = SftLayout("out/sft")
+    assert meta["replaced_version"] == "none" and all(bucket.exists(old) for old in unversioned)
+    second = _metadata(_materialize([sft_dataset], instance, resources))
+    assert second["replaced_version"] == meta["version"] and second["deleted_versions"] == []
+    assert not any(bucket.exists(old) for old in unversioned) and bucket.exists(layout.index_key("emilia/ms/s0"))
+    third = _metadata(_materialize([sft_dataset], instance, resources))
+    assert third["deleted_versions"] == [meta["version"]] and not bucket.exists(chart.removeprefix(f"{url}/"))
+    assert {layout.version_of_key(k) for k, _ in bucket.list_keys(layout.versions_prefix)} == {
+        second["version"], third["version"]}
 
 
 def test_settings_fall_back_to_environment(monkeypatch):

@@ -13,7 +13,6 @@ import dagster as dg
 import polars as pl
 
 from neucodec_assets.automation import dataset_condition, pairs_condition
-from neucodec_assets.charts import markdown_image
 from neucodec_assets.progress import PROGRESS_ASSET_KEY
 from neucodec_assets.sft.dataset_build import (
     DURATION_CHART,
@@ -147,7 +146,8 @@ def roundtrip_by_language(instance: dg.DagsterInstance) -> pl.DataFrame | None:
     automation_condition=dataset_condition(),
     kinds={"parquet", "huggingface"},
     description="The SFT dataset over every paired shard: split file, manifest, totals per language and dataset, "
-    "charts, a dataset card (README.md) whose configs load train and validation, and optional packed blocks.",
+    "charts, a dataset card (README.md) whose configs load train and validation, and optional packed blocks. "
+    "Each build is a new version, published by replacing the card; it waits for sft_pairs runs in flight.",
 )
 def sft_dataset(context: dg.AssetExecutionContext, bucket: BucketResource, sft: SftResource) -> dg.MaterializeResult:
     store = bucket.open()
@@ -180,10 +180,14 @@ def sft_dataset(context: dg.AssetExecutionContext, bucket: BucketResource, sft: 
         "by_split": dg.MetadataValue.md(_md_table(outcome.by_split)),
         "dropped": dg.MetadataValue.json(outcome.dropped),
         "tokenizers": dg.MetadataValue.json([t or "none" for t in outcome.tokenizers]),
-        "hours_per_language_chart": dg.MetadataValue.md(markdown_image(outcome.charts[HOURS_CHART], "hours per language")),
-        "clip_duration_chart": dg.MetadataValue.md(markdown_image(outcome.charts[DURATION_CHART], "clip durations")),
+        # The charts are bucket objects beside the card: the event log links them, it does not hold them.
+        "hours_per_language_chart": dg.MetadataValue.url(store.url_of(outcome.keys[HOURS_CHART])),
+        "clip_duration_chart": dg.MetadataValue.url(store.url_of(outcome.keys[DURATION_CHART])),
         "card": dg.MetadataValue.md(outcome.card),
-        "card_url": dg.MetadataValue.url(f"{store.url}/{outcome.keys['card']}"),
+        "card_url": dg.MetadataValue.url(store.url_of(outcome.keys["card"])),
+        "version": outcome.publication.version,
+        "replaced_version": outcome.publication.replaced or "none",
+        "deleted_versions": dg.MetadataValue.json(outcome.publication.deleted_versions),
         "manifest_key": outcome.keys["manifest"],
         "split_key": outcome.keys["split"],
         "seconds": round(outcome.seconds, 3),

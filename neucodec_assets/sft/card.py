@@ -33,6 +33,8 @@ class CardInputs:
     split_path: str = "__sft_meta__/split.parquet"
     chart_paths: dict[str, str] = field(default_factory=dict)  # alt text -> relative path
     quality: pl.DataFrame | None = None  # decode round-trip means per language (from encoding_progress)
+    version: str | None = None  # the build this card publishes; its files are under version_path
+    version_path: str = ""
 
 
 def _table(frame: pl.DataFrame) -> str:
@@ -155,6 +157,17 @@ def render_card(inputs: CardInputs) -> str:
             "by sampled segments). Listenable pairs are in the bucket under `<shard>/roundtrip/`.",
             "",
             _table(inputs.quality),
+            "",
+        ]
+    if inputs.version:
+        parts += [
+            "## Version",
+            "",
+            f"This card publishes build `{inputs.version}`: its packed blocks, split file and charts are under "
+            f"`{inputs.version_path}`, which nothing rewrites. A rebuild writes a new version folder and then "
+            "replaces this card in one write; the folder this card names is kept until the rebuild after that. "
+            "The `records` config reads every shard's latest records file (one file per shard and split, each "
+            "replaced whole when the shard is paired again).",
             "",
         ]
     if inputs.dropped:

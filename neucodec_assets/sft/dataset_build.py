@@ -2,7 +2,8 @@
 
 It walks the shards' index files one at a time and keeps only per-shard partial totals and histogram counts,
 so memory does not grow with the number of segments. Records are read only where needed: packing reads each
-shard's records once, and a shard filed under other split settings is filed again.
+shard's records once, and a shard filed under other split settings is filed again. Each build writes a new
+version and publishes it by replacing the card (neucodec_assets/sft/publish.py).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from neucodec_assets.sft.packing import (
 )
 from neucodec_assets.sft.pairing import DROP_REASONS
 from neucodec_assets.sft.parquet_io import read_frame, read_provenance
+from neucodec_assets.sft.publish import Publication, new_version, publish_card
 from neucodec_assets.sft.shard_records import refile_shard_records, split_provenance
 from neucodec_assets.sft.split import (
     DEFAULT_VALIDATION_FRACTION,
@@ -74,19 +76,20 @@ class DatasetOutcome:
     manifest: pl.DataFrame
     dropped: dict[str, int]
     tokenizers: list[str | None]
-    charts: dict[str, bytes]
     card: str
     keys: dict[str, str]
+    publication: Publication
     packed: dict[str, Any] | None = None
     packed_parts: dict[str, list[str]] = field(default_factory=dict)
     seconds: float = 0.0
 
 
 class _PackedWriter:
-    """Packs one split and uploads a part file every `blocks_per_part` blocks."""
+    """Packs one split and uploads a part file of the version every `blocks_per_part` blocks."""
 
-    def __init__(self, bucket: Bucket, layout: SftLayout, split: str, settings: DatasetSettings, tmp: Path) -> None:
-        self.bucket, self.layout, self.split, self.tmp = bucket, layout, split, tmp
+    def __init__(self, bucket: Bucket, layout: SftLayout, version: str, split: str, settings: DatasetSettings,
+                 tmp: Path) -> None:
+        self.bucket, self.layout, self.version, self.split, self.tmp = bucket, layout, version, split, tmp
         self.packer = Packer(settings.block_size)
         self.blocks_per_part = settings.blocks_per_part
         self.pending: list[PackedBlock] = []
@@ -107,7 +110,7 @@ class _PackedWriter:
             self._flush()
 
     def _flush(self) -> None:
-        key = self.layout.packed_key(self.split, len(self.keys))
+        key = self.layout.packed_key(self.version, self.split, len(self.keys))
         path = self.tmp / f"packed-{self.split}.parquet"
         pq.write_table(blocks_to_arrow(self.pending), path, compression="zstd", row_group_size=64)
         self.bucket.upload_file(path, key)
@@ -222,12 +225,14 @@ def _pack_shard(bucket: Bucket, layout: SftLayout, shard: str, index: pl.DataFra
             writer.add(values[offsets[row] : offsets[row + 1]])
 
 
-def _walk_shards(bucket: Bucket, layout: SftLayout, settings: DatasetSettings, shards: list[tuple[str, str]],
-                 tmp: Path, log: Callable[[str], None]) -> tuple[_Tally, dict[str, _PackedWriter]]:
-    """One pass over the shards: tally, write the split file to `tmp` and, if asked, pack."""
+def _walk_shards(bucket: Bucket, layout: SftLayout, settings: DatasetSettings, version: str,
+                 shards: list[tuple[str, str]], tmp: Path,
+                 log: Callable[[str], None]) -> tuple[_Tally, dict[str, _PackedWriter]]:
+    """One pass over the shards: tally, write the split file to `tmp` and, if asked, pack into the version."""
     sizes = dict(bucket.list_keys(f"{layout.prefix}/"))
     tally = _Tally()
-    writers = {s: _PackedWriter(bucket, layout, s, settings, tmp) for s in SPLITS} if settings.pack else {}
+    writers = ({s: _PackedWriter(bucket, layout, version, s, settings, tmp) for s in SPLITS}
+               if settings.pack else {})
     with pq.ParquetWriter(tmp / "split.parquet", SPLIT_SCHEMA, compression="zstd") as split_writer:
         for number, (shard, index_key) in enumerate(shards, start=1):
             index, provenance = read_shard_index(bucket, layout, shard, index_key, settings, sizes)
@@ -264,13 +269,14 @@ class _Summary:
         return {row["split"]: int(row["segments"]) for row in self.by_split.iter_rows(named=True) if row["segments"]}
 
 
-def _upload_tables(bucket: Bucket, layout: SftLayout, tmp: Path, tally: _Tally, summary: _Summary,
+def _upload_tables(bucket: Bucket, layout: SftLayout, version: str, tmp: Path, tally: _Tally, summary: _Summary,
                    manifest: pl.DataFrame, charts: dict[str, bytes], shards: int) -> dict[str, str]:
-    """Upload split file, manifest, totals and charts (each one PUT); returns their keys and the card's."""
+    """Upload the version's split file, manifest, totals and charts (each one PUT); returns their keys and the
+    card's."""
     keys = {
-        "manifest": layout.meta_key("manifest.parquet"),
-        "split": layout.meta_key("split.parquet"),
-        "totals": layout.meta_key("totals.json"),
+        "manifest": layout.version_key(version, "manifest.parquet"),
+        "split": layout.version_key(version, "split.parquet"),
+        "totals": layout.version_key(version, "totals.json"),
         "card": layout.card_key,
     }
     bucket.upload_file(tmp / "split.parquet", keys["split"])
@@ -286,19 +292,15 @@ def _upload_tables(bucket: Bucket, layout: SftLayout, tmp: Path, tally: _Tally, 
     }
     bucket.put_bytes(keys["totals"], json.dumps(totals_doc, indent=1, default=str).encode())
     for name, png in charts.items():
-        keys[name] = layout.chart_key(name)
+        keys[name] = layout.chart_key(version, name)
         bucket.put_bytes(keys[name], png)
     return keys
 
 
-def _finish_packing(bucket: Bucket, layout: SftLayout, writers: dict[str, _PackedWriter],
-                    settings: DatasetSettings) -> tuple[dict[str, Any], dict[str, list[str]]]:
-    """Remove part files left from an earlier, larger packing; the packing figures and the parts per split."""
+def _packing_figures(writers: dict[str, _PackedWriter],
+                     settings: DatasetSettings) -> tuple[dict[str, Any], dict[str, list[str]]]:
+    """The packing figures and the parts per split."""
     parts = {split: writer.keys for split, writer in writers.items()}
-    written = {key for keys in parts.values() for key in keys}
-    for key, _ in list(bucket.list_keys(layout.packed_prefix)):
-        if key not in written:
-            bucket.delete(key)
     stats = [writer.packer.stats for writer in writers.values()]
     blocks, tokens = sum(s.blocks for s in stats), sum(s.tokens for s in stats)
     packed: dict[str, Any] = {
@@ -314,8 +316,8 @@ def _finish_packing(bucket: Bucket, layout: SftLayout, writers: dict[str, _Packe
     return packed, parts
 
 
-def _card(layout: SftLayout, settings: DatasetSettings, tally: _Tally, summary: _Summary, shards: int,
-          keys: dict[str, str], packed: dict[str, Any] | None, packed_parts: dict[str, list[str]],
+def _card(layout: SftLayout, settings: DatasetSettings, version: str, tally: _Tally, summary: _Summary,
+          shards: int, keys: dict[str, str], packed: dict[str, Any] | None, packed_parts: dict[str, list[str]],
           quality: pl.DataFrame | None) -> str:
     """The card's text, with paths relative to the card's folder."""
 
@@ -335,9 +337,11 @@ def _card(layout: SftLayout, settings: DatasetSettings, tally: _Tally, summary: 
             dropped=tally.dropped,
             records_paths={s: layout.records_glob(s) for s in SPLITS if s in summary.split_segments()},
             packed=packed,
-            packed_paths={s: layout.packed_glob(s) for s, parts in packed_parts.items() if parts},
+            packed_paths={s: layout.packed_glob(version, s) for s, parts in packed_parts.items() if parts},
             split_path=relative(keys["split"]),
             quality=quality,
+            version=version,
+            version_path=relative(layout.version_prefix(version)),
             chart_paths={
                 "Hours per language": relative(keys[HOURS_CHART]),
                 "Clip durations": relative(keys[DURATION_CHART]),
@@ -353,23 +357,29 @@ def build_dataset(
     log: Callable[[str], None] = lambda message: None,
     quality: pl.DataFrame | None = None,
 ) -> DatasetOutcome:
-    """Write split, manifest, totals, charts, card (and packed blocks) under the SFT prefix."""
+    """Write a new version (split, manifest, totals, charts and packed blocks) under the SFT prefix, then publish
+    it: the card that names it replaces the previous one."""
     start = time.perf_counter()
+    version = new_version()
     shards = index_shards(bucket, layout)
     if not shards:
         raise ValueError(
             f"no SFT records under {bucket.url}/{layout.index_prefix}: materialize sft_pairs for some shards first"
         )
     with tempfile.TemporaryDirectory(prefix="sft-dataset-") as tmp_name:
-        tally, writers = _walk_shards(bucket, layout, settings, shards, Path(tmp_name), log)
+        tally, writers = _walk_shards(bucket, layout, settings, version, shards, Path(tmp_name), log)
         summary = _Summary.of(tally)
         manifest = pl.DataFrame(tally.manifest_rows, infer_schema_length=None)
         charts = {HOURS_CHART: hours_per_language_png(summary.by_language),
                   DURATION_CHART: duration_histogram_png(tally.histogram)}
-        keys = _upload_tables(bucket, layout, Path(tmp_name), tally, summary, manifest, charts, len(shards))
-    packed, packed_parts = _finish_packing(bucket, layout, writers, settings) if settings.pack else (None, {})
-    card = _card(layout, settings, tally, summary, len(shards), keys, packed, packed_parts, quality)
-    bucket.put_bytes(keys["card"], card.encode())  # last: the card describes files that all exist
+        keys = _upload_tables(bucket, layout, version, Path(tmp_name), tally, summary, manifest, charts,
+                              len(shards))
+    packed, packed_parts = _packing_figures(writers, settings) if settings.pack else (None, {})
+    card = _card(layout, settings, version, tally, summary, len(shards), keys, packed, packed_parts, quality)
+    publication = publish_card(bucket, layout, version, card)  # last: every file the card names exists
+    log(f"sft_dataset: published version {version}"
+        + (f", kept {publication.replaced} until the next build" if publication.replaced else "")
+        + (f", deleted {publication.deleted_keys} files of older builds" if publication.deleted_keys else ""))
     return DatasetOutcome(
         shards=len(shards),
         totals=summary.totals,
@@ -379,9 +389,9 @@ def build_dataset(
         manifest=manifest,
         dropped=tally.dropped,
         tokenizers=tally.tokenizer_list(),
-        charts=charts,
         card=card,
         keys=keys,
+        publication=publication,
         packed=packed,
         packed_parts=packed_parts,
         seconds=time.perf_counter() - start,
