@@ -47,6 +47,7 @@ from neucodec_assets.tokens.metadata import (
     ShardFigures,
 )
 from resources.bucket import METADATA_PARQUET, LocalBucket
+from tests.fixtures.platform import started_tokens_run
 
 H = 3600.0
 
@@ -73,18 +74,6 @@ def _write_metadata(bucket: LocalBucket, key: str, durations: list[float]) -> No
     bucket.put_bytes(f"{key}/{METADATA_PARQUET}", buffer.getvalue())
 
 
-def _tokens_run(instance: dg.DagsterInstance, key: str) -> dg.DagsterRun:
-    """A run of the tokens job for one shard, created as the queue creates it (Dagster records the planned
-    materialization of the partition), then started."""
-    from neucodec_assets.definitions import defs
-
-    run = instance.create_run_for_job(job_def=defs.resolve_job_def("neucodec_tokens_job"),
-                                      tags={"dagster/partition": key}, asset_selection=frozenset({TOKENS_ASSET_KEY}))
-    instance.report_dagster_event(dg.DagsterEvent(dg.DagsterEventType.RUN_START.value, job_name=run.job_name),
-                                  run_id=run.run_id)
-    return instance.get_run_by_id(run.run_id)
-
-
 @pytest.fixture
 def fleet(pg_instance: dg.DagsterInstance, pg_dagster_home: Path, tmp_path: Path,
           monkeypatch: pytest.MonkeyPatch) -> tuple[dg.DagsterInstance, LocalBucket, dict]:
@@ -101,9 +90,9 @@ def fleet(pg_instance: dg.DagsterInstance, pg_dagster_home: Path, tmp_path: Path
     for key, durations in [FAILED_SHARD, IN_FLIGHT_SHARD, *PENDING_SHARDS]:
         _write_metadata(bucket, key, durations)
 
-    failed_run = _tokens_run(instance, FAILED_SHARD[0])
+    failed_run = started_tokens_run(instance, FAILED_SHARD[0])
     instance.report_run_failed(failed_run, "run worker exited unexpectedly")  # what run monitoring writes
-    in_flight_run = _tokens_run(instance, IN_FLIGHT_SHARD[0])
+    in_flight_run = started_tokens_run(instance, IN_FLIGHT_SHARD[0])
     for key, status, seconds, tokens, failed in DONE_SHARDS:
         dataset, language = key.split("/")[:2]
         figures = ShardFigures(prefix=key, status=status, dataset=dataset, language=language, segment_count=7,
