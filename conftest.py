@@ -6,4 +6,5 @@ pytest_plugins = [
     "tests.fixtures.shards",
     "tests.fixtures.sft_data",
     "tests.fixtures.platform",
+    "tests.fixtures.webhook",
 ]
