@@ -73,7 +73,7 @@ _ID = re.compile(r"\b[0-9a-f]{8}(?:-[0-9a-f]{4}){3}-[0-9a-f]{12}\b|\b[0-9a-f]{16
 _NUMBER = re.compile(r"\b\d+(?:\.\d+)?\b")
 
 
-def error_kind(error: str, shards: Sequence[str] = ()) -> str:
+def error_kind(error: str, shards: Sequence[str]) -> str:
     """The first line of an error with what differs between failures of one cause (shard keys, URLs, ids, numbers)
     blanked out, so that a digest counts failures by cause."""
     line = next((part.strip() for part in error.strip().splitlines() if part.strip()), "no error message")
@@ -117,7 +117,8 @@ def alert_message(run: dg.DagsterRun, failure: dg.EventLogEntry, step_failures: 
     if url:
         text += f"\n{url}"
     # A failed shard's own error names the cause better than the run's summary of all of them.
-    kind = error_kind(failed[0].get("error", ""), shards) if failed else error_kind(error, shards)
+    known = [*shards, *(row.get("shard", "") for row in failed)]
+    kind = error_kind(failed[0].get("error", "") if failed else error, known)
     return {
         "type": "run_failure",
         "text": text,
@@ -189,7 +190,7 @@ class Digest:
             lines.append("first shards: " + ", ".join(self.first_shards)
                          + (f" ({self.shards} in all)" if self.shards > len(self.first_shards) else ""))
         if self.backfills:
-            lines.append("backfills: " + ", ".join(f"{b} ({n} runs)" for b, n in self.backfills.items()))
+            lines.append("backfills: " + ", ".join(f"{b} ({plural(n, 'run')})" for b, n in self.backfills.items()))
         url = failed_runs_url(ui_url)
         where = url or (f"the Runs page of the Dagster UI, filtered by status Failure (set {UI_URL_ENV} for a "
                         "link); `neucodec-platform status` counts the failed shards")
