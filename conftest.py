@@ -7,4 +7,5 @@ pytest_plugins = [
     "tests.fixtures.sft_data",
     "tests.fixtures.platform",
     "tests.fixtures.backfills",
+    "tests.fixtures.webhook",
 ]

@@ -163,9 +163,12 @@ class Settings(BaseModel):
         0.0, "progress", "price of one GPU-hour, for the running cost and cost per 1,000 hours",
         shown_default="`0` (cost not shown)", ge=0)
     alert_webhook_url: SecretStr | None = setting(
-        None, "progress", "where `neucodec_alert_sensor` posts a JSON message per failed run (the sensor starts on "
-        "when it is set as the code location loads); never logged",
-        shown_default="unset (no alerts)")
+        None, "progress", "where `neucodec_alert_sensor` posts a JSON message per failed run, or one digest when "
+        "many fail, retrying failed posts (the sensor starts on when it is set as the code location loads); never "
+        "logged", shown_default="unset (no alerts)")
+    ui_url: str | None = setting(
+        None, "progress", "the Dagster UI's address, e.g. `https://dagster.example.com`: alerts link to the failed "
+        "runs", shown_default="unset (alerts name the UI page instead)")
     legacy_dsn: SecretStr | None = setting(
         None, "progress", "the old fleet's Postgres for `import-legacy`; never logged", read="command")
 

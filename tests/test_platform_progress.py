@@ -1,4 +1,4 @@
-"""Fleet progress (`encoding_progress`, `neucodec-platform status`) and run-failure alerts.
+"""Fleet progress (`encoding_progress`, `neucodec-platform status`); the alerts are in test_platform_alerts.py.
 
 Shard states are put on a real Postgres instance the way the platform records them: done shards as
 materializations carrying ShardFigures metadata (the shape every materializing path writes), a failed shard as a
@@ -8,12 +8,9 @@ shard as a started run, pending shards as partitions whose metadata.parquet hold
 
 from __future__ import annotations
 
-import http.server
 import io
 import json
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
@@ -21,12 +18,6 @@ import polars as pl
 import pytest
 
 from neucodec_assets.cli import main
-from neucodec_assets.progress.alerts import (
-    SENSOR_NAME,
-    WEBHOOK_ENV,
-    neucodec_alert_sensor,
-    post_json,
-)
 from neucodec_assets.progress.report import (
     DONE,
     FAILED,
@@ -47,6 +38,7 @@ from neucodec_assets.tokens.metadata import (
     ShardFigures,
 )
 from resources.bucket import METADATA_PARQUET, LocalBucket
+from tests.fixtures.platform import started_tokens_run
 
 H = 3600.0
 
@@ -73,18 +65,6 @@ def _write_metadata(bucket: LocalBucket, key: str, durations: list[float]) -> No
     bucket.put_bytes(f"{key}/{METADATA_PARQUET}", buffer.getvalue())
 
 
-def _tokens_run(instance: dg.DagsterInstance, key: str) -> dg.DagsterRun:
-    """A run of the tokens job for one shard, created as the queue creates it (Dagster records the planned
-    materialization of the partition), then started."""
-    from neucodec_assets.definitions import defs
-
-    run = instance.create_run_for_job(job_def=defs.resolve_job_def("neucodec_tokens_job"),
-                                      tags={"dagster/partition": key}, asset_selection=frozenset({TOKENS_ASSET_KEY}))
-    instance.report_dagster_event(dg.DagsterEvent(dg.DagsterEventType.RUN_START.value, job_name=run.job_name),
-                                  run_id=run.run_id)
-    return instance.get_run_by_id(run.run_id)
-
-
 @pytest.fixture
 def fleet(pg_instance: dg.DagsterInstance, pg_dagster_home: Path, tmp_path: Path,
           monkeypatch: pytest.MonkeyPatch) -> tuple[dg.DagsterInstance, LocalBucket, dict]:
@@ -101,9 +81,9 @@ def fleet(pg_instance: dg.DagsterInstance, pg_dagster_home: Path, tmp_path: Path
     for key, durations in [FAILED_SHARD, IN_FLIGHT_SHARD, *PENDING_SHARDS]:
         _write_metadata(bucket, key, durations)
 
-    failed_run = _tokens_run(instance, FAILED_SHARD[0])
+    failed_run = started_tokens_run(instance, FAILED_SHARD[0])
     instance.report_run_failed(failed_run, "run worker exited unexpectedly")  # what run monitoring writes
-    in_flight_run = _tokens_run(instance, IN_FLIGHT_SHARD[0])
+    in_flight_run = started_tokens_run(instance, IN_FLIGHT_SHARD[0])
     for key, status, seconds, tokens, failed in DONE_SHARDS:
         dataset, language = key.split("/")[:2]
         figures = ShardFigures(prefix=key, status=status, dataset=dataset, language=language, segment_count=7,
@@ -274,111 +254,6 @@ def test_eta_edges() -> None:
     report = compute_progress({"d/hi/1": DONE}, done, {}, [], NOW)
     assert report.total.hours_done == pytest.approx(1.0) and report.window.audio_hours == 0.0
     assert report.total.eta_seconds == 0.0
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Alerts against a local HTTP server.
-
-
-class _Hook(http.server.BaseHTTPRequestHandler):
-    received: list[dict] = []
-    status = 200
-
-    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-        length = int(self.headers["Content-Length"])
-        type(self).received.append({"path": self.path, "content_type": self.headers["Content-Type"],
-                                    "body": json.loads(self.rfile.read(length))})
-        self.send_response(type(self).status)
-        self.end_headers()
-        self.wfile.write(b"ok")
-
-    def log_message(self, *args) -> None:
-        pass
-
-
-@pytest.fixture
-def webhook() -> Iterator[tuple[str, type[_Hook]]]:
-    handler = type("Hook", (_Hook,), {"received": [], "status": 200})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/services/T000/B000/secret-token-xyz", handler
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
-def _failure_context(instance: dg.DagsterInstance, run: dg.DagsterRun) -> dg.RunFailureSensorContext:
-    event = instance.all_logs(run.run_id, of_type=dg.DagsterEventType.RUN_FAILURE)[0].dagster_event
-    return dg.build_run_status_sensor_context(
-        sensor_name=SENSOR_NAME, dagster_event=event, dagster_instance=instance,
-        dagster_run=instance.get_run_by_id(run.run_id)).for_run_failure()
-
-
-def test_failed_run_posts_to_the_webhook(fleet, webhook, monkeypatch, caplog) -> None:
-    instance, _, runs = fleet
-    url, hook = webhook
-    monkeypatch.setenv(WEBHOOK_ENV, url)
-    assert neucodec_alert_sensor(_failure_context(instance, runs["failed_run"])) is None
-    assert len(hook.received) == 1
-    got = hook.received[0]
-    assert got["path"] == "/services/T000/B000/secret-token-xyz" and got["content_type"] == "application/json"
-    body = got["body"]
-    assert body["run_id"] == runs["failed_run"].run_id and body["job"] == "neucodec_tokens_job"
-    assert body["shards"] == [FAILED_SHARD[0]] and body["status"] == "FAILURE"
-    assert "run worker exited unexpectedly" in body["error"]
-    assert FAILED_SHARD[0] in body["text"] and runs["failed_run"].run_id in body["text"]
-    assert "secret-token-xyz" not in caplog.text
-
-
-def test_step_failure_names_the_failed_shards(pg_instance, webhook, monkeypatch) -> None:
-    """A real run whose step fails the way `neucodec_tokens` does: a Failure with its `failed_shards` table."""
-    from neucodec_assets.tokens.asset import failed_shards_table
-
-    url, hook = webhook
-    monkeypatch.setenv(WEBHOOK_ENV, url)
-    keys = ["d/hi/a", "d/hi/b", "d/hi/c"]
-    pg_instance.add_dynamic_partitions("shards", keys)
-
-    @dg.op
-    def encode_shards() -> None:
-        raise dg.Failure(description="1 of 3 shards failed: d/hi/b: no audio.tar",
-                         metadata={"failed_shards": failed_shards_table([("d/hi/b", "no audio.tar")])})
-
-    @dg.job
-    def shard_job() -> None:
-        encode_shards()
-
-    result = shard_job.execute_in_process(instance=pg_instance, raise_on_error=False, tags={
-        "dagster/asset_partition_range_start": "d/hi/a", "dagster/asset_partition_range_end": "d/hi/c"})
-    assert not result.success
-    run = pg_instance.get_run_by_id(result.run_id)
-    assert neucodec_alert_sensor(_failure_context(pg_instance, run)) is None
-    body = hook.received[0]["body"]
-    assert body["shards"] == keys
-    assert body["failed_shards"] == [{"shard": "d/hi/b", "error": "no audio.tar"}]
-    assert body["error"].startswith("encode_shards: 1 of 3 shards failed")
-    assert "failed shards: d/hi/b" in body["text"]
-
-
-def test_webhook_off_without_url_and_errors_never_show_it(fleet, webhook, monkeypatch) -> None:
-    instance, _, runs = fleet
-    url, hook = webhook
-    monkeypatch.delenv(WEBHOOK_ENV, raising=False)
-    assert neucodec_alert_sensor.default_status == dg.DefaultSensorStatus.STOPPED  # no URL when the code loaded
-    skipped = neucodec_alert_sensor(_failure_context(instance, runs["failed_run"]))
-    assert isinstance(skipped, dg.SkipReason) and WEBHOOK_ENV in skipped.skip_message
-    assert hook.received == []
-
-    hook.status = 500  # the endpoint fails: the sensor skips with the status, never the URL
-    monkeypatch.setenv(WEBHOOK_ENV, url)
-    skipped = neucodec_alert_sensor(_failure_context(instance, runs["failed_run"]))
-    assert isinstance(skipped, dg.SkipReason) and "HTTP 500" in skipped.skip_message
-    assert "secret-token-xyz" not in skipped.skip_message and "127.0.0.1" not in skipped.skip_message
-    assert len(hook.received) == 3  # retried
-    hook.status = 204
-    assert post_json(url, {"text": "t"}, attempts=1) == 204
 
 
 def test_progress_refreshes_after_a_tokens_backfill_ends(pg_instance) -> None:

@@ -92,13 +92,15 @@ _LAZY = {
     "execute_run_monitoring_iteration": "dagster._daemon.monitoring.run_monitoring",
     "QueuedRunCoordinatorDaemon": "dagster._daemon.run_coordinator.queued_run_coordinator_daemon",
     "execute_sensor_iteration": "dagster._daemon.sensor",
-    # Tests only: a daemon workspace context for one sensor iteration.
+    # Tests only: a daemon workspace context for one sensor iteration, and the daemon's clock set (freeze_time) so
+    # that consecutive iterations tick a sensor past its minimum interval without waiting for it.
     "create_test_daemon_workspace_context": "dagster._core.test_utils",
+    "freeze_time": "dagster._core.test_utils",
 }
 
 
 if TYPE_CHECKING:  # the lazy names, for type checkers and linters
-    from dagster._core.test_utils import create_test_daemon_workspace_context
+    from dagster._core.test_utils import create_test_daemon_workspace_context, freeze_time
     from dagster._daemon.auto_run_reexecution.auto_run_reexecution import consume_new_runs_for_automatic_reexecution
     from dagster._daemon.backfill import execute_backfill_iteration
     from dagster._daemon.monitoring.run_monitoring import execute_run_monitoring_iteration
@@ -156,6 +158,7 @@ __all__ = [
     "execute_backfill_iteration",
     "execute_run_monitoring_iteration",
     "execute_sensor_iteration",
+    "freeze_time",
     "process_config",
     "unpack_value",
 ]
