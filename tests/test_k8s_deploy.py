@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -46,7 +49,6 @@ from neucodec_assets.cli.backfills import submit_backfill
 from neucodec_assets.tokens.checks import COMPLETE_CHECK_KEY, VALID_CHECK_KEY
 from neucodec_assets.tokens.discovery import add_shard_partitions
 from neucodec_assets.tokens.metadata import TOKENS_ASSET_KEY
-from resources.dagster_resources import EncoderResource
 from tests.fixtures.dagster_api import graphql, launch_asset_backfill
 
 REPO = Path(__file__).resolve().parent.parent
@@ -424,18 +426,19 @@ def test_compute_logs_outlive_the_pod(k8s_home: Path, s3_env) -> None:
     assert b"illegal memory access" in data
 
 
-def test_cuda_requested_without_a_gpu_fails_before_loading(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cuda_requested_without_a_gpu_fails_before_loading() -> None:
     """A GPU pod (NEUCODEC_DEVICE=cuda) whose GPU is unusable fails naming the pod's problem, before any weight is
-    read: the model here does not exist, so reaching the loader would fail differently."""
-    import torch
-
-    if torch.cuda.is_available():
-        pytest.skip("this host has a usable GPU")
-    monkeypatch.setenv("NEUCODEC_DEVICE", "cuda")
-    monkeypatch.setenv("NEUCODEC_MODEL", "/nonexistent/neucodec-weights")
-    with pytest.raises(RuntimeError, match="this pod got no GPU") as failure:
-        EncoderResource().load()
-    assert "NEUCODEC_DEVICE='cuda'" in str(failure.value) and "nvidia.com/gpu" in str(failure.value)
+    read: the model here does not exist, so reaching the loader would fail differently. A process of its own that sees
+    no GPU (CUDA_VISIBLE_DEVICES="", as in a pod without one), so that a host with a GPU checks the same."""
+    env = {**os.environ, "NEUCODEC_DEVICE": "cuda", "NEUCODEC_MODEL": "/nonexistent/neucodec-weights",
+           "CUDA_VISIBLE_DEVICES": ""}
+    code = "from resources.dagster_resources import EncoderResource; EncoderResource().load()"
+    child = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True,
+                           timeout=300, check=False)
+    assert child.returncode == 1, child.stderr[-3000:]
+    failure = child.stderr.strip().splitlines()[-1]
+    assert failure.startswith("RuntimeError: NEUCODEC_DEVICE='cuda'"), child.stderr[-3000:]
+    assert "this pod got no GPU" in failure and "nvidia.com/gpu" in failure
 
 
 def test_dockerfile_bakes_what_the_loader_reads() -> None:
