@@ -39,12 +39,7 @@ from gpu_executor.launch.dagster_internals import (
     WorkspaceProcessContext,
     execute_backfill_iteration,
 )
-from gpu_executor.launch.k8s import (
-    K8S_CONFIG_TAG,
-    default_tolerations,
-    gpu_run_tags,
-    k8s_run_config,
-)
+from gpu_executor.launch.k8s import K8S_CONFIG_TAG, gpu_run_tags, k8s_run_config
 from neucodec_assets.cli.backfills import submit_backfill
 from neucodec_assets.tokens.checks import COMPLETE_CHECK_KEY, VALID_CHECK_KEY
 from neucodec_assets.tokens.discovery import add_shard_partitions
@@ -150,7 +145,7 @@ def test_gpu_run_tags_read_defaults_from_env() -> None:
     }
     assert config["pod_spec_config"] == {
         "node_selector": {"pool": "gpu", "accelerator": "a100"},
-        "tolerations": default_tolerations("nvidia.com/mig-1g.10gb"),
+        "tolerations": [{"key": "nvidia.com/mig-1g.10gb", "operator": "Exists", "effect": "NoSchedule"}],
     }
     # Arguments win over the environment; JSON forms of selector and tolerations; explicit "no tolerations".
     json_env = {"NEUCODEC_K8S_NODE_SELECTOR": '{"a": "b"}', "NEUCODEC_K8S_TOLERATIONS": "[]"}
