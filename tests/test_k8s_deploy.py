@@ -54,7 +54,7 @@ log = logging.getLogger(__name__)
 IMAGE = "registry.example.com/neucodec-platform:0.1.0"
 GKE_L4 = {"cloud.google.com/gke-accelerator": "nvidia-l4"}
 GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
-JOBS_PATH = re.compile(r"/apis/batch/v1/namespaces/(?P<namespace>[^/]+)/jobs")
+JOBS_PATH = re.compile(r"/apis/batch/v1/namespaces/[^/]+/jobs")
 
 # K8sRunLauncher loads a kubeconfig at construction; this one names the test's API server.
 KUBECONFIG = """

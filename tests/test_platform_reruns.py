@@ -80,7 +80,7 @@ def test_head_gives_etag_and_size(backend, tmp_path, request):
 def test_identity_comes_from_the_engine(loaded):
     always = {"model", "model_revision", "model_sha256", "semantic_model", "semantic_layers", "precision",
               "acoustic_activation", "chunking", "max_clip_seconds", "device_class"}
-    assert always <= set(engine_provenance.IDENTITY_KEYS)  # what the platform honours: the next test
+    assert always <= set(engine_provenance.IDENTITY_KEYS)  # each honoured: test_a_file_made_differently_is_not_current
     assert always <= set(loaded.provenance)  # the engine states each of them
     assert loaded.provenance["device_class"] == "cpu" and loaded.provenance["acoustic_activation"] == "reference"
     assert engine_provenance.device_class("cuda:3") == "cuda"
