@@ -26,7 +26,7 @@ import numpy as np
 import polars as pl
 
 from gpu_executor.codec import SAMPLE_RATE
-from gpu_executor.settings import load_settings
+from gpu_executor.settings import Settings, load_settings
 from resources.audio import (
     AudioError,
     PreparedAudio,
@@ -399,6 +399,11 @@ def default_decode_workers(cores: int | None = None) -> int:
     """
     n = available_cores() if cores is None else cores
     return max(2, min(8, n - 1))
+
+
+def decode_workers(settings: Settings | None = None) -> int:
+    """Decode threads per shard for a run: ``NEUCODEC_DECODE_WORKERS`` when set, else the default for these cores."""
+    return (settings or load_settings()).decode_workers or default_decode_workers()
 
 
 def read_shard(bucket: Bucket | str | None, prefix: str, workers: int = 2, **kwargs) -> ShardReader:

@@ -12,8 +12,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -79,14 +77,13 @@ def _checks() -> dict:
 
 
 def test_fused_activation_matches_the_package_modules():
-    pytest.importorskip("triton")  # a test dependency on Linux x86-64, where CI runs
     path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": path}
     proc = subprocess.run([sys.executable, __file__], env=env, cwd=ROOT, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert result["available"] is True
+    assert result["available"] is True, "no Triton: it is a test dependency on Linux x86-64 (pyproject.toml)"
     # Same function, sums in another order: float32 rounding differences only.
     assert result["activation_scale"] > 0.1 and result["activation_max_err"] < 1e-5 * result["activation_scale"]
     # bf16 output: one rounding of the fp32 result to 8 significant bits, within one unit in the last place (the

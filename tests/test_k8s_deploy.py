@@ -1,52 +1,49 @@
-"""Kubernetes scale-out: the Job dagster-k8s builds for the runs the platform really creates, and the deploy/ configs.
+"""Kubernetes scale-out: the Jobs K8sRunLauncher creates for the runs the platform really creates, and the deploy/
+configs.
 
-No cluster here: the Job is built by the same dagster-k8s code K8sRunLauncher.launch_run uses, right up to the
-API call that would create it. The runs come from the k8s profile's instance (real Postgres, the run queue of
-deploy/k8s/dagster.yaml) through the UI's GraphQL mutations and Dagster's own backfill daemon iteration; the queue
-is never ticked, so nothing is launched.
+No cluster here: a local HTTP server stands in for the Kubernetes API server and records the Job bodies the
+launcher's own kubernetes client sends it (a kubeconfig points the client at it). The runs come from the k8s
+profile's instance (real Postgres, the run queue of deploy/k8s/dagster.yaml) through the UI's GraphQL mutations and
+Dagster's own backfill daemon iteration; the queue daemon's iteration launches them, so `K8sRunLauncher.launch_run`
+and the kubernetes client run unchanged up to the wire.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import shutil
+import os
+import re
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import dagster as dg
 import pytest
 import yaml
 from dagster_aws.s3.compute_log_manager import S3ComputeLogManager
-from dagster_k8s.job import construct_dagster_k8s_job, get_job_name_from_run_id
 from dagster_k8s.launcher import K8sRunLauncher
-from kubernetes.client import ApiClient
 
 from gpu_executor.launch.coordinator import GpuPoolRunCoordinator, parse_run_tags
 from gpu_executor.launch.dagster_internals import (
     BACKFILL_ID_TAG,
     ComputeIOType,
-    ExecuteRunArgs,
-    JobPythonOrigin,
-    ModuleCodePointer,
-    RepositoryPythonOrigin,
+    QueuedRunCoordinatorDaemon,
     WorkspaceFileTarget,
     WorkspaceProcessContext,
-    dagster_instance_config,
     execute_backfill_iteration,
-    process_config,
 )
-from gpu_executor.launch.k8s import (
-    K8S_CONFIG_TAG,
-    default_tolerations,
-    gpu_run_tags,
-    k8s_run_config,
-)
+from gpu_executor.launch.k8s import K8S_CONFIG_TAG, gpu_run_tags, k8s_run_config
 from neucodec_assets.cli.backfills import submit_backfill
 from neucodec_assets.tokens.checks import COMPLETE_CHECK_KEY, VALID_CHECK_KEY
 from neucodec_assets.tokens.discovery import add_shard_partitions
 from neucodec_assets.tokens.metadata import TOKENS_ASSET_KEY
-from resources.dagster_resources import EncoderResource
 from tests.fixtures.dagster_api import graphql, launch_asset_backfill
 
 REPO = Path(__file__).resolve().parent.parent
@@ -56,97 +53,83 @@ SFT_PAIRS = dg.AssetKey("sft_pairs")
 log = logging.getLogger(__name__)
 IMAGE = "registry.example.com/neucodec-platform:0.1.0"
 GKE_L4 = {"cloud.google.com/gke-accelerator": "nvidia-l4"}
+GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+JOBS_PATH = re.compile(r"/apis/batch/v1/namespaces/[^/]+/jobs")
 
-# A kubeconfig that names a cluster nobody contacts: K8sRunLauncher loads one at construction.
+# K8sRunLauncher loads a kubeconfig at construction; this one names the test's API server.
 KUBECONFIG = """
 apiVersion: v1
 kind: Config
-clusters: [{name: offline, cluster: {server: "https://127.0.0.1:6443"}}]
-users: [{name: offline, user: {token: not-a-credential}}]
-contexts: [{name: offline, context: {cluster: offline, user: offline, namespace: dagster}}]
-current-context: offline
+clusters: [{{name: test, cluster: {{server: "{server}"}}}}]
+users: [{{name: test, user: {{token: not-a-credential}}}}]
+contexts: [{{name: test, context: {{cluster: test, user: test, namespace: dagster}}}}]
+current-context: test
 """
 
 
-def k8s_launcher_from_deploy(tmp_path: Path) -> K8sRunLauncher:
-    """K8sRunLauncher with deploy/k8s/dagster.yaml's config, reading a kubeconfig instead of the in-cluster one."""
-    config = yaml.safe_load((DEPLOY / "k8s" / "dagster.yaml").read_text())["run_launcher"]
-    assert (config["module"], config["class"]) == ("dagster_k8s.launcher", "K8sRunLauncher")
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(KUBECONFIG)
-    launcher_config = {**config["config"], "load_incluster_config": False, "kubeconfig_file": str(kubeconfig)}
-    processed = process_config(K8sRunLauncher.config_type(), launcher_config)
-    assert processed.success, processed.errors
-    return K8sRunLauncher.from_config_value(None, processed.value)
+@dataclass(frozen=True)
+class ApiRequest:
+    method: str
+    path: str
+    body: Any
 
 
-def tokens_run(tags: dict[str, str]) -> dg.DagsterRun:
-    """A run of the platform's tokens job for one shard partition, as the backfill daemon creates it."""
-    origin = JobPythonOrigin(
-        job_name="neucodec_tokens_job",
-        repository_origin=RepositoryPythonOrigin(
-            executable_path="/usr/local/bin/python",
-            code_pointer=ModuleCodePointer("neucodec_assets.definitions", "defs", working_directory=None),
-            container_image=IMAGE,
-        ),
-    )
-    return dg.DagsterRun(
-        job_name="neucodec_tokens_job",
-        tags={"dagster/partition": "indicvoices/hi/shard_000123", "dagster/backfill": "abcdefgh", **tags},
-        job_code_origin=origin,
-    )
+class _ApiHandler(BaseHTTPRequestHandler):
+    server: KubernetesApiServer
+
+    def _answer(self, code: int, payload: dict[str, Any]) -> None:
+        data = json.dumps(payload).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _handle(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = json.loads(self.rfile.read(length)) if length else None
+        request = ApiRequest(self.command, urlsplit(self.path).path, body)
+        self.server.requests.append(request)
+        if request.method == "POST" and JOBS_PATH.fullmatch(request.path) and (body or {}).get("kind") == "Job":
+            self._answer(201, body)  # what the API server answers a created Job with: the Job
+        else:
+            self._answer(404, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound",
+                               "code": 404, "message": f"{request.method} {request.path}: not served here"})
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+        pass
 
 
-def build_job(launcher: K8sRunLauncher, run: dg.DagsterRun) -> dict[str, Any]:
-    """The Job manifest K8sRunLauncher.launch_run would send (its _launch_k8s_job_with_args, minus the API call)."""
-    container_context = launcher.get_container_context_for_run(run)
-    job_origin = run.job_code_origin
-    assert job_origin is not None
-    job_config = container_context.get_k8s_job_config(
-        job_image=job_origin.repository_origin.container_image, run_launcher=launcher
-    )
-    args = ExecuteRunArgs(job_origin=job_origin, run_id=run.run_id, instance_ref=None).get_command_args()
-    job_name = get_job_name_from_run_id(run.run_id)
-    job = construct_dagster_k8s_job(
-        job_config=job_config,
-        args=args,
-        job_name=job_name,
-        pod_name=job_name,
-        component="run_worker",
-        user_defined_k8s_config=container_context.run_k8s_config,
-        labels={"dagster/job": job_origin.job_name, "dagster/run-id": run.run_id},
-        env_vars=[{"name": "DAGSTER_RUN_JOB_NAME", "value": job_origin.job_name}],
-    )
-    assert container_context.namespace == "dagster"
-    return ApiClient().sanitize_for_serialization(job)
+class KubernetesApiServer(ThreadingHTTPServer):
+    """The cluster's API server as far as creating Jobs goes, on 127.0.0.1: it records every request and answers a
+    Job creation as Kubernetes does (201, the Job back); anything else gets a 404."""
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _ApiHandler)
+        self.requests: list[ApiRequest] = []
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def created_jobs(self) -> dict[str, dict[str, Any]]:
+        """Dagster run id -> the Job body sent to create its run worker."""
+        return {r.body["metadata"]["labels"]["dagster/run-id"]: r.body for r in self.requests if r.method == "POST"}
 
 
-def test_tokens_run_job_asks_for_a_gpu_node(tmp_path: Path) -> None:
-    launcher = k8s_launcher_from_deploy(tmp_path)
-    tags = gpu_run_tags(gpus=1, node_selector=GKE_L4, memory="24Gi", env={})
-    job = build_job(launcher, tokens_run(tags))
-
-    assert job["kind"] == "Job" and job["metadata"]["labels"]["dagster/job"] == "neucodec_tokens_job"
-    pod = job["spec"]["template"]["spec"]
-    (container,) = pod["containers"]
-    assert container["resources"]["limits"] == {"nvidia.com/gpu": "1", "memory": "24Gi"}
-    assert container["resources"]["requests"] == {"memory": "24Gi"}
-    assert pod["nodeSelector"] == GKE_L4
-    assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
-    assert container["image"] == IMAGE
-    assert container["args"][-3:-1] == ["api", "execute_run"]
-    sources = {(next(iter(s)), next(iter(s.values()))["name"]) for s in container["envFrom"]}
-    assert {("secretRef", "neucodec-r2"), ("configMapRef", "neucodec-env")} <= sources
-    assert pod["serviceAccountName"] == "dagster"
-    assert {"name": "NEUCODEC_DEVICE", "value": "cuda"} in container["env"]
-
-
-def test_run_without_gpu_tags_gets_no_gpu(tmp_path: Path) -> None:
-    """Discovery or SFT runs carry no tag: the launcher's defaults put them on any node without a GPU."""
-    job = build_job(k8s_launcher_from_deploy(tmp_path), tokens_run({}))
-    pod = job["spec"]["template"]["spec"]
-    assert "nvidia.com/gpu" not in json.dumps(pod)
-    assert "nodeSelector" not in pod
+@pytest.fixture
+def cluster() -> Iterator[KubernetesApiServer]:
+    server = KubernetesApiServer()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
 
 
 def test_gpu_run_tags_read_defaults_from_env() -> None:
@@ -162,7 +145,7 @@ def test_gpu_run_tags_read_defaults_from_env() -> None:
     }
     assert config["pod_spec_config"] == {
         "node_selector": {"pool": "gpu", "accelerator": "a100"},
-        "tolerations": default_tolerations("nvidia.com/mig-1g.10gb"),
+        "tolerations": [{"key": "nvidia.com/mig-1g.10gb", "operator": "Exists", "effect": "NoSchedule"}],
     }
     # Arguments win over the environment; JSON forms of selector and tolerations; explicit "no tolerations".
     json_env = {"NEUCODEC_K8S_NODE_SELECTOR": '{"a": "b"}', "NEUCODEC_K8S_TOLERATIONS": "[]"}
@@ -189,21 +172,42 @@ def _pg_env(monkeypatch: pytest.MonkeyPatch, db: dict[str, str]) -> None:
     monkeypatch.setenv("DAGSTER_PG_DB", db["db"])
 
 
-def test_k8s_instance_config_and_helm_values_agree(
-    postgres_db, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    """deploy/k8s/dagster.yaml passes Dagster's schema and loads; the Helm values say the same things."""
-    _pg_env(monkeypatch, postgres_db)
-    home = tmp_path / "home"
+@pytest.fixture
+def k8s_home(postgres_db, s3_env, cluster: KubernetesApiServer, tmp_path: Path,
+             monkeypatch: pytest.MonkeyPatch) -> Path:
+    """DAGSTER_HOME with deploy/k8s/dagster.yaml, changed only where this host differs from a cluster: the test
+    database's port, a kubeconfig naming the test's API server, compute logs on moto over HTTP."""
+    config = yaml.safe_load((DEPLOY / "k8s" / "dagster.yaml").read_text())
+    config["storage"]["postgres"]["postgres_db"]["port"] = int(postgres_db["port"])
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(KUBECONFIG.format(server=cluster.url))
+    config["run_launcher"]["config"].update(load_incluster_config=False, kubeconfig_file=str(kubeconfig))
+    config["compute_logs"]["config"]["local_dir"] = str(tmp_path / "compute_logs")
+    home = tmp_path / "k8s_home"
     home.mkdir()
-    shutil.copy(DEPLOY / "k8s" / "dagster.yaml", home / "dagster.yaml")
-    config, _ = dagster_instance_config(str(home))
-    k8s_launcher_from_deploy(tmp_path)  # the run_launcher block passes K8sRunLauncher's own schema
+    (home / "dagster.yaml").write_text(yaml.safe_dump(config))
+    bucket_dir = tmp_path / "bucket"
+    bucket_dir.mkdir()
+    _pg_env(monkeypatch, postgres_db)
+    for key, value in {
+        "DAGSTER_HOME": str(home), "DAGSTER_CURRENT_IMAGE": IMAGE,  # what the chart sets in the code server
+        "NEUCODEC_BUCKET": bucket_dir.as_uri(), "NEUCODEC_AUTOMATION": "off",
+        "NEUCODEC_COMPUTE_LOG_BUCKET": s3_env["bucket"],
+        "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",  # moto's placeholders
+    }.items():
+        monkeypatch.setenv(key, value)
+    return home
 
-    # Everything but the launcher (which needs a cluster) loads for real.
-    local = {k: v for k, v in config.items() if k != "run_launcher"}
-    (home / "dagster.yaml").write_text(yaml.safe_dump(local))
-    with dg.DagsterInstance.from_config(str(home)) as instance:
+
+def test_k8s_instance_config_and_helm_values_agree(k8s_home: Path) -> None:
+    """deploy/k8s/dagster.yaml loads as an instance, its launcher included (Dagster checks every block against its
+    class's schema); the Helm values say the same things."""
+    config = yaml.safe_load((DEPLOY / "k8s" / "dagster.yaml").read_text())
+    with dg.DagsterInstance.get() as instance:
+        assert isinstance(instance.run_launcher, K8sRunLauncher)
+        assert instance.run_launcher.job_namespace == "dagster"
+        assert isinstance(instance.run_coordinator, GpuPoolRunCoordinator)
+        assert isinstance(instance.compute_log_manager, S3ComputeLogManager)
         assert instance.run_monitoring_enabled and instance.run_retries_enabled
         assert list(instance.get_runs()) == []
 
@@ -280,32 +284,6 @@ def test_gpu_run_tags_k8s_reads_the_submitting_process_env(monkeypatch: pytest.M
     assert config["pod_spec_config"]["volumes"] == [{"name": "neucodec-spool", "empty_dir": {"size_limit": "30Gi"}}]
 
 
-@pytest.fixture
-def k8s_home(postgres_db, s3_env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """DAGSTER_HOME with deploy/k8s/dagster.yaml, changed only where this host differs from a cluster: the test
-    database's port, a kubeconfig naming a cluster nobody contacts, compute logs on moto over HTTP."""
-    config = yaml.safe_load((DEPLOY / "k8s" / "dagster.yaml").read_text())
-    config["storage"]["postgres"]["postgres_db"]["port"] = int(postgres_db["port"])
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(KUBECONFIG)
-    config["run_launcher"]["config"].update(load_incluster_config=False, kubeconfig_file=str(kubeconfig))
-    config["compute_logs"]["config"]["local_dir"] = str(tmp_path / "compute_logs")
-    home = tmp_path / "k8s_home"
-    home.mkdir()
-    (home / "dagster.yaml").write_text(yaml.safe_dump(config))
-    bucket_dir = tmp_path / "bucket"
-    bucket_dir.mkdir()
-    _pg_env(monkeypatch, postgres_db)
-    for key, value in {
-        "DAGSTER_HOME": str(home), "DAGSTER_CURRENT_IMAGE": IMAGE,  # what the chart sets in the code server
-        "NEUCODEC_BUCKET": bucket_dir.as_uri(), "NEUCODEC_AUTOMATION": "off",
-        "NEUCODEC_COMPUTE_LOG_BUCKET": s3_env["bucket"],
-        "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",  # moto's placeholders
-    }.items():
-        monkeypatch.setenv(key, value)
-    return home
-
-
 LAUNCH_RUN = """
 mutation LaunchRun($executionParams: ExecutionParams!) {
   launchRun(executionParams: $executionParams) {
@@ -337,10 +315,11 @@ def launch_job_run(context: WorkspaceProcessContext, partition: str, checks_only
     return data["run"]["runId"]
 
 
-def test_every_encoding_run_gets_a_gpu_pod_and_no_other_run_does(k8s_home: Path) -> None:
+def test_every_encoding_run_gets_a_gpu_pod_and_no_other_run_does(k8s_home: Path, cluster: KubernetesApiServer) -> None:
     """A UI backfill of the tokens (the implicit asset job, only the backfill's tags), a CLI-recorded SFT backfill,
-    a launchpad run of the named job and a checks-only run: the queue tags the encoding runs, and the Job
-    dagster-k8s builds from each stored run asks for a GPU exactly when the run encodes."""
+    a launchpad run of the named job, a checks-only run and a launchpad run with its own dagster-k8s/config: the
+    queue tags the encoding runs, the queue daemon launches every run, and the Job that K8sRunLauncher sends the
+    cluster asks for a GPU exactly when the run encodes."""
     keys = [f"indicvoices/hi/shard_{i:06d}" for i in range(3)]
     with dg.DagsterInstance.get() as instance, \
             WorkspaceProcessContext(instance, WorkspaceFileTarget(paths=[WORKSPACE])) as context:
@@ -361,32 +340,68 @@ def test_every_encoding_run_gets_a_gpu_pod_and_no_other_run_does(k8s_home: Path)
         named = instance.get_run_by_id(launch_job_run(context, keys[0], checks_only=False))
         checks = instance.get_run_by_id(launch_job_run(context, keys[1], checks_only=True))
         assert not checks.asset_selection and checks.asset_check_selection  # Dagster runs the checks alone
+        # A run launched with its own dagster-k8s/config (set in the launchpad) keeps it: the queue adds, never
+        # replaces.
+        own = gpu_run_tags(gpus=1, node_selector=GKE_L4, memory="24Gi", env={})
+        mine = instance.get_run_by_id(launch_job_run(context, keys[2], checks_only=False, tags=own))
+        assert mine.tags[K8S_CONFIG_TAG] == own[K8S_CONFIG_TAG]
 
         encoding = [*runs[ui["backfillId"]], named]
         others = [*runs[sft], checks]
-        # Queued, not launched: no queue tick here, and the backfill's runs are the implicit asset job's.
-        assert {r.status for r in encoding + others} == {dg.DagsterRunStatus.QUEUED}
+        everything = [*encoding, *others, mine]
+        assert {r.status for r in everything} == {dg.DagsterRunStatus.QUEUED}
         assert any(r.job_name == "__ASSET_JOB" for r in runs[ui["backfillId"]])
-        for run in encoding:
-            pod = build_job(instance.run_launcher, run)["spec"]["template"]["spec"]
-            (container,) = pod["containers"]
-            assert container["resources"]["limits"]["nvidia.com/gpu"] == "1", run.tags
-            assert container["resources"]["requests"]["ephemeral-storage"] == "64Gi"
-            assert env_of(container)["NEUCODEC_DEVICE"] == "cuda"
-            assert env_of(container)["NEUCODEC_SPOOL_DIR"] == "/spool"
-            assert {"name": "neucodec-spool", "emptyDir": {"sizeLimit": "60Gi"}} in pod["volumes"]
-            assert pod["tolerations"] == default_tolerations()
-            assert container["image"] == IMAGE
-        for run in others:
-            assert K8S_CONFIG_TAG not in run.tags
-            pod = build_job(instance.run_launcher, run)["spec"]["template"]["spec"]
-            (container,) = pod["containers"]
-            assert "nvidia.com/gpu" not in json.dumps(pod) and "NEUCODEC_DEVICE" not in env_of(container)
+        assert not any(K8S_CONFIG_TAG in r.tags for r in others)
 
-        # A run launched with its own dagster-k8s/config (set in the launchpad) keeps it: the queue adds, never replaces.
-        own = json.dumps({"container_config": {"resources": {"limits": {"nvidia.com/gpu": "2"}}}})
-        mine = instance.get_run_by_id(launch_job_run(context, keys[2], checks_only=False, tags={K8S_CONFIG_TAG: own}))
-        assert mine.tags[K8S_CONFIG_TAG] == own
+        # The queue daemon's own iteration dequeues the runs and calls K8sRunLauncher.launch_run for each.
+        queue = QueuedRunCoordinatorDaemon(interval_seconds=1)
+        for _ in range(5):
+            list(queue.run_iteration(context))
+            if not instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.QUEUED])):
+                break
+        launched = {r.run_id: instance.get_run_by_id(r.run_id) for r in everything}
+        assert {r.status for r in launched.values()} == {dg.DagsterRunStatus.STARTING}, launched
+
+    # One Job creation per run, in the launcher's namespace, and nothing else asked of the cluster.
+    assert {(r.method, r.path) for r in cluster.requests} == {("POST", "/apis/batch/v1/namespaces/dagster/jobs")}
+    jobs = cluster.created_jobs()
+    assert sorted(jobs) == sorted(launched) and len(cluster.requests) == len(launched)
+
+    def pod_of(run: dg.DagsterRun) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The run's pod spec and its one container, with what every run worker pod of the profile carries."""
+        job = jobs[run.run_id]
+        assert job["kind"] == "Job" and job["metadata"]["labels"]["app.kubernetes.io/part-of"] == "neucodec-platform"
+        pod = job["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        assert container["image"] == IMAGE and env_of(container)["DAGSTER_RUN_JOB_NAME"] == run.job_name
+        assert container["args"][-3:-1] == ["api", "execute_run"] and run.run_id in container["args"][-1]
+        sources = {(next(iter(s)), next(iter(s.values()))["name"]) for s in container["envFrom"]}
+        assert {("secretRef", "neucodec-r2"), ("configMapRef", "neucodec-env")} <= sources
+        assert pod["serviceAccountName"] == "dagster"
+        return pod, container
+
+    assert jobs[named.run_id]["metadata"]["labels"]["dagster/job"] == "neucodec_tokens_job"
+    for run in encoding:
+        pod, container = pod_of(run)
+        assert container["resources"]["limits"] == {"nvidia.com/gpu": "1", "memory": "32Gi",
+                                                    "ephemeral-storage": "64Gi"}, run.tags
+        assert container["resources"]["requests"] == {"cpu": "8", "memory": "32Gi", "ephemeral-storage": "64Gi"}
+        assert env_of(container)["NEUCODEC_DEVICE"] == "cuda"
+        assert env_of(container)["NEUCODEC_SPOOL_DIR"] == "/spool"
+        assert {"name": "neucodec-spool", "mountPath": "/spool"} in container["volumeMounts"]
+        assert {"name": "neucodec-spool", "emptyDir": {"sizeLimit": "60Gi"}} in pod["volumes"]
+        assert pod["tolerations"] == [GPU_TOLERATION]
+        assert "nodeSelector" not in pod
+    for run in others:  # discovery, SFT and checks-only runs go to any node, without a GPU
+        pod, container = pod_of(run)
+        assert container["resources"] == {} and "NEUCODEC_DEVICE" not in env_of(container)
+        assert container["volumeMounts"] == [] and pod["volumes"] == []
+        assert "nodeSelector" not in pod and "tolerations" not in pod
+    pod, container = pod_of(launched[mine.run_id])  # the run's own config, none of the queue's
+    assert container["resources"] == {"limits": {"nvidia.com/gpu": "1", "memory": "24Gi"},
+                                      "requests": {"memory": "24Gi"}}
+    assert pod["nodeSelector"] == GKE_L4 and pod["tolerations"] == [GPU_TOLERATION]
+    assert env_of(container)["NEUCODEC_DEVICE"] == "cuda" and "NEUCODEC_SPOOL_DIR" not in env_of(container)
 
 
 def test_compute_logs_outlive_the_pod(k8s_home: Path, s3_env) -> None:
@@ -406,18 +421,19 @@ def test_compute_logs_outlive_the_pod(k8s_home: Path, s3_env) -> None:
     assert b"illegal memory access" in data
 
 
-def test_cuda_requested_without_a_gpu_fails_before_loading(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cuda_requested_without_a_gpu_fails_before_loading() -> None:
     """A GPU pod (NEUCODEC_DEVICE=cuda) whose GPU is unusable fails naming the pod's problem, before any weight is
-    read: the model here does not exist, so reaching the loader would fail differently."""
-    import torch
-
-    if torch.cuda.is_available():
-        pytest.skip("this host has a usable GPU")
-    monkeypatch.setenv("NEUCODEC_DEVICE", "cuda")
-    monkeypatch.setenv("NEUCODEC_MODEL", "/nonexistent/neucodec-weights")
-    with pytest.raises(RuntimeError, match="this pod got no GPU") as failure:
-        EncoderResource().load()
-    assert "NEUCODEC_DEVICE='cuda'" in str(failure.value) and "nvidia.com/gpu" in str(failure.value)
+    read: the model here does not exist, so reaching the loader would fail differently. A process of its own that sees
+    no GPU (CUDA_VISIBLE_DEVICES="", as in a pod without one), so that a host with a GPU checks the same."""
+    env = {**os.environ, "NEUCODEC_DEVICE": "cuda", "NEUCODEC_MODEL": "/nonexistent/neucodec-weights",
+           "CUDA_VISIBLE_DEVICES": ""}
+    code = "from resources.dagster_resources import EncoderResource; EncoderResource().load()"
+    child = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True,
+                           timeout=300, check=False)
+    assert child.returncode == 1, child.stderr[-3000:]
+    failure = child.stderr.strip().splitlines()[-1]
+    assert failure.startswith("RuntimeError: NEUCODEC_DEVICE='cuda'"), child.stderr[-3000:]
+    assert "this pod got no GPU" in failure and "nvidia.com/gpu" in failure
 
 
 def test_dockerfile_bakes_what_the_loader_reads() -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import subprocess
 import sys
+import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -61,6 +62,24 @@ def _feature(module_or_path: str | Path) -> str:
     else:
         parts = tuple(module_or_path.split("."))
     return ".".join(parts[:2])
+
+
+def test_the_import_reader_sees_every_form_of_import(tmp_path):
+    """The lints below pass when they find nothing, so the reader they share must see each form: plain, aliased,
+    several on a line, `from`, nested in a function; a relative import stays inside its package and is left out."""
+    sample = tmp_path / "sample.py"
+    sample.write_text(textwrap.dedent("""
+        import resources.bucket
+        import torch as t, os
+        from dagster._core.events import EngineEventData, JobFailureData
+        from . import sibling
+        def later():
+            from neucodec_assets.cli import main
+    """))
+    assert list(_imports(sample)) == [
+        (2, "resources.bucket", []), (3, "torch", []), (3, "os", []),
+        (4, "dagster._core.events", ["EngineEventData", "JobFailureData"]), (7, "neucodec_assets.cli", ["main"]),
+    ]
 
 
 def test_dependencies_flow_one_way():

@@ -80,8 +80,7 @@ def test_head_gives_etag_and_size(backend, tmp_path, request):
 def test_identity_comes_from_the_engine(loaded):
     always = {"model", "model_revision", "model_sha256", "semantic_model", "semantic_layers", "precision",
               "acoustic_activation", "chunking", "max_clip_seconds", "device_class"}
-    assert always <= set(engine_provenance.IDENTITY_KEYS)
-    assert encoding.IDENTITY_KEYS is engine_provenance.IDENTITY_KEYS
+    assert always <= set(engine_provenance.IDENTITY_KEYS)  # each honoured: test_a_file_made_differently_is_not_current
     assert always <= set(loaded.provenance)  # the engine states each of them
     assert loaded.provenance["device_class"] == "cpu" and loaded.provenance["acoustic_activation"] == "reference"
     assert engine_provenance.device_class("cuda:3") == "cuda"
@@ -150,9 +149,9 @@ def test_a_rerun_reads_no_tar_until_the_tar_changes(loaded, tiny_shards_dir, s3_
 
 
 def test_a_file_made_differently_is_not_current(loaded, tiny_shards_dir, tmp_path):
-    """Any identity key that differs (or that the file lacks) makes the file stale (the run loop encodes the shards
-    for which existing_tokens gives None); other provenance entries do not. The file is written as encode_shard
-    writes it, with the encoder's provenance and the tar record, but without running the model."""
+    """Every key of the engine's identity that differs (or that the file lacks) makes the file stale (the run loop
+    encodes the shards for which existing_tokens gives None); other provenance entries do not. The file is written as
+    encode_shard writes it, with the encoder's provenance and the tar record, but without running the model."""
     bucket = LocalBucket(tmp_path / "bucket")
     shard = copy_tiny_shards(tiny_shards_dir, bucket, count=1)[0]
     logs: list[str] = []
@@ -161,8 +160,11 @@ def test_a_file_made_differently_is_not_current(loaded, tiny_shards_dir, tmp_pat
     assert existing_tokens(bucket, shard.prefix, loaded.provenance, logs.append) is not None
 
     _, meta = read_tokens_file(original)
-    for change in ({"precision": "bf16"}, {"acoustic_activation": "fused-triton"}, {"device_class": "cuda"},
-                   {"device_class": None}, {"model_sha256": "0" * 64}, {"chunking": "none"}):
+    other_values = {"precision": "bf16", "acoustic_activation": "fused-triton", "device_class": "cuda",
+                    "model_sha256": "0" * 64, "chunking": "none", "semantic_graphs": "cuda"}
+    changes = [{key: other_values.get(key, "made another way")} for key in engine_provenance.IDENTITY_KEYS]
+    changes += [{key: None} for key in engine_provenance.IDENTITY_KEYS if key in meta["provenance"]]  # left out
+    for change in changes:
         provenance = {k: v for k, v in {**meta["provenance"], **change}.items() if v is not None}
         rewrite_tokens(bucket, shard.prefix, tmp_path, provenance=provenance)
         assert existing_tokens(bucket, shard.prefix, loaded.provenance, logs.append) is None, change

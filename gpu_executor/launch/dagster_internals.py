@@ -67,19 +67,14 @@ from dagster._core.remote_origin import InProcessCodeLocationOrigin
 from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
 
 # --- Used by the tests only ------------------------------------------------------------------------------------
-# Validating instance config blocks against a class's config schema, as the instance does when it loads.
+# Validating an instance config block against a class's config schema, as the instance does when it loads.
 from dagster._config import process_config
-from dagster._core.instance.config import dagster_instance_config
 
 # The sensor daemon's instigator type (a sensor's state in storage).
 from dagster._core.scheduler.instigation import InstigatorType
 
 # Compute log streams (the S3 compute log manager of the Kubernetes profile).
 from dagster._core.storage.compute_log_manager import ComputeIOType
-
-# The code origin of a run, as the Kubernetes run launcher puts it into the run worker's command.
-from dagster._core.code_pointer import ModuleCodePointer
-from dagster._core.origin import JobPythonOrigin, RepositoryPythonOrigin
 
 
 # --- The daemons in one process (neucodec_assets.cli.backfills.DaemonLoop: the demo and the tests) ---------------
@@ -138,14 +133,11 @@ __all__ = [
     "InProcessWorkspaceLoadTarget",
     "InstigatorType",
     "JobFailureData",
-    "JobPythonOrigin",
     "LaunchRunContext",
     "LoadableTargetOrigin",
-    "ModuleCodePointer",
     "ModuleTarget",
     "PartitionBackfill",
     "QueuedRunCoordinatorDaemon",
-    "RepositoryPythonOrigin",
     "RunFailureReason",
     "RunLauncher",
     "WorkerStatus",
@@ -154,7 +146,6 @@ __all__ = [
     "WorkspaceRequestContext",
     "consume_new_runs_for_automatic_reexecution",
     "create_test_daemon_workspace_context",
-    "dagster_instance_config",
     "execute_backfill_iteration",
     "execute_run_monitoring_iteration",
     "execute_sensor_iteration",

@@ -40,7 +40,7 @@ from neucodec_assets.tokens.partitions import shards_partitions
 from neucodec_assets.tokens.shard_loop import FAILED, ShardOutcome, TokensRun
 from resources.bucket import Bucket, BucketError
 from resources.dagster_resources import BucketResource, EncoderResource
-from resources.shard_reader import ShardError, default_decode_workers
+from resources.shard_reader import ShardError, decode_workers
 from resources.tokens_file import TokensFileReport
 
 MAX_RUNTIME_BASE_SECONDS = 900.0  # worker start and model load (a first download of the weights included)
@@ -203,7 +203,7 @@ def neucodec_tokens(
         shards = TokensRun(
             store, loaded, log=context.log.info, force=config.force, gpu=gpu_label(),
             extra_provenance={"dagster_run_id": context.run_id},
-            decode_workers=settings.decode_workers or default_decode_workers(),
+            decode_workers=decode_workers(settings),
             spool_dir=settings.spool_dir, watchdog=watchdog, progress_seconds=settings.progress_seconds,
             in_flight=lambda key: context.instance.add_run_tags(context.run_id, {IN_FLIGHT_TAG: key}),
         )
