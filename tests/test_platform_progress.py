@@ -27,7 +27,8 @@ from neucodec_assets.progress.alerts import (
     neucodec_alert_sensor,
     post_json,
 )
-from neucodec_assets.progress.report import (
+from neucodec_assets.progress.compute import compute_progress, eta_seconds, throughput
+from neucodec_assets.progress.records import (
     DONE,
     FAILED,
     IN_FLIGHT,
@@ -35,14 +36,18 @@ from neucodec_assets.progress.report import (
     DoneShard,
     RunSpan,
     ShardDuration,
-    compute_progress,
-    eta_seconds,
-    format_text,
-    throughput,
+)
+from neucodec_assets.progress.render import format_text
+from neucodec_assets.progress.summary import (
+    SUMMARY_VERSION,
+    ProgressSummary,
+    read_progress_summary,
+    utc,
 )
 from neucodec_assets.tokens.metadata import (
     STATUS_ADOPTED,
     STATUS_ENCODED,
+    STATUS_EXISTING,
     TOKENS_ASSET_KEY,
     ShardFigures,
 )
@@ -118,6 +123,7 @@ def fleet(pg_instance: dg.DagsterInstance, pg_dagster_home: Path, tmp_path: Path
 
 
 def _check_report(data: dict, instance: dg.DagsterInstance) -> None:
+    assert data["version"] == SUMMARY_VERSION
     total = data["total"]
     assert total["shards"] == {DONE: 3, FAILED: 1, IN_FLIGHT: 1, PENDING: 3}
     assert total["hours_done"] == pytest.approx(sum(s for _, _, s, _, _ in DONE_SHARDS) / H)
@@ -185,12 +191,13 @@ def test_status_shows_cost_at_a_price(fleet, capsys, monkeypatch) -> None:
     assert data["cost_per_1000_hours"] == pytest.approx(data["cost"] / 1.5 * 1000)
 
 
-def test_encoding_progress_asset_metadata_charts_and_cache(fleet) -> None:
+def test_encoding_progress_records_its_summary_links_its_charts_and_keeps_a_cache(fleet) -> None:
     from neucodec_assets.progress.asset import encoding_progress
     from resources.dagster_resources import BucketResource
 
     instance, bucket, _ = fleet
     resources = {"bucket": BucketResource(url=bucket.url)}
+    reads = []
     for attempt in range(2):  # the second pass starts from the first one's cache
         result = dg.materialize([encoding_progress], instance=instance, resources=resources)
         assert result.success
@@ -202,16 +209,28 @@ def test_encoding_progress_asset_metadata_charts_and_cache(fleet) -> None:
         assert meta["shards_done/dataset/corpus_b"].value == 1
         assert meta["tokens"].value == 630_000
         assert "| language" not in meta["by_language"].value and "| hi |" in meta["by_language"].value
-        assert meta["progress_by_language_chart"].value.startswith("![progress by language](data:image/png;base64,")
+        # Charts are bucket objects, linked by URL: no image in the event log.
+        assert meta["progress_by_language_chart"].value == bucket.url_of("progress/progress_by_language.png")
+        assert meta["throughput_chart"].value == bucket.url_of("progress/throughput.png")
+        assert not [k for k, v in meta.items() if "base64" in str(v.value)]
+        _check_report(meta["summary"].value, instance)
+        reads.append({k: meta[k].value for k in ("materializations_read", "metadata_files_read",
+                                                 "metadata_read_failures")})
     for key in ("progress/progress_by_language.png", "progress/throughput.png"):
         assert bucket.read_bytes(key)[:8] == b"\x89PNG\r\n\x1a\n"
-    _check_report(json.loads(bucket.read_bytes("progress/progress.json")), instance)
+    # The same summary in the bucket and in the materialization, read back as one typed object.
+    in_bucket = json.loads(bucket.read_bytes("progress/progress.json"))
+    assert in_bucket == meta["summary"].value and in_bucket["version"] == SUMMARY_VERSION
+    assert read_progress_summary(instance) == ProgressSummary.from_json(in_bucket)
     cursors = json.loads(bucket.read_bytes("progress/cache/cursors.json"))
-    assert cursors["event_cursor"] > 0
-    # Done shards' durations are not kept; the not-done ones are, so the next pass reads no metadata again.
+    assert cursors["event_cursor"] > 0 and cursors["version"] == 2
+    # Done shards' durations are not kept; the not-done ones are, so the next pass reads no metadata again but
+    # the one file that is missing (a failed read is no fact: it is tried again).
     cached = pl.read_parquet(bucket.read_bytes("progress/cache/durations.parquet"))
     assert set(cached["key"]) == {FAILED_SHARD[0], IN_FLIGHT_SHARD[0], *(k for k, _ in PENDING_SHARDS),
                                   PENDING_NO_METADATA}
+    assert reads == [{"materializations_read": 3, "metadata_files_read": 5, "metadata_read_failures": 1},
+                     {"materializations_read": 0, "metadata_files_read": 1, "metadata_read_failures": 1}]
 
 
 def test_metadata_reads_are_capped_and_said(fleet, capsys) -> None:
@@ -227,9 +246,11 @@ def test_metadata_reads_are_capped_and_said(fleet, capsys) -> None:
 NOW = 1_800_000_000.0
 
 
-def _done(key: str, ts: float, seconds: float, status: str = STATUS_ENCODED) -> DoneShard:
+def _done(key: str, ts: float, seconds: float, status: str = STATUS_ENCODED, run_id: str | None = None) -> DoneShard:
     dataset, language = key.split("/")[:2]
-    return DoneShard(key, 1, ts, status, dataset, language, seconds, int(seconds * 50), 1, 0)
+    return DoneShard(key, 1, ts, status, dataset, language, seconds, int(seconds * 50), 1, 0,
+                     encoded_here=status == STATUS_ENCODED or (status == STATUS_EXISTING and run_id is not None),
+                     encoding_run_id=run_id)
 
 
 def test_eta_on_a_synthetic_timeline() -> None:
@@ -241,22 +262,23 @@ def test_eta_on_a_synthetic_timeline() -> None:
     durations = {"d/hi/5": ShardDuration("d/hi/5", "d", "hi", 10 * H, 3),
                  "d/en/6": ShardDuration("d/en/6", "d", "en", 6 * H, 2)}
     states = {**dict.fromkeys(done, DONE), **dict.fromkeys(durations, PENDING)}
-    report = compute_progress(states, done, durations, runs, NOW, price=2.0)
+    summary = compute_progress(states, done, durations, runs, NOW, price=2.0)
 
     # Window: from the fleet's start (30 min), not the whole hour: 4 audio hours in 0.5 wall hours.
-    assert report.window.window_start == NOW - 1800
-    assert report.window.per_wall_hour == pytest.approx(8.0)
-    assert report.window.gpu_hours == pytest.approx((1200 + 1800) / H)
-    assert report.window.per_gpu_hour == pytest.approx(4 / (3000 / H))
-    assert report.total.eta_seconds == pytest.approx(16 / 8 * H)  # 16 h left at 8 h per hour: 2 h
-    hi = report.by_language["hi"]  # 3 h in the window -> 6 h/h; 10 h left
+    window = summary.throughput
+    assert window.window_start == utc(NOW - 1800)
+    assert window.audio_hours_per_wall_hour == pytest.approx(8.0)
+    assert window.gpu_hours == pytest.approx((1200 + 1800) / H)
+    assert window.audio_hours_per_gpu_hour == pytest.approx(4 / (3000 / H))
+    assert summary.total.eta_seconds == pytest.approx(16 / 8 * H)  # 16 h left at 8 h per hour: 2 h
+    hi = summary.by_language["hi"]  # 3 h in the window -> 6 h/h; 10 h left
     assert hi.throughput_hours_per_hour == pytest.approx(6.0)
     assert hi.eta_seconds == pytest.approx(10 / 6 * H)
-    assert report.gpu_hours == pytest.approx((1200 + 1800 + 3600) / H)
-    assert report.cost == pytest.approx(report.gpu_hours * 2.0)
-    assert report.cost_per_1000_hours == pytest.approx(report.cost / 5.0 * 1000)
-    assert sum(h for _, h in report.hourly) == pytest.approx(5.0)  # all four within the 48-hour history
-    assert "2 h 00 min" in format_text(report)
+    assert summary.gpu_hours == pytest.approx((1200 + 1800 + 3600) / H)
+    assert summary.cost == pytest.approx(summary.gpu_hours * 2.0)
+    assert summary.cost_per_1000_hours == pytest.approx(summary.cost / 5.0 * 1000)
+    assert sum(h for _, h in summary.hourly_audio_hours) == pytest.approx(5.0)  # all four within the 48 hours
+    assert "2 h 00 min" in format_text(summary)
 
     # A fleet older than the window is measured over exactly the last hour.
     long_runs = [RunSpan("r", "STARTED", NOW - 5 * H, None, NOW)]
@@ -271,9 +293,23 @@ def test_eta_edges() -> None:
     assert eta_seconds(5.0, 10.0) == pytest.approx(1800)
     # Adopted shards count as done but not as throughput.
     done = {"d/hi/1": _done("d/hi/1", NOW - 60, 3600, STATUS_ADOPTED)}
-    report = compute_progress({"d/hi/1": DONE}, done, {}, [], NOW)
-    assert report.total.hours_done == pytest.approx(1.0) and report.window.audio_hours == 0.0
-    assert report.total.eta_seconds == 0.0
+    summary = compute_progress({"d/hi/1": DONE}, done, {}, [], NOW)
+    assert summary.total.hours_done == pytest.approx(1.0) and summary.throughput.audio_hours == 0.0
+    assert summary.total.eta_seconds == 0.0
+
+
+def test_a_shard_recorded_existing_counts_when_its_run_encoded_it() -> None:
+    """Encoded by a run that crashed after the upload 2 hours ago, recorded as existing by a run a minute ago: its
+    hours count as encoded here, in the hour its run ended, not in the last hour's throughput."""
+    crashed = RunSpan("crashed", "FAILURE", NOW - 3 * H, NOW - 2 * H, NOW)
+    done = {"d/hi/1": _done("d/hi/1", NOW - 60, 3600, STATUS_EXISTING, run_id="crashed"),
+            "d/hi/2": _done("d/hi/2", NOW - 60, 1800, STATUS_EXISTING)}  # a file no run of ours wrote
+    summary = compute_progress(dict.fromkeys(done, DONE), done, {}, [crashed], NOW, price=1.0)
+    assert summary.total.hours_done == pytest.approx(1.5) and summary.total.hours_encoded == pytest.approx(1.0)
+    assert summary.throughput.audio_hours == 0.0
+    hour = next(h for t, h in summary.hourly_audio_hours if t == utc((NOW - 2 * H) // H * H))
+    assert hour == pytest.approx(1.0) and sum(h for _, h in summary.hourly_audio_hours) == pytest.approx(1.0)
+    assert summary.cost_per_1000_hours == pytest.approx(1.0 / 1.0 * 1000)  # 1 GPU-hour for 1 hour encoded
 
 
 # ---------------------------------------------------------------------------------------------------------------
