@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
+import numpy as np
 import polars as pl
 import pytest
 
@@ -41,6 +42,7 @@ from neucodec_assets.progress.render import format_text
 from neucodec_assets.progress.summary import (
     SUMMARY_VERSION,
     ProgressSummary,
+    UnsupportedSummary,
     read_progress_summary,
     utc,
 )
@@ -50,8 +52,12 @@ from neucodec_assets.tokens.metadata import (
     STATUS_EXISTING,
     TOKENS_ASSET_KEY,
     ShardFigures,
+    metadata_value,
 )
-from resources.bucket import METADATA_PARQUET, LocalBucket
+from resources.bucket import METADATA_PARQUET, TOKENS_PARQUET, LocalBucket, RetryPolicy, open_bucket
+from resources.tokens_file import TokensFileWriter
+from tests.fixtures.platform import copy_tiny_shards
+from tests.fixtures.transfer import write_done_tokens
 
 H = 3600.0
 
@@ -78,16 +84,23 @@ def _write_metadata(bucket: LocalBucket, key: str, durations: list[float]) -> No
     bucket.put_bytes(f"{key}/{METADATA_PARQUET}", buffer.getvalue())
 
 
-def _tokens_run(instance: dg.DagsterInstance, key: str) -> dg.DagsterRun:
+def _tokens_run(instance: dg.DagsterInstance, key: str, at: float | None = None,
+                job: str = "neucodec_tokens_job") -> dg.DagsterRun:
     """A run of the tokens job for one shard, created as the queue creates it (Dagster records the planned
-    materialization of the partition), then started."""
+    materialization of the partition), then started (``at``: the start event's time, as its worker stamps it)."""
     from neucodec_assets.definitions import defs
 
-    run = instance.create_run_for_job(job_def=defs.resolve_job_def("neucodec_tokens_job"),
-                                      tags={"dagster/partition": key}, asset_selection=frozenset({TOKENS_ASSET_KEY}))
+    run = instance.create_run_for_job(job_def=defs.resolve_job_def(job), tags={"dagster/partition": key},
+                                      asset_selection=frozenset({TOKENS_ASSET_KEY}) if job == "neucodec_tokens_job"
+                                      else None)
     instance.report_dagster_event(dg.DagsterEvent(dg.DagsterEventType.RUN_START.value, job_name=run.job_name),
-                                  run_id=run.run_id)
+                                  run_id=run.run_id, timestamp=at)
     return instance.get_run_by_id(run.run_id)
+
+
+def _end_run(instance: dg.DagsterInstance, run: dg.DagsterRun, at: float | None = None) -> None:
+    instance.report_dagster_event(dg.DagsterEvent(dg.DagsterEventType.RUN_SUCCESS.value, job_name=run.job_name),
+                                  run_id=run.run_id, timestamp=at)
 
 
 @pytest.fixture
@@ -310,6 +323,176 @@ def test_a_shard_recorded_existing_counts_when_its_run_encoded_it() -> None:
     hour = next(h for t, h in summary.hourly_audio_hours if t == utc((NOW - 2 * H) // H * H))
     assert hour == pytest.approx(1.0) and sum(h for _, h in summary.hourly_audio_hours) == pytest.approx(1.0)
     assert summary.cost_per_1000_hours == pytest.approx(1.0 / 1.0 * 1000)  # 1 GPU-hour for 1 hour encoded
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Progress that heals, reads only what is new, and reads back as data.
+
+
+def test_a_failed_read_is_not_cached_but_read_again_next_pass(pg_instance, flaky_s3, s3_env, monkeypatch) -> None:
+    """On moto's S3 through a proxy: a metadata.parquet that is missing, one cut short, and one fine. Each pass
+    reads again what it could not read; the figure is right on the first pass that can read it."""
+    from neucodec_assets.progress.asset import encoding_progress
+    from neucodec_assets.progress.refresh import refresh
+    from resources.dagster_resources import BucketResource
+
+    url = f"s3://{s3_env['bucket']}"
+    monkeypatch.setenv("NEUCODEC_BUCKET", url)
+    bucket = open_bucket(url)
+    durations = {"d/hi/missing": [1800.0], "d/hi/cut": [3600.0], "d/hi/fine": [900.0, 900.0]}
+    pg_instance.add_dynamic_partitions("shards", list(durations))
+    _write_metadata(bucket, "d/hi/fine", durations["d/hi/fine"])
+    bucket.put_bytes(f"d/hi/cut/{METADATA_PARQUET}", b"PAR1 and then nothing")  # an upload cut short
+
+    def progress_pass() -> ProgressSummary:
+        assert dg.materialize([encoding_progress], instance=pg_instance,
+                              resources={"bucket": BucketResource(url=url)}).success
+        return read_progress_summary(pg_instance)
+
+    first = progress_pass()
+    assert first.total.hours_remaining == pytest.approx(0.5) and first.total.shards_without_duration == 2
+    assert (first.reads.metadata_files, first.reads.metadata_failures) == (3, 2)
+    (note,) = [n for n in first.notes if "could not be read" in n]
+    assert "d/hi/missing: no metadata.parquet" in note and "d/hi/cut/metadata.parquet: " in note
+
+    _write_metadata(bucket, "d/hi/missing", durations["d/hi/missing"])  # it arrives
+    second = progress_pass()
+    assert second.total.hours_remaining == pytest.approx(1.0) and second.total.shards_without_duration == 1
+    assert (second.reads.metadata_files, second.reads.metadata_failures) == (2, 1)  # the cut one: still unreadable
+
+    _write_metadata(bucket, "d/hi/cut", durations["d/hi/cut"])  # uploaded again, whole
+    third = progress_pass()
+    assert third.total.hours_remaining == pytest.approx(2.0) and third.total.shards_without_duration == 0
+    assert (third.reads.metadata_files, third.reads.metadata_failures) == (1, 0)
+    assert progress_pass().reads.metadata_files == 0  # facts now: not read again
+
+    # The cache itself cannot be read this time (its first GET fails, one attempt): the pass reads everything
+    # again, gives the same figures, and leaves the cache alone.
+    flaky_s3.fail_next(503, method="GET")
+    requests_before = len(flaky_s3.log)
+    fresh = refresh(pg_instance, open_bucket(url, retry=RetryPolicy(max_attempts=1)), "progress", save=True)
+    assert flaky_s3.faults_applied == 1
+    assert fresh.total.hours_remaining == pytest.approx(2.0) and fresh.reads.metadata_files == 3
+    assert any("progress cache could not be read" in n for n in fresh.notes)
+    assert not [method for method, _, _ in flaky_s3.log[requests_before:] if method == "PUT"]
+    assert progress_pass().reads.metadata_files == 0  # the cache is as it was
+
+
+def test_run_records_are_read_in_pages_and_only_newer_ones_again(pg_instance, tmp_path) -> None:
+    from neucodec_assets.progress.refresh import refresh
+
+    bucket = LocalBucket(tmp_path / "bucket")
+    pg_instance.add_dynamic_partitions("shards", ["d/hi/a"])
+    now = time.time()
+    for hours_ago in (3, 2, 1):  # three tokens runs of an hour each, the last one ended an hour ago
+        _end_run(pg_instance, _tokens_run(pg_instance, "d/hi/a", at=now - (hours_ago + 1) * H), at=now - hours_ago * H)
+    other = _tokens_run(pg_instance, "d/hi/a", at=now - 3.5 * H, job="encoding_progress_job")  # no GPU
+    _end_run(pg_instance, other, at=now - 2.5 * H)
+
+    def progress_pass() -> ProgressSummary:
+        return refresh(pg_instance, bucket, "progress", save=True, page_size=2)
+
+    first = progress_pass()
+    assert (first.reads.run_records, first.reads.run_record_pages) == (4, 3)  # every run, two at a time
+    assert first.gpu_hours == pytest.approx(3.0) and first.runs_active == 0
+
+    started = [_tokens_run(pg_instance, "d/hi/a") for _ in range(2)]
+    second = progress_pass()
+    # The two new runs, and the one record within a minute of the newest seen before (clocks of other boxes).
+    assert (second.reads.run_records, second.reads.run_record_pages) == (3, 2)
+    assert second.runs_active == 2 and second.gpu_hours >= 3.0
+
+    _end_run(pg_instance, started[0])
+    third = progress_pass()  # an updated record is read again
+    assert third.runs_active == 1 and 1 <= third.reads.run_records <= 2
+
+
+def test_a_shard_whose_run_crashed_after_the_upload_counts_as_encoded_here(
+    pg_instance, tiny_shards_dir, tmp_path, monkeypatch,
+) -> None:
+    """Run A uploads a shard's tokens file and dies before recording it (run monitoring fails the run); run B finds
+    the file current and records it as existing. Its hours are this platform's: encoded, in the throughput and
+    in the cost per 1,000 hours. A file made the same way outside the platform's runs is done but not encoded here."""
+    from neucodec_assets.definitions import defs
+    from neucodec_assets.progress.asset import encoding_progress
+    from resources.dagster_resources import BucketResource, EncoderResource
+
+    bucket_dir = tmp_path / "bucket"
+    crashed, elsewhere = copy_tiny_shards(tiny_shards_dir, str(bucket_dir), count=2)
+    for name, value in {"NEUCODEC_BUCKET": bucket_dir.as_uri(), "NEUCODEC_MODEL": "random", "NEUCODEC_DEVICE": "cpu",
+                        "NEUCODEC_PRECISION": "fp32", "NEUCODEC_GPU_HOUR_PRICE": "2.0"}.items():
+        monkeypatch.setenv(name, value)
+    bucket = LocalBucket(bucket_dir)
+    pg_instance.add_dynamic_partitions("shards", [crashed.prefix, elsewhere.prefix])
+    provenance = EncoderResource().load().provenance  # the encoder run B loads (cached in this process)
+
+    run_a = _tokens_run(pg_instance, crashed.prefix)
+    write_done_tokens(bucket, crashed.prefix, crashed.token_counts, crashed.segment_ids,
+                      {**provenance, "dagster_run_id": run_a.run_id}, tmp_path / "work")
+    pg_instance.report_run_failed(run_a, "run worker exited unexpectedly")  # what run monitoring writes
+    write_done_tokens(bucket, elsewhere.prefix, elsewhere.token_counts, elsewhere.segment_ids, provenance,
+                      tmp_path / "work")
+
+    keys = pg_instance.get_dynamic_partitions("shards")  # one run B for both, as a backfill makes it
+    assert defs.resolve_job_def("neucodec_tokens_job").execute_in_process(instance=pg_instance, tags={
+        "dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1]}).success
+    for shard in (crashed, elsewhere):
+        (record,) = pg_instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=TOKENS_ASSET_KEY, asset_partitions=[shard.prefix]), limit=1).records
+        shard_meta = record.asset_materialization.metadata
+        assert metadata_value(shard_meta, "status") == STATUS_EXISTING
+        assert metadata_value(shard_meta, "provenance").get("dagster_run_id") == (
+            run_a.run_id if shard is crashed else None)
+
+    assert dg.materialize([encoding_progress], instance=pg_instance, resources={"bucket": BucketResource()}).success
+    summary = read_progress_summary(pg_instance)
+    crashed_hours, elsewhere_hours = (sum(s.token_counts) * 320 / 16000 / H for s in (crashed, elsewhere))
+    assert summary.total.shards[DONE] == 2
+    assert summary.total.hours_done == pytest.approx(crashed_hours + elsewhere_hours)
+    assert summary.total.hours_encoded == pytest.approx(crashed_hours)
+    assert summary.by_language[crashed.language].hours_encoded == pytest.approx(crashed_hours)
+    assert summary.throughput.audio_hours == pytest.approx(crashed_hours)
+    assert summary.gpu_hours > 0 and summary.cost == pytest.approx(summary.gpu_hours * 2.0)
+    assert summary.cost_per_1000_hours == pytest.approx(summary.cost / crashed_hours * 1000)
+
+
+def test_the_card_and_status_read_the_recorded_summary(fleet, capsys, tmp_path) -> None:
+    from neucodec_assets.progress.asset import encoding_progress
+    from neucodec_assets.sft import SftResource, sft_dataset, sft_pairs
+    from resources.dagster_resources import BucketResource
+
+    instance, bucket, _ = fleet
+    resources = {"bucket": BucketResource(url=bucket.url), "sft": SftResource(tokenizer="none")}
+    assert main(["status", "--recorded"]) == 2  # nothing recorded yet, and it says so
+    assert "encoding_progress has recorded no summary yet" in capsys.readouterr().err
+    assert dg.materialize([encoding_progress], instance=instance, resources=resources).success
+    recorded = read_progress_summary(instance)
+    assert main(["status", "--json", "--recorded"]) == 0
+    assert json.loads(capsys.readouterr().out) == recorded.to_json()
+
+    # The SFT card's quality table: the languages with round-trip figures, as the summary has them.
+    shard = DONE_SHARDS[0][0]
+    writer = TokensFileWriter(tmp_path / TOKENS_PARQUET, {"model": "test"})
+    for i in range(3):
+        writer.add(f"s{i}", np.arange(50 + i, dtype=np.uint16))
+    bucket.upload_file(writer.close(), f"{shard}/{TOKENS_PARQUET}")
+    frame = pl.DataFrame({"segment_id": ["s0", "s1", "s2"], "text": ["one", "two", "three"], "speaker": ["a"] * 3})
+    buffer = io.BytesIO()
+    frame.write_parquet(buffer)
+    bucket.put_bytes(f"{shard}/{METADATA_PARQUET}", buffer.getvalue())
+    assert dg.materialize([sft_pairs], instance=instance, resources=resources, partition_key=shard).success
+    assert dg.materialize([sft_dataset], instance=instance, resources=resources).success
+    card = bucket.read_bytes("sft/README.md").decode()
+    quality = card[card.index("## Token quality (decode round trip)"):].split("\n\n")[2].splitlines()
+    assert quality[0] == "| language | stoi | random_weights | segments |"
+    assert quality[2:] == ["| hi | 0.80 | yes | 6 |"]  # en has no round-trip figures
+
+    # An instance without the materialization reads progress.json; a version this code does not know is refused.
+    with dg.DagsterInstance.ephemeral() as other:
+        assert read_progress_summary(other, bucket) == recorded
+        bucket.put_bytes("progress/progress.json", json.dumps({**recorded.to_json(), "version": 99}).encode())
+        with pytest.raises(UnsupportedSummary, match="version 99"):
+            read_progress_summary(other, bucket)
 
 
 # ---------------------------------------------------------------------------------------------------------------
