@@ -39,7 +39,7 @@ from resources.dagster_resources import (
 
 MODEL_CHOICES = ("hub", "random")
 OFFLINE_HINT = "make demo MODEL=random"
-PRODUCTION_YAML = Path(__file__).resolve().parents[1] / "dagster.yaml"
+PRODUCTION_YAML = Path(__file__).resolve().parents[2] / "dagster.yaml"
 LOCATION = "neucodec_assets"
 SFT_DATASET_KEY = dg.AssetKey("sft_dataset")
 LOG_NAME = "dagster-events.log"
