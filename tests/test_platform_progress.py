@@ -311,6 +311,18 @@ def test_eta_edges() -> None:
     assert summary.total.eta_seconds == 0.0
 
 
+def test_a_summary_read_back_renders_as_it_was_computed() -> None:
+    """The event log keeps JSON with its keys sorted: read back, the summary still shows STOI first."""
+    shard = _done("d/hi/1", NOW - 60, 3600)
+    shard.roundtrip = json.dumps({"stoi": 0.9, "pesq": 1.5, "segments": 4, "random": False})
+    summary = compute_progress({"d/hi/1": DONE}, {"d/hi/1": shard}, {}, [], NOW)
+    stored = json.loads(json.dumps(summary.to_json(), sort_keys=True))
+    assert list(stored["total"]["roundtrip_means"]) == ["pesq", "stoi"]
+    again = ProgressSummary.from_json(stored)
+    assert again == summary and list(again.total.roundtrip_means) == ["stoi", "pesq"]
+    assert format_text(again) == format_text(summary) and "round trip hi: stoi 0.900, pesq 1.500" in format_text(again)
+
+
 def test_a_shard_recorded_existing_counts_when_its_run_encoded_it() -> None:
     """Encoded by a run that crashed after the upload 2 hours ago, recorded as existing by a run a minute ago: its
     hours count as encoded here, in the hour its run ended, not in the last hour's throughput."""

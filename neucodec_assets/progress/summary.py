@@ -13,10 +13,11 @@ from datetime import datetime, timezone
 from typing import Annotated, Any
 
 import dagster as dg
-from pydantic import BaseModel, ConfigDict, PlainSerializer
+from pydantic import BaseModel, ConfigDict, PlainSerializer, field_validator
 
 from neucodec_assets.progress import PROGRESS_ASSET_KEY, progress_prefix
 from neucodec_assets.progress.records import STATES
+from neucodec_assets.tokens.roundtrip import FIGURES as ROUNDTRIP_FIGURES
 from resources.bucket import Bucket
 
 SUMMARY_VERSION = 1
@@ -60,6 +61,13 @@ class GroupSummary(_Frozen):
     roundtrip_random: bool = False  # some figures came from random weights
     hours_total: float = 0.0
     roundtrip_means: dict[str, float] = {}  # figure -> mean weighted by sampled segments
+
+    @field_validator("roundtrip_sums", "roundtrip_segments", "roundtrip_means")
+    @classmethod
+    def _in_figure_order(cls, figures: dict) -> dict:
+        """STOI first, as everywhere figures are shown (the event log stores JSON with its keys sorted)."""
+        rank = {name: i for i, name in enumerate(ROUNDTRIP_FIGURES)}
+        return {name: figures[name] for name in sorted(figures, key=lambda n: (rank.get(n, len(rank)), n))}
 
     @property
     def roundtrip_sampled(self) -> int:
