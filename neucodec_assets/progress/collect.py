@@ -177,8 +177,9 @@ def collect(instance: dg.DagsterInstance, bucket: Bucket | None, cache: Progress
     failed = [item for item in read if item.problem]
     if failed:
         named = "; ".join(f"{item.key}: {item.problem}" for item in failed[:FAILURES_NAMED])
-        notes.append(f"metadata.parquet of {len(failed)} shards could not be read (read again next pass; their "
-                     f"remaining hours are estimated): {named}" + (" ..." if len(failed) > FAILURES_NAMED else ""))
+        shards = f"{len(failed)} shard" + ("s" if len(failed) != 1 else "")
+        notes.append(f"metadata.parquet of {shards} could not be read (read again next pass; remaining hours "
+                     f"estimated until then): {named}" + (" ..." if len(failed) > FAILURES_NAMED else ""))
     reads = PassReads(materializations=events, run_records=runs, run_record_pages=pages, metadata_files=len(read),
                       metadata_failures=len(failed))
     return Collected(states=states, cache=cache, notes=notes, layout=layout, reads=reads)

@@ -33,7 +33,7 @@ def _rate(value: float | None) -> str:
     return "-" if value is None else f"{value:,.1f}"
 
 
-def scopes(summary: ProgressSummary) -> list[tuple[str, GroupSummary]]:
+def _scopes(summary: ProgressSummary) -> list[tuple[str, GroupSummary]]:
     """(label, group) of the total, each language and each dataset, in the table's order."""
     return ([("total", summary.total)] + [(f"language {k}", v) for k, v in summary.by_language.items()]
             + [(f"dataset {k}", v) for k, v in summary.by_dataset.items()])
@@ -63,7 +63,7 @@ def _footer(summary: ProgressSummary) -> list[str]:
     if reasons:
         lines.append("failed segments by reason: " + ", ".join(f"{k} {v:,}" for k, v in
                                                                sorted(reasons.items(), key=lambda kv: -kv[1])))
-    if any(g.shards_without_duration for _, g in scopes(summary)):
+    if any(g.shards_without_duration for _, g in _scopes(summary)):
         lines.append("~: includes shards without metadata durations, estimated at the mean shard of their language")
     for label, group in sorted(summary.by_language.items()):
         if group.roundtrip_means:
@@ -76,7 +76,7 @@ def _footer(summary: ProgressSummary) -> list[str]:
 
 def format_text(summary: ProgressSummary) -> str:
     """The terminal table of `neucodec-platform status`."""
-    rows = [TABLE_HEADER] + [_cells(name, group) for name, group in scopes(summary)]
+    rows = [TABLE_HEADER] + [_cells(name, group) for name, group in _scopes(summary)]
     widths = [max(len(row[i]) for row in rows) for i in range(len(TABLE_HEADER))]
     lines = [f"encoding progress at {summary.generated_at:%Y-%m-%d %H:%M:%S} UTC"]
     for row in rows:

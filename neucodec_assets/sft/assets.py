@@ -127,7 +127,8 @@ def sft_pairs(context: dg.AssetExecutionContext, bucket: BucketResource, sft: Sf
         raise dg.Failure(description=f"sft_pairs failed for {len(failed)} shards: " + "; ".join(failed[:5]))
 
 
-def roundtrip_quality(instance: dg.DagsterInstance, store: Bucket, warn: Callable[[str], None]) -> pl.DataFrame | None:
+def roundtrip_quality(instance: dg.DagsterInstance, store: Bucket,
+                      warn: Callable[[str], None]) -> pl.DataFrame | None:
     """Decode round-trip means per language as `encoding_progress` last summarized them (None before its first run):
     the dataset card reports token quality without reading every shard's materialization again."""
     try:
@@ -135,9 +136,11 @@ def roundtrip_quality(instance: dg.DagsterInstance, store: Bucket, warn: Callabl
     except UnsupportedSummary as exc:
         warn(f"the dataset card has no token quality table: {exc}")
         return None
+    if summary is None:
+        return None
     rows = [{"language": language, **group.roundtrip_means, "random_weights": group.roundtrip_random,
              "segments": group.roundtrip_sampled}
-            for language, group in (summary.by_language.items() if summary is not None else ()) if group.roundtrip_means]
+            for language, group in summary.by_language.items() if group.roundtrip_means]
     return pl.DataFrame(rows) if rows else None
 
 
