@@ -139,8 +139,7 @@ def write_summary(bucket: Bucket, prefix: str, summary: ProgressSummary) -> str:
     return key
 
 
-def read_progress_summary(instance: dg.DagsterInstance, bucket: Bucket | None = None,
-                          prefix: str | None = None) -> ProgressSummary | None:
+def read_progress_summary(instance: dg.DagsterInstance, bucket: Bucket | None = None) -> ProgressSummary | None:
     """The summary `encoding_progress` last recorded: from its latest materialization, else (none, or one made
     before summaries were recorded) from progress.json in ``bucket``. None when neither holds one; raises
     UnsupportedSummary for a summary of another version."""
@@ -151,13 +150,13 @@ def read_progress_summary(instance: dg.DagsterInstance, bucket: Bucket | None = 
         return ProgressSummary.from_json(entry.value)
     if bucket is None:
         return None
-    prefix = progress_prefix() if prefix is None else prefix
+    key = summary_key(progress_prefix())
     try:
-        data = bucket.read_bytes(summary_key(prefix))
+        data = bucket.read_bytes(key)
     except FileNotFoundError:
         return None
     try:
         parsed = json.loads(data)
     except ValueError as exc:
-        raise UnsupportedSummary(f"{bucket.url_of(summary_key(prefix))} is not JSON: {exc}") from exc
+        raise UnsupportedSummary(f"{bucket.url_of(key)} is not JSON: {exc}") from exc
     return ProgressSummary.from_json(parsed)
