@@ -24,11 +24,10 @@ from gpu_executor.launch.dagster_internals import BulkActionStatus, ModuleTarget
 from gpu_executor.settings import environment_set
 from neucodec_assets.cli.backfills import DaemonLoop, submit_backfill
 from neucodec_assets.cli.console import console
-from neucodec_assets.progress import PROGRESS_ASSET_KEY
+from neucodec_assets.progress.summary import read_progress_summary
 from neucodec_assets.tokens.discovery import add_shard_partitions, plan_discovery
 from neucodec_assets.tokens.metadata import TOKENS_ASSET_KEY, metadata_value
 from neucodec_assets.tokens.partitions import shards_partitions
-from neucodec_assets.tokens.roundtrip import figures_from_metadata
 from resources.bucket import LocalBucket
 from resources.dagster_resources import (
     DEFAULT_MODEL,
@@ -40,7 +39,7 @@ from resources.dagster_resources import (
 
 MODEL_CHOICES = ("hub", "random")
 OFFLINE_HINT = "make demo MODEL=random"
-PRODUCTION_YAML = Path(__file__).resolve().parents[1] / "dagster.yaml"
+PRODUCTION_YAML = Path(__file__).resolve().parents[2] / "dagster.yaml"
 LOCATION = "neucodec_assets"
 SFT_DATASET_KEY = dg.AssetKey("sft_dataset")
 LOG_NAME = "dagster-events.log"
@@ -142,18 +141,17 @@ def _summary_rows(instance: dg.DagsterInstance, keys: Sequence[str]) -> list[Sha
 def _roundtrip_line(instance: dg.DagsterInstance, keys: Sequence[str], bucket_url: str) -> str | None:
     """The round-trip means over all shards as `encoding_progress` summarized them (it ran after the tokens in the
     demo's backfill), and the folder of the first shard's WAV pairs."""
-    event = instance.get_latest_materialization_event(PROGRESS_ASSET_KEY)
-    progress = event.asset_materialization.metadata if event and event.asset_materialization else {}
-    segments = int(metadata_value(progress, "roundtrip_segments") or 0)
-    if not segments:
+    summary = read_progress_summary(instance)
+    total = summary.total if summary is not None else None
+    if total is None or not total.roundtrip_sampled:
         return None
     records = instance.fetch_materializations(
         dg.AssetRecordsFilter(asset_key=TOKENS_ASSET_KEY, asset_partitions=list(keys)), limit=1).records
     prefix = metadata_value(records[0].asset_materialization.metadata, "roundtrip_wav_prefix") if records else None
-    figures = ", ".join(f"{name} {value:.3f}" for name, value in figures_from_metadata(progress).items())
-    label = " (random weights: the figures are meaningless)" if metadata_value(
-        progress, "roundtrip_random_weights") else ""
-    return f"decode round trip of {segments} sampled segments{label}: {figures}; listen: {bucket_url}/{prefix}"
+    figures = ", ".join(f"{name} {value:.3f}" for name, value in total.roundtrip_means.items())
+    label = " (random weights: the figures are meaningless)" if total.roundtrip_random else ""
+    return (f"decode round trip of {total.roundtrip_sampled} sampled segments{label}: {figures}; "
+            f"listen: {bucket_url}/{prefix}")
 
 
 def _sft_line(instance: dg.DagsterInstance) -> str | None:

@@ -129,24 +129,30 @@ def _cmd_enqueue(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    """Progress, rate, ETA and cost from the instance (and the bucket for remaining hours): the encoding_progress
-    asset's report, computed now. Reads the asset's cache in the bucket when there is one; writes nothing."""
+    """Progress, rate, ETA and cost: computed now from the instance (and the bucket for remaining hours) the way
+    encoding_progress computes it, starting from its cache and writing nothing; with --recorded, the summary
+    encoding_progress last recorded (the one the UI and the SFT card show)."""
     import json
 
-    from neucodec_assets.progress.report import (
-        ProgressCache,
-        collect,
-        format_text,
-        progress_prefix,
-        report_from,
-    )
+    from neucodec_assets.progress import progress_prefix
+    from neucodec_assets.progress.refresh import refresh
+    from neucodec_assets.progress.render import format_text
+    from neucodec_assets.progress.summary import UnsupportedSummary, read_progress_summary
     from resources.bucket import open_bucket
 
     bucket = None if args.no_bucket else open_bucket(args.bucket)
     with _instance() as instance:
-        cache = ProgressCache.load(bucket, progress_prefix()) if bucket is not None else None
-        report = report_from(collect(instance, bucket, cache, max_reads=args.max_reads))
-    print(json.dumps(report.to_json(), indent=1) if args.json else format_text(report))
+        if args.recorded:
+            try:
+                summary = read_progress_summary(instance, bucket)
+            except UnsupportedSummary as exc:
+                raise CliError(str(exc)) from exc
+            if summary is None:
+                raise CliError("encoding_progress has recorded no summary yet: materialize it (its schedule does "
+                               "every 10 minutes), or run `status` without --recorded to compute one now")
+        else:
+            summary = refresh(instance, bucket, progress_prefix(), save=False, max_reads=args.max_reads)
+    print(json.dumps(summary.to_json(), indent=1) if args.json else format_text(summary))
     return 0
 
 
@@ -279,6 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-bucket", action="store_true", help="do not read the bucket (remaining hours unknown)")
     p.add_argument("--max-reads", type=int, default=None,
                    help="metadata.parquet files to read at most (default: NEUCODEC_PROGRESS_METADATA_READS, 2000)")
+    p.add_argument("--recorded", action="store_true",
+                   help="print the summary encoding_progress last recorded instead of computing one now")
     p.set_defaults(func=_cmd_status)
 
     p = sub.add_parser(

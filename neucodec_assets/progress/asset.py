@@ -2,31 +2,27 @@
 
 It is refreshed by `encoding_progress_schedule` (NEUCODEC_PROGRESS_CRON, default every 10 minutes) rather than by an
 automation condition, so that it keeps reporting when the automation sensor is off (NEUCODEC_AUTOMATION=off), and by
-`encoding_progress_after_backfills` when a backfill of `neucodec_tokens` ends (one small query per minute). The
-computation is neucodec_assets/progress.py; `neucodec-platform status` prints the same report.
+`encoding_progress_after_backfills` when a backfill of `neucodec_tokens` ends (one small query per minute). The pass is
+neucodec_assets/progress/refresh.py; its summary is recorded as metadata `summary` and as progress.json in the bucket
+(summary.py reads it back), and `neucodec-platform status` prints the same summary.
 """
 
 # No `from __future__ import annotations`: Dagster reads the resource types from the runtime annotations.
 
-import json
 import time
 
 import dagster as dg
 
-from neucodec_assets.charts import markdown_image
-from neucodec_assets.progress import PROGRESS_ASSET_KEY
-from neucodec_assets.progress.report import (
-    CHARTS,
-    DEFAULT_CRON,
-    ProgressCache,
-    collect,
-    format_markdown,
-    numeric_metadata,
-    progress_prefix,
-    report_from,
-)
+from gpu_executor.settings import default_of
+from neucodec_assets.progress import PROGRESS_ASSET_KEY, progress_prefix
+from neucodec_assets.progress.charts import write_charts
+from neucodec_assets.progress.refresh import refresh
+from neucodec_assets.progress.render import format_markdown, numeric_metadata
+from neucodec_assets.progress.summary import SUMMARY_METADATA_KEY, write_summary
 from neucodec_assets.tokens.metadata import TOKENS_ASSET_KEY
 from resources.dagster_resources import BucketResource
+
+DEFAULT_CRON = default_of("progress_cron")
 
 
 @dg.asset(
@@ -38,35 +34,29 @@ from resources.dagster_resources import BucketResource
     kinds={"python"},
     description="Shards done / failed / in flight / pending, hours done and remaining, tokens, failed segments, "
     "throughput, ETA and GPU-hours per language, per dataset and in total, read from Dagster's own records and "
-    "the shards' metadata.parquet. Charts and a JSON report also go to `<NEUCODEC_PROGRESS_PREFIX>/` in the bucket.",
+    "the shards' metadata.parquet. The summary (progress.json) and the charts also go to "
+    "`<NEUCODEC_PROGRESS_PREFIX>/` in the bucket.",
 )
 def encoding_progress(context: dg.AssetExecutionContext, bucket: BucketResource) -> dg.MaterializeResult:
     store = bucket.open()
     prefix = progress_prefix()
     started = time.perf_counter()
-    collected = collect(context.instance, store, ProgressCache.load(store, prefix), log=context.log.info)
-    report = report_from(collected)
-    collected.cache.save(store, prefix)
+    summary = refresh(context.instance, store, prefix, save=True, log=context.log.info)
+    report_key = write_summary(store, prefix, summary)
 
-    metadata: dict[str, dg.RawMetadataValue] = dict(numeric_metadata(report))
-    rows = [("total", report.total)]
+    metadata: dict[str, dg.RawMetadataValue] = dict(numeric_metadata(summary))
     metadata["by_language"] = dg.MetadataValue.md(
-        format_markdown(report, rows + [(k, v) for k, v in report.by_language.items()]))
-    metadata["by_dataset"] = dg.MetadataValue.md(
-        format_markdown(report, [(k, v) for k, v in report.by_dataset.items()]))
-    metadata["failed_segments_by_reason"] = dg.MetadataValue.json(report.total.failed_by_reason)
-    for name, draw in CHARTS.items():
-        png = draw(report)
-        key = f"{prefix}/{name}"
-        store.put_bytes(key, png)
-        label = name.removesuffix(".png")
-        metadata[f"{label}_chart"] = dg.MetadataValue.md(markdown_image(png, label.replace("_", " ")))
-        metadata[f"{label}_chart_key"] = key
-    report_key = f"{prefix}/progress.json"
-    store.put_bytes(report_key, json.dumps(report.to_json(), indent=1).encode())
+        format_markdown([("total", summary.total), *summary.by_language.items()]))
+    metadata["by_dataset"] = dg.MetadataValue.md(format_markdown(list(summary.by_dataset.items())))
+    metadata["failed_segments_by_reason"] = dg.MetadataValue.json(summary.total.failed_by_reason)
+    for name, key in write_charts(store, prefix, summary).items():
+        metadata[f"{name}_chart"] = dg.MetadataValue.url(store.url_of(key))
+        metadata[f"{name}_chart_key"] = key
     metadata["report_key"] = report_key
-    if report.notes:
-        metadata["notes"] = dg.MetadataValue.md("\n".join(f"- {n}" for n in report.notes))
+    metadata["report_url"] = dg.MetadataValue.url(store.url_of(report_key))
+    if summary.notes:
+        metadata["notes"] = dg.MetadataValue.md("\n".join(f"- {n}" for n in summary.notes))
+    metadata[SUMMARY_METADATA_KEY] = dg.MetadataValue.json(summary.to_json())
     metadata["seconds"] = dg.MetadataValue.float(round(time.perf_counter() - started, 3))
     return dg.MaterializeResult(metadata=metadata)
 

@@ -7,13 +7,14 @@ for the pairs, a MaterializeResult for the dataset. neucodec_assets/automation.p
 """
 
 import functools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import dagster as dg
 import polars as pl
 
 from neucodec_assets.automation import dataset_condition, pairs_condition
 from neucodec_assets.progress import PROGRESS_ASSET_KEY
+from neucodec_assets.progress.summary import UnsupportedSummary, read_progress_summary
 from neucodec_assets.sft.dataset_build import (
     DURATION_CHART,
     HOURS_CHART,
@@ -26,6 +27,7 @@ from neucodec_assets.sft.shard_records import write_shard_records
 from neucodec_assets.sft.training_ids import TrainingIdsBuilder, load_tokenizer
 from neucodec_assets.tokens.metadata import TOKENS_ASSET_KEY
 from neucodec_assets.tokens.partitions import shards_partitions
+from resources.bucket import Bucket
 from resources.dagster_resources import BucketResource
 
 GROUP = "sft"
@@ -124,20 +126,21 @@ def sft_pairs(context: dg.AssetExecutionContext, bucket: BucketResource, sft: Sf
         raise dg.Failure(description=f"sft_pairs failed for {len(failed)} shards: " + "; ".join(failed[:5]))
 
 
-def roundtrip_by_language(instance: dg.DagsterInstance) -> pl.DataFrame | None:
-    """Decode round-trip means per language as `encoding_progress` last recorded them (None before its first run):
+def roundtrip_quality(instance: dg.DagsterInstance, store: Bucket,
+                      warn: Callable[[str], None]) -> pl.DataFrame | None:
+    """Decode round-trip means per language as `encoding_progress` last summarized them (None before its first run):
     the dataset card reports token quality without reading every shard's materialization again."""
-    event = instance.get_latest_materialization_event(PROGRESS_ASSET_KEY)
-    if event is None or event.asset_materialization is None:
+    try:
+        summary = read_progress_summary(instance, store)
+    except UnsupportedSummary as exc:
+        warn(f"the dataset card has no token quality table: {exc}")
         return None
-    rows: dict[str, dict] = {}
-    for key, entry in event.asset_materialization.metadata.items():
-        name, _, language = key.partition("/")
-        if name.startswith("roundtrip_") and language and "/" not in language:
-            rows.setdefault(language, {"language": language})[name.removeprefix("roundtrip_")] = entry.value
-    if not rows:
+    if summary is None:
         return None
-    return pl.DataFrame(sorted(rows.values(), key=lambda r: r["language"]))
+    rows = [{"language": language, **group.roundtrip_means, "random_weights": group.roundtrip_random,
+             "segments": group.roundtrip_sampled}
+            for language, group in summary.by_language.items() if group.roundtrip_means]
+    return pl.DataFrame(rows) if rows else None
 
 
 @dg.asset(
@@ -160,7 +163,7 @@ def sft_dataset(context: dg.AssetExecutionContext, bucket: BucketResource, sft: 
     )
     try:
         outcome = build_dataset(store, layout, settings, log=context.log.info,
-                                quality=roundtrip_by_language(context.instance))
+                                quality=roundtrip_quality(context.instance, store, context.log.warning))
     except (FileNotFoundError, ValueError) as exc:
         raise dg.Failure(description=f"sft_dataset: {exc}") from exc
     totals = outcome.totals

@@ -38,7 +38,7 @@ class CardInputs:
 
 
 def _table(frame: pl.DataFrame) -> str:
-    """A markdown table; floats with two decimals, integers with thousands separators."""
+    """A markdown table; floats with two decimals, integers with thousands separators, flags as yes/no."""
     header = "| " + " | ".join(frame.columns) + " |"
     rule = "|" + "|".join("---" for _ in frame.columns) + "|"
     rows = []
@@ -47,6 +47,8 @@ def _table(frame: pl.DataFrame) -> str:
         for value in row:
             if isinstance(value, float):
                 cells.append(f"{value:,.2f}")
+            elif isinstance(value, bool):  # before int: True is an int
+                cells.append("yes" if value else "no")
             elif isinstance(value, int):
                 cells.append(f"{value:,}")
             else:

@@ -119,17 +119,33 @@ class ShardMetadata:
     language: str | None = None
 
 
-def read_shard_metadata(bucket: Bucket, prefix: str) -> ShardMetadata:
-    """One GET of metadata.parquet; a missing or unreadable file gives no durations and no labels."""
+class ShardMetadataUnreadable(RuntimeError):
+    """metadata.parquet is there but could not be read: the request failed or the bytes are not a parquet file."""
+
+
+def load_shard_metadata(bucket: Bucket, prefix: str) -> ShardMetadata:
+    """One GET of metadata.parquet, for readers that must not take a failed read for a shard without durations
+    (a later read may succeed): ``FileNotFoundError`` when there is none, ``ShardMetadataUnreadable`` otherwise."""
+    key = f"{prefix}/{METADATA_PARQUET}"
     try:
-        frame = pl.read_parquet(bucket.read_bytes(f"{prefix}/{METADATA_PARQUET}"))
-    except Exception:  # noqa: BLE001 - no or unreadable metadata: validate without durations, label by prefix
-        return ShardMetadata()
+        frame = pl.read_parquet(bucket.read_bytes(key))
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a failed request (BucketError, OSError) or polars' several parse errors
+        raise ShardMetadataUnreadable(f"{key}: {type(exc).__name__}: {exc}") from exc
     durations = None
     if "segment_id" in frame.columns and "duration" in frame.columns:
         pairs = frame.select(pl.col("segment_id").cast(pl.Utf8), pl.col("duration").cast(pl.Float64)).drop_nulls()
         durations = dict(zip(pairs["segment_id"].to_list(), pairs["duration"].to_list()))
     return ShardMetadata(durations, metadata_label(frame, "dataset"), metadata_label(frame, "language"))
+
+
+def read_shard_metadata(bucket: Bucket, prefix: str) -> ShardMetadata:
+    """One GET of metadata.parquet; a missing or unreadable file gives no durations and no labels."""
+    try:
+        return load_shard_metadata(bucket, prefix)
+    except (FileNotFoundError, ShardMetadataUnreadable):  # validate without durations, label by prefix
+        return ShardMetadata()
 
 
 def durations_from_metadata(bucket: Bucket, prefix: str) -> dict[str, float] | None:

@@ -119,3 +119,58 @@ def metadata_value(metadata: Mapping[str, Any], key: str) -> Any:
     if entry is None:
         return None
     return getattr(entry, "value", entry)
+
+
+@dataclass(frozen=True)
+class RecordedShard:
+    """A shard's figures read back from the metadata of a `neucodec_tokens` materialization: what readers of the
+    records (progress) need, without knowing the metadata's key names."""
+
+    status: str
+    dataset: str
+    language: str
+    audio_seconds: float
+    tokens: int
+    segments: int
+    failed_count: int | None  # None: not known (files or rows of the old fleet)
+    failed_reasons: tuple[str, ...]  # of the listed failures (the table holds the first MAX_FAILED_ROWS)
+    provenance: Mapping[str, str]
+    roundtrip: Mapping[str, float]  # decode round-trip means (tokens.roundtrip.FIGURES present)
+    roundtrip_segments: int
+    roundtrip_random: bool
+
+    @property
+    def encoding_run_id(self) -> str | None:
+        """The Dagster run that wrote the tokens file (its provenance names it); None for a file made elsewhere."""
+        return str(self.provenance.get("dagster_run_id") or "") or None
+
+    @property
+    def encoded_here(self) -> bool:
+        """Encoded by one of this platform's runs: recorded as encoded, or recorded later as existing with a file
+        one of its runs wrote (that run crashed after the upload, or the shard was run again)."""
+        return self.status == STATUS_ENCODED or (self.status == STATUS_EXISTING and self.encoding_run_id is not None)
+
+
+def recorded_shard(metadata: Mapping[str, Any]) -> RecordedShard:
+    """ShardFigures.to_metadata read back (absent numbers are 0, absent labels `unknown`)."""
+    from neucodec_assets.tokens.roundtrip import figures_from_metadata
+
+    def number(key: str) -> float:
+        value = metadata_value(metadata, key)
+        return float(value) if isinstance(value, (int, float)) else 0.0
+
+    failed_count = metadata_value(metadata, "failed_count")
+    table = metadata.get("failed_segments")
+    provenance = metadata_value(metadata, "provenance")
+    return RecordedShard(
+        status=str(metadata_value(metadata, "status") or "unknown"),
+        dataset=str(metadata_value(metadata, "dataset") or "unknown"),
+        language=str(metadata_value(metadata, "language") or "unknown"),
+        audio_seconds=number("total_audio_seconds"), tokens=int(number("total_tokens")),
+        segments=int(number("segment_count")),
+        failed_count=int(failed_count) if isinstance(failed_count, (int, float)) else None,
+        failed_reasons=tuple(str(row.data.get("reason", "")) for row in getattr(table, "records", None) or []),
+        provenance={str(k): str(v) for k, v in provenance.items()} if isinstance(provenance, Mapping) else {},
+        roundtrip=figures_from_metadata(metadata), roundtrip_segments=int(number("roundtrip_segments")),
+        roundtrip_random=bool(metadata_value(metadata, "roundtrip_random_weights")),
+    )
