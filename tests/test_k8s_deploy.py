@@ -44,7 +44,7 @@ from neucodec_assets.cli.backfills import submit_backfill
 from neucodec_assets.tokens.checks import COMPLETE_CHECK_KEY, VALID_CHECK_KEY
 from neucodec_assets.tokens.discovery import add_shard_partitions
 from neucodec_assets.tokens.metadata import TOKENS_ASSET_KEY
-from tests.fixtures.dagster_api import graphql, launch_asset_backfill
+from tests.fixtures.dagster_api import LAUNCH_RUN, graphql, launch_asset_backfill
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"
@@ -282,19 +282,6 @@ def test_gpu_run_tags_k8s_reads_the_submitting_process_env(monkeypatch: pytest.M
     assert {"name": "NEUCODEC_SPOOL_DIR", "value": "/spool"} in config["container_config"]["env"]
     assert config["pod_spec_config"]["node_selector"] == {"pool": "l4"}
     assert config["pod_spec_config"]["volumes"] == [{"name": "neucodec-spool", "empty_dir": {"size_limit": "30Gi"}}]
-
-
-LAUNCH_RUN = """
-mutation LaunchRun($executionParams: ExecutionParams!) {
-  launchRun(executionParams: $executionParams) {
-    __typename
-    ... on LaunchRunSuccess { run { runId } }
-    ... on PythonError { message stack }
-    ... on InvalidSubsetError { message }
-    ... on RunConfigValidationInvalid { errors { message } }
-  }
-}
-"""
 
 
 def launch_job_run(context: WorkspaceProcessContext, partition: str, checks_only: bool,
