@@ -36,8 +36,9 @@ FORMATS = ((44_100, "PCM_16"), (48_000, "PCM_24"))  # stereo FLAC, as most of th
 
 
 def utterances(count: int = 24) -> list[tuple[str, np.ndarray]]:
-    """Distinct espeak-ng utterances (text, 22.05 kHz samples): several voices, pitches and speeds. Cached as WAV
-    files under the neucodec cache, so that a machine without espeak-ng can be given them (a few MB)."""
+    """Distinct espeak-ng utterances (text, 22.05 kHz samples): several voices, pitches and speeds. Cached as 16-bit
+    FLAC (espeak-ng speaks 16-bit samples) under the neucodec cache, so that a machine without espeak-ng can be
+    given them (about 2 MB); the samples are always the ones read back from the cache."""
     import soundfile as sf
 
     from gpu_executor.codec.random_model import default_cache_root
@@ -49,14 +50,38 @@ def utterances(count: int = 24) -> list[tuple[str, np.ndarray]]:
     for k in range(count):
         lang = ("en", "hi", "ta", "bn")[k % 4]
         text = " ".join(SENTENCES[lang][(k + j) % 4] for j in range(1 + k % 3))
-        path = cache / f"{k:02d}.wav"
+        path = cache / f"{k:02d}.flac"
         if not path.is_file():
             samples, sr = espeak(text, lang, VARIANTS[k % len(VARIANTS)], 35 + (7 * k) % 35, 145 + (11 * k) % 40)
-            sf.write(path.with_suffix(".part.wav"), samples, sr, subtype="FLOAT")
-            path.with_suffix(".part.wav").replace(path)
+            part = path.with_suffix(".part.flac")
+            sf.write(part, samples, sr, format="FLAC", subtype="PCM_16")
+            part.replace(path)
         samples, _ = sf.read(path, dtype="float32")
         out.append((text, samples))
     return out
+
+
+def speech_clips(total_seconds: float, seed: int) -> list[np.ndarray]:
+    """16 kHz clips of ``utterances()`` joined with short pauses, durations log-uniform in 0.5-25 s (about one per
+    8 s of audio), resampled with soxr HQ as the platform prepares audio."""
+    import soxr
+
+    pool = [soxr.resample(w, 22_050, 16_000, quality="HQ").astype(np.float32) for _, w in utterances()]
+    rng = np.random.default_rng(seed)
+    clips, total = [], 0.0
+    while total < total_seconds:
+        seconds = float(np.exp(rng.uniform(np.log(0.5), np.log(25.0))))
+        seconds = min(seconds, max(0.5, total_seconds - total + 0.5))
+        target = int(seconds * 16_000)
+        parts, have = [], 0
+        while have < target:
+            wave = pool[int(rng.integers(len(pool)))]
+            parts += [wave, np.zeros(int(rng.integers(800, 4000)), np.float32)]
+            have += len(wave) + len(parts[-1])
+        clip = np.concatenate(parts)[:target]
+        clips.append((0.9 * clip / max(1e-6, float(np.abs(clip).max()))).astype(np.float32))
+        total += seconds
+    return clips
 
 
 def segment_flac(parts: list[np.ndarray], sr: int, subtype: str, seed: int) -> tuple[bytes, float]:
@@ -114,13 +139,19 @@ class GpuBusy:
     def __init__(self, device: str) -> None:
         self.device, self.samples, self._stop = device, [], threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
+        self._index = None
+        if device.startswith("cuda"):  # an index, resolved here: the sampler thread then makes no CUDA call
+            import torch
+
+            dev = torch.device(device)
+            self._index = dev.index if dev.index is not None else torch.cuda.current_device()
 
     def _run(self) -> None:
         import torch
 
         while not self._stop.wait(0.05):
             try:
-                self.samples.append(torch.cuda.utilization(self.device))
+                self.samples.append(torch.cuda.utilization(self._index))
             except Exception:  # noqa: BLE001 - no NVML (pynvml) here: the share stays unknown
                 return
 

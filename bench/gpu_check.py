@@ -149,8 +149,7 @@ class DeviceCheck:
 
     def caches(self) -> Row:
         """Everything built before any timing: the model, the clips, the shard and its waves in memory."""
-        from bench.e2e_shard import build_shard, read_waves, utterances
-        from bench.encode_bench import make_clips
+        from bench.e2e_shard import build_shard, read_waves, speech_clips
         from gpu_executor.codec.random_model import cached_random_model, default_cache_root
         from gpu_executor.encoder.loading import load_parts
         from resources.bucket import open_bucket
@@ -161,14 +160,13 @@ class DeviceCheck:
         self.dirs = cached_random_model()
         times["random model"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        self.clips = make_clips(self.args.seconds, self.args.seed)
+        self.clips = speech_clips(self.args.seconds, self.args.seed)
         self.audio_s = sum(len(c) for c in self.clips) / 16000
         times["speech"] = time.perf_counter() - t0
         lengths = [len(c) / 16000 for c in self.clips]
         note = f"{len(self.clips)} clips, {self.audio_s:.1f} s ({min(lengths):.1f}-{max(lengths):.1f} s)"
         if "shard" in self.args.steps:
             t0 = time.perf_counter()
-            utterances()
             hours = self.args.shard_hours
             root = (Path(self.args.shard_root) if self.args.shard_root
                     else default_cache_root() / f"e2e-shard-{hours:g}h-seed{self.args.seed}")
@@ -200,7 +198,7 @@ class DeviceCheck:
             return [reference_codes(self.reference, w) for w in waves]
 
     def reference_pass(self) -> Row:
-        self.reference_codes([self.clips[0][:CPU_WARM_UP]])  # warm-up
+        self.reference_codes(self.clips if self.cuda else [self.clips[0][:CPU_WARM_UP]])  # warm-up, as the engine
         base = self.gpu_base()
         with self.busy() as sampler:
             t0 = time.perf_counter()
@@ -449,8 +447,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", default=",".join(STEP_NAMES),
                     help=f"steps to run after {', '.join(FIRST_STEPS)} (default all: {','.join(STEP_NAMES)})")
     ap.add_argument("--speech-only", action="store_true",
-                    help="build the speech caches (clips and shard utterances, espeak-ng) and stop: a machine "
-                    "without espeak-ng can then be given $NEUCODEC_CACHE_DIR")
+                    help="build the speech cache (the espeak-ng utterances of the clips and the shard) and stop: a "
+                    "machine without espeak-ng can then be given $NEUCODEC_CACHE_DIR/e2e-utterances-v1")
     args = ap.parse_args(argv)
     args.steps = [x.strip() for x in args.steps.split(",") if x.strip()]
     if unknown := sorted(set(args.steps) - set(STEP_NAMES)):
@@ -463,10 +461,10 @@ def main(argv: list[str] | None = None) -> int:
         return report.finish()
     if args.speech_only:
         from bench.e2e_shard import utterances
-        from bench.encode_bench import make_clips
+        from gpu_executor.codec.random_model import default_cache_root
 
-        clips = make_clips(args.seconds, args.seed)
-        report.add(Row("speech caches", INFO, note=f"{len(clips)} clips and {len(utterances())} utterances cached"))
+        report.add(Row("speech cache", INFO, note=f"{len(utterances())} utterances in "
+                                                  f"{default_cache_root() / 'e2e-utterances-v1'}"))
         return report.finish()
 
     check = DeviceCheck(args)

@@ -10,10 +10,10 @@
 # non-zero if any row failed or was not run.
 #
 # Needs the project's Python packages importable by $PYTHON (default python3); the driver names any that are
-# missing within seconds. WHEEL_DIR, when set, is a folder of wheels installed first into a scratch site folder
-# (for a machine that cannot reach a package index). A machine without espeak-ng needs NEUCODEC_CACHE_DIR holding
-# the speech caches, built elsewhere with `python bench/gpu_check.py --speech-only` (a few MB); the random model
-# is built into NEUCODEC_CACHE_DIR on first use (untimed).
+# missing within seconds. WHEEL_DIR, when set, is a folder made by bench/gpu_check_wheels.sh, installed first into a
+# scratch site folder (for a machine that cannot reach a package index). A machine without espeak-ng needs
+# NEUCODEC_CACHE_DIR holding e2e-utterances-v1/, made elsewhere with `bench/gpu_check.py --speech-only` (about 2 MB);
+# the random model is built into NEUCODEC_CACHE_DIR on first use (untimed).
 set -uo pipefail
 PYTHON=${PYTHON:-python3}
 OUT_DIR=${1:-${OUT:-.}}
@@ -21,10 +21,15 @@ shift $(( $# > 0 ? 1 : 0 ))
 mkdir -p "$OUT_DIR"
 LOG="$OUT_DIR/gpu_check.log"
 export PYTHONUNBUFFERED=1
-if [ -n "${WHEEL_DIR:-}" ]; then
+if [ -n "${WHEEL_DIR:-}" ]; then  # made by bench/gpu_check_wheels.sh: wheels, and site trees as .site.tar.xz
     site=${WHEEL_SITE:-/tmp/gpu-check-site}
     "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" \
         "$WHEEL_DIR"/*.whl || { echo "installing the wheels of $WHEEL_DIR failed" | tee "$LOG"; exit 1; }
+    unpack='import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2], filter="data")'
+    for tree in "$WHEEL_DIR"/*.site.tar.xz; do
+        [ -e "$tree" ] || continue
+        "$PYTHON" -c "$unpack" "$tree" "$site" || { echo "unpacking $tree failed" | tee "$LOG"; exit 1; }
+    done
     export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
 fi
 { nvidia-smi --query-gpu=index,name,memory.total,driver_version --format=csv,noheader 2>&1 || true; } | tee -a "$LOG"

@@ -39,6 +39,7 @@ from gpu_executor.encoder.precision import (
 from gpu_executor.encoder.provenance import build_provenance
 from gpu_executor.encoder.semantic import SemanticStack
 from gpu_executor.encoder.tf32_switch import tf32_mode
+from gpu_executor.settings import load_settings
 
 __all__ = ["NeucodecEncoder", "PRECISIONS", "CHUNKING_MODES", "GRAPH_MODES", "default_batch_seconds",
            "check_cpu_precision", "EncodedClips", "EncodeStream"]
@@ -56,10 +57,10 @@ def resolve_device(device: str | torch.device) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device {device!r} asked for, but torch sees no CUDA device (torch {torch.__version__})")
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        visible = load_settings().cuda_visible_devices
         raise RuntimeError(f"device {device!r} asked for, but torch sees {torch.cuda.device_count()} CUDA device(s) "
-                           f"(CUDA_VISIBLE_DEVICES={visible if visible is not None else 'unset'}): indices count the "
-                           "visible GPUs only")
+                           f"(CUDA_VISIBLE_DEVICES={'unset' if visible is None else repr(visible)}): indices count "
+                           "the visible GPUs only")
     return dev
 
 
