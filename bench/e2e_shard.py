@@ -38,7 +38,7 @@ FORMATS = ((44_100, "PCM_16"), (48_000, "PCM_24"))  # stereo FLAC, as most of th
 def utterances(count: int = 24) -> list[tuple[str, np.ndarray]]:
     """Distinct espeak-ng utterances (text, 22.05 kHz samples): several voices, pitches and speeds. Cached as 16-bit
     FLAC (espeak-ng speaks 16-bit samples) under the neucodec cache, so that a machine without espeak-ng can be
-    given them (about 2 MB); the samples are always the ones read back from the cache."""
+    given them (a few MB); the samples are always the ones read back from the cache."""
     import soundfile as sf
 
     from gpu_executor.codec.random_model import default_cache_root

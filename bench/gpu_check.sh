@@ -12,7 +12,7 @@
 # Needs the project's Python packages importable by $PYTHON (default python3); the driver names any that are
 # missing within seconds. WHEEL_DIR, when set, is a folder made by bench/gpu_check_wheels.sh, installed first into a
 # scratch site folder (for a machine that cannot reach a package index). A machine without espeak-ng needs
-# NEUCODEC_CACHE_DIR holding e2e-utterances-v1/, made elsewhere with `bench/gpu_check.py --speech-only` (about 2 MB);
+# NEUCODEC_CACHE_DIR holding e2e-utterances-v1/, made elsewhere with `bench/gpu_check.py --speech-only` (a few MB);
 # the random model is built into NEUCODEC_CACHE_DIR on first use (untimed).
 set -uo pipefail
 PYTHON=${PYTHON:-python3}
