@@ -455,25 +455,29 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--steps: unknown {unknown}; choose from {','.join(STEP_NAMES)}")
 
     report = Report(Path(args.out))
-    missing = missing_packages()
-    if missing:
-        report.add(Row("python packages", FAIL, [Check(False, "missing or broken: " + "; ".join(missing))]))
-        return report.finish()
-    if args.speech_only:
-        from bench.e2e_shard import utterances
-        from gpu_executor.codec.random_model import default_cache_root
-
-        report.add(Row("speech cache", INFO, note=f"{len(utterances())} utterances in "
-                                                  f"{default_cache_root() / 'e2e-utterances-v1'}"))
-        return report.finish()
-
-    check = DeviceCheck(args)
-    steps = [(name, step) for name, step in check_steps(check) if name in FIRST_STEPS or name in args.steps]
 
     def stop(signum, frame):
         raise Stopped(signal.Signals(signum).name)
 
     signal.signal(signal.SIGTERM, stop)
+    try:
+        missing = missing_packages()
+        if missing:
+            report.add(Row("python packages", FAIL, [Check(False, "missing or broken: " + "; ".join(missing))]))
+            return report.finish()
+        if args.speech_only:
+            from bench.e2e_shard import utterances
+            from gpu_executor.codec.random_model import default_cache_root
+
+            report.add(Row("speech cache", INFO, note=f"{len(utterances())} utterances in "
+                                                      f"{default_cache_root() / 'e2e-utterances-v1'}"))
+            return report.finish()
+        check = DeviceCheck(args)
+    except Stopped as exc:
+        report.add(Row("python packages", NOT_RUN, note=f"stopped by {exc}"))
+        return report.finish()
+    steps = [(name, step) for name, step in check_steps(check) if name in FIRST_STEPS or name in args.steps]
+
     started = time.monotonic()
     finished = 0  # steps fully reported
     try:
