@@ -26,6 +26,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.gpu_check_rows import agreement, relative_error  # noqa: E402 - after the repository is on the path
+
 
 def rss_mib() -> float:
     import psutil
@@ -129,21 +131,6 @@ def parse_variants(ap, spec: str) -> list[tuple[str, str, dict]]:
     return out
 
 
-def agreement(codes: list[np.ndarray], refs: list[np.ndarray]) -> float:
-    """Percent of equal tokens over all clips."""
-    same = sum(int(np.sum(a.astype(np.int64) == b.astype(np.int64))) for a, b in zip(codes, refs))
-    return same / max(1, sum(len(r) for r in refs)) * 100
-
-
-def latent_error(latents: list[np.ndarray], refs: list[np.ndarray]) -> tuple[float, float]:
-    """Relative L2 error of the pre-quantization latent: over all frames, and the worst clip's."""
-    num = sum(float(np.sum((a.astype(np.float64) - b) ** 2)) for a, b in zip(latents, refs))
-    den = sum(float(np.sum(b.astype(np.float64) ** 2)) for b in refs)
-    worst = max(float(np.linalg.norm(a.astype(np.float64) - b) / max(np.linalg.norm(b), 1e-30))
-                for a, b in zip(latents, refs))
-    return (num / max(den, 1e-30)) ** 0.5, worst
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=480.0, help="total audio (default 480 s, ~60 clips)")
@@ -168,6 +155,7 @@ def main() -> None:
 
     from gpu_executor.codec.random_model import cached_random_model
     from gpu_executor.encoder.engine import resolve_device
+    from gpu_executor.encoder.tf32_switch import tf32_mode
 
     if args.model is None:
         dirs = cached_random_model()
@@ -181,12 +169,14 @@ def main() -> None:
           f"{max(map(len, clips)) / 16000:.2f} s); torch {torch.__version__}, threads {torch.get_num_threads()}")
 
     rows = []  # (name, wall seconds, peak RSS MiB, GPU peak MiB, codes, latents)
+    failed = []
     device = str(resolve_device(args.device))
     for label, precision, options in variants:
         try:
             rows.append(run_ours(args, model, semantic, clips, audio_s, label, precision, options, fast))
-        except Exception as exc:  # one failing variant must not hide the others' figures
+        except Exception as exc:  # one failing variant must not hide the others' figures (the exit status says)
             print(f"ours {label}: FAILED: {type(exc).__name__}: {exc}", flush=True)
+            failed.append(label)
         if device.startswith("cuda"):
             torch.cuda.empty_cache()
 
@@ -195,8 +185,7 @@ def main() -> None:
         ref = load_reference(model, semantic, device)
         if device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
-            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False  # the exact reference
-        with torch.inference_mode():
+        with torch.inference_mode(), tf32_mode(torch.device(device), False):  # the exact reference
             ref.encode_code(torch.from_numpy(clips[0][:16000])[None, None].to(device))  # warm-up
             sync(device)
             t0 = time.perf_counter()
@@ -220,7 +209,7 @@ def main() -> None:
         if ours32 is not None and name != ours32[0] and name != "package encode_code":
             vs32 = f"{agreement(codes, ours32[4]):.3f}%"
             if latents is not None and ours32[5] is not None:
-                total_err, worst = latent_error(latents, ours32[5])
+                total_err, worst = relative_error(latents, ours32[5])
                 err = f"{total_err:.2e}, {worst:.2e}"
         print(f"| {name} | {wall:.1f} | {audio_s / wall:.2f} | {ratio} | {agree} | {vs32} | {err} | {peak:.0f} |"
               + (f" {gpu_peak:.0f} |" if cuda else ""))
@@ -229,6 +218,9 @@ def main() -> None:
         print(f"\ntoken agreement counted over {total} reference tokens "
               f"({np.unique(np.concatenate(refs)).size} distinct codes)")
     print("note: CPU timings on a shared machine are noisy; compare runs made close together.")
+    if failed:
+        print(f"FAILED variants: {', '.join(failed)}")
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -1,43 +1,40 @@
 #!/usr/bin/env bash
-# Issue 13's device check, in one go (budget: 8 minutes on an H100/H200):
-#   1. the encoder tests on CUDA (exactness against the package, edges, the fast paths' CPU forms run on the GPU);
-#   2. the throughput bench for every precision and fast path against one reference pass (token agreement with
-#      the package and with our fp32, relative error of the pre-quantization latent);
-#   3. a generated 1-hour shard (44.1/48 kHz stereo FLAC, espeak-ng speech) through read_shard + encode + tokens
-#      file: pure-encode time, end-to-end time and their ratio, GPU memory and busy share.
+# Issue 23's device check in one command, for a lent CUDA machine (budget: 8 minutes on an H100/H200):
 #
-#   bash bench/gpu_check.sh [LOG_DIR]
+#   bash bench/gpu_check.sh [OUT_DIR] [gpu_check.py options...]
 #
-# Needs the project's Python dependencies importable by $PYTHON (default python3) and espeak-ng, or a
-# $NEUCODEC_CACHE_DIR already holding the synthesized clips and the shard. The random model is built into
-# $NEUCODEC_CACHE_DIR on first use. The tests load only the model fixtures (no Dagster, Postgres or S3 needed).
-# Each step has its own timeout (TEST_TIMEOUT, BENCH_TIMEOUT, E2E_TIMEOUT seconds); a failing step does not stop
-# the next, and the exit status is non-zero if any failed.
+# Runs bench/gpu_check.py (its docstring lists the rows and their rules) under a time limit of CHECK_TIMEOUT
+# seconds (default 470). Every row is printed as it finishes and kept in OUT_DIR (default $OUT, else .):
+# gpu_check_rows.jsonl as it goes, gpu_check_summary.md and the whole log gpu_check.log at the end. At the limit the
+# driver is sent SIGTERM: it marks the steps left as NOT RUN and still prints the summary table. The exit status is
+# non-zero if any row failed or was not run.
+#
+# Needs the project's Python packages importable by $PYTHON (default python3); the driver names any that are
+# missing within seconds. WHEEL_DIR, when set, is a folder made by bench/gpu_check_wheels.sh, installed first into a
+# scratch site folder (for a machine that cannot reach a package index). A machine without espeak-ng needs
+# NEUCODEC_CACHE_DIR holding e2e-utterances-v1/, made elsewhere with `bench/gpu_check.py --speech-only` (a few MB);
+# the random model is built into NEUCODEC_CACHE_DIR on first use (untimed).
 set -uo pipefail
 PYTHON=${PYTHON:-python3}
-LOG_DIR=${1:-.}
-mkdir -p "$LOG_DIR"
-start=$(date +%s)
-stamp() { echo "== $1 ($(( $(date +%s) - start )) s since start)"; }
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-"$PYTHON" -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"
-
-stamp "encoder tests on CUDA"
-NEUCODEC_TEST_DEVICE=cuda timeout "${TEST_TIMEOUT:-150}" "$PYTHON" -m pytest -q -rA --noconftest -p tests.fixtures.model \
-    -p no:cacheprovider tests/test_encoder_exact.py tests/test_encoder_edges.py tests/test_encoder_loading.py \
-    tests/test_encoder_fastpaths.py 2>&1 | tee "$LOG_DIR/gpu_tests.log" | tail -30
-tests_status=$?
-
-stamp "throughput per precision"
-timeout "${BENCH_TIMEOUT:-170}" "$PYTHON" bench/encode_bench.py --device cuda \
-    --precision "${BENCH_PRECISIONS:-fp32,tf32,bf16,fp16,bf16+graphs,bf16+graphs+overlap}" \
-    --seconds "${BENCH_SECONDS:-300}" 2>&1 | grep -v "Loading weights" | tee "$LOG_DIR/gpu_bench.log" | tail -25
-bench_status=$?
-
-stamp "one shard end to end"
-timeout "${E2E_TIMEOUT:-150}" "$PYTHON" bench/e2e_shard.py --device cuda --hours "${E2E_HOURS:-1}" \
-    --precision "${E2E_PRECISION:-bf16}" --graphs "${E2E_GRAPHS:-cuda}" ${E2E_OVERLAP:---overlap} 2>&1 \
-    | grep -v "Loading weights" | tee "$LOG_DIR/gpu_e2e.log" | tail -20
-e2e_status=$?
-stamp "done"
-exit $(( tests_status || bench_status || e2e_status ))
+OUT_DIR=${1:-${OUT:-.}}
+shift $(( $# > 0 ? 1 : 0 ))
+mkdir -p "$OUT_DIR"
+LOG="$OUT_DIR/gpu_check.log"
+export PYTHONUNBUFFERED=1
+if [ -n "${WHEEL_DIR:-}" ]; then  # made by bench/gpu_check_wheels.sh: wheels, and site trees as .site.tar.xz
+    site=${WHEEL_SITE:-/tmp/gpu-check-site}
+    "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" \
+        "$WHEEL_DIR"/*.whl || { echo "installing the wheels of $WHEEL_DIR failed" | tee "$LOG"; exit 1; }
+    unpack='import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2], filter="data")'
+    for tree in "$WHEEL_DIR"/*.site.tar.xz; do
+        [ -e "$tree" ] || continue
+        "$PYTHON" -c "$unpack" "$tree" "$site" || { echo "unpacking $tree failed" | tee "$LOG"; exit 1; }
+    done
+    export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+{ nvidia-smi --query-gpu=index,name,memory.total,driver_version --format=csv,noheader 2>&1 || true; } | tee -a "$LOG"
+timeout -k 20 "${CHECK_TIMEOUT:-470}" "$PYTHON" bench/gpu_check.py --out "$OUT_DIR" "$@" 2>&1 \
+    | grep --line-buffered -v "Loading weights" | tee -a "$LOG"
+status=${PIPESTATUS[0]}
+[ "$status" -eq 124 ] && echo "gpu_check.sh: stopped at the ${CHECK_TIMEOUT:-470} s limit" | tee -a "$LOG"
+exit "$status"

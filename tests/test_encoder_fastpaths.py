@@ -48,6 +48,7 @@ def test_graph_and_stream_modes_are_refused_off_cuda(reference_codec):
         NeucodecEncoder.from_model(reference_codec, device="cpu", precision="tf32")
     with pytest.raises(ValueError, match="CUDA graphs need a CUDA device"):
         BucketedSemantic(None, torch.device("cpu"), capture=True, max_frames=100)
+    assert NeucodecEncoder.from_model(reference_codec, device="cpu").graph_stats is None
 
 
 def test_bucket_padding_keeps_tokens_exact(reference_codec, speech_clips, speech_reference_codes):
@@ -57,6 +58,7 @@ def test_bucket_padding_keeps_tokens_exact(reference_codec, speech_clips, speech
     clips = [c for c in speech_clips if 0.5 < len(c.wave) / 16000 < 4]
     out = enc.encode([c.wave for c in clips])
     assert out.batches == 2 and enc.provenance["semantic_graphs"] == "buckets"
+    assert enc.graph_stats == {"captured": 0, "kept": 0, "eager_batches": 0}  # padded, run eagerly: no graph
     for clip, codes in zip(clips, out):
         np.testing.assert_array_equal(codes, speech_reference_codes[clip.clip_id], err_msg=clip.clip_id)
     assert_diverse(list(out))

@@ -21,7 +21,9 @@ from torch import nn
 
 from gpu_executor.codec import SAMPLE_RATE
 from gpu_executor.codec.neucodec_compat import import_neucodec
+from gpu_executor.encoder.engine import device_guard
 from gpu_executor.encoder.loading import load_codec_checkpoint, load_strict
+from gpu_executor.encoder.tf32_switch import tf32_mode
 
 __all__ = ["NeucodecDecoder", "DECODER_SAMPLE_RATE"]
 
@@ -68,13 +70,16 @@ class NeucodecDecoder:
 
     @torch.inference_mode()
     def decode(self, codes: np.ndarray) -> np.ndarray:
-        """One clip's codes ``[F]`` -> 24 kHz float32 audio of ``F * 480`` samples."""
+        """One clip's codes ``[F]`` -> 24 kHz float32 audio of ``F * 480`` samples.
+
+        On CUDA in exact fp32 (torch's default would let cuDNN convolutions use TF32), on the decoder's device."""
         codes = np.asarray(codes)
         if codes.ndim != 1 or codes.size == 0:
             raise ValueError("decode takes one clip's non-empty 1-D code array")
-        x = torch.from_numpy(codes.astype(np.int64))[None, None, :].to(self.device)
-        recon = self._decode_code(self._parts, x)
-        return recon[0, 0].float().cpu().numpy()
+        with device_guard(self.device), tf32_mode(self.device, False):
+            x = torch.from_numpy(codes.astype(np.int64))[None, None, :].to(self.device)
+            recon = self._decode_code(self._parts, x)
+            return recon[0, 0].float().cpu().numpy()
 
     def decode_16k(self, codes: np.ndarray) -> np.ndarray:
         """``decode`` resampled to 16 kHz with ``soxr.resample(..., quality="HQ")``: ``F * 320`` samples."""

@@ -35,10 +35,11 @@ from gpu_executor.encoder.precision import (
     PRECISIONS,
     cast_matmul_weights,
     check_cpu_precision,
-    tf32_mode,
 )
 from gpu_executor.encoder.provenance import build_provenance
 from gpu_executor.encoder.semantic import SemanticStack
+from gpu_executor.encoder.tf32_switch import tf32_mode
+from gpu_executor.settings import load_settings
 
 __all__ = ["NeucodecEncoder", "PRECISIONS", "CHUNKING_MODES", "GRAPH_MODES", "default_batch_seconds",
            "check_cpu_precision", "EncodedClips", "EncodeStream"]
@@ -55,7 +56,18 @@ def resolve_device(device: str | torch.device) -> torch.device:
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device {device!r} asked for, but torch sees no CUDA device (torch {torch.__version__})")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        visible = load_settings().cuda_visible_devices
+        raise RuntimeError(f"device {device!r} asked for, but torch sees {torch.cuda.device_count()} CUDA device(s) "
+                           f"(CUDA_VISIBLE_DEVICES={'unset' if visible is None else repr(visible)}): indices count "
+                           "the visible GPUs only")
     return dev
+
+
+def device_guard(device: torch.device):
+    """Make ``device`` the current CUDA device for a block: streams, events, graph captures and Triton launches
+    that take the current device then use the encoder's (``cuda:1`` while the process's current device is 0)."""
+    return torch.cuda.device(device) if device.type == "cuda" else nullcontext()
 
 
 def default_batch_seconds(device: torch.device) -> float:
@@ -102,8 +114,9 @@ class NeucodecEncoder:
     reproducing the old fleet's tokens. ``fused_activation`` runs the acoustic encoder's anti-aliased activations
     as two Triton kernels each (CUDA only; default on for bf16/fp16, off for fp32, where it changes the last bits
     of the sums and so a few tokens). ``graphs`` (``GRAPH_MODES``) replays wav2vec2-bert from CUDA graphs per
-    length bucket; ``overlap_stream`` (CUDA) uploads and runs the fbank of the next batch on a second stream while
-    the current batch runs.
+    length bucket (at most ``max_graphs`` kept); ``overlap_stream`` (CUDA) uploads and runs the fbank of the next
+    batch on a second stream while the current batch runs. ``graphs="cuda"`` and ``overlap_stream`` stay opt-in
+    until the device check (``bench/gpu_check.sh``) has passed them on a GPU.
     """
 
     def __init__(self, parts: EncoderParts, *, device: str | torch.device = "auto", precision: str = "fp32",
@@ -111,7 +124,7 @@ class NeucodecEncoder:
                  chunk_seconds: float = 60.0, chunk_context_seconds: float = 10.0, seed_chunk_seconds: float = 30.0,
                  stream_buffer_seconds: float | None = None, min_batch_fill: float | None = None,
                  acoustic_per_clip: bool | None = None, fused_activation: bool | None = None,
-                 graphs: str = "off", overlap_stream: bool = False) -> None:
+                 graphs: str = "off", overlap_stream: bool = False, max_graphs: int = 48) -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"precision {precision!r}: choose one of {sorted(PRECISIONS)}")
         if chunking not in CHUNKING_MODES:
@@ -166,7 +179,8 @@ class NeucodecEncoder:
         self.graphs = graphs
         self._semantic_call = self._semantic if graphs == "off" else BucketedSemantic(
             self._semantic, dev, capture=graphs == "cuda",
-            max_frames=int(self.max_clip_seconds * SAMPLE_RATE) // HOP + 2, autocast=self._autocast)
+            max_frames=int(self.max_clip_seconds * SAMPLE_RATE) // HOP + 2, max_graphs=max_graphs,
+            autocast=self._autocast)
         self._semantic_encoder = parts.semantic_encoder.to(dev).eval()
         self._fc_prior = parts.fc_prior.to(dev).eval()
         self._quantizer = parts.quantizer.to(dev).float().eval()
@@ -201,6 +215,15 @@ class NeucodecEncoder:
     @property
     def device(self) -> str:
         return str(self._device)
+
+    @property
+    def graph_stats(self) -> dict[str, int] | None:
+        """With ``graphs`` on: graphs captured so far, kept now, and batches run eagerly (larger than every
+        bucket); captured beyond kept means evictions. None with ``graphs="off"``."""
+        call = self._semantic_call
+        if not isinstance(call, BucketedSemantic):
+            return None
+        return {"captured": call.captures, "kept": len(call.graphs), "eager_batches": call.eager_batches}
 
     # -- public encoding -----------------------------------------------------------------------------------------
     def encode(self, waves: Sequence[np.ndarray], ids: Sequence[str] | None = None) -> EncodedClips:
@@ -275,7 +298,7 @@ class NeucodecEncoder:
         budget = int(self.batch_seconds * SAMPLE_RATE)
         plan = plan_batches(lengths, budget, min_fill=self.min_batch_fill)
         pending: tuple[list[int], _Launched] | None = None
-        with torch.inference_mode(), tf32_mode(self._device, self.precision == "tf32"):
+        with torch.inference_mode(), device_guard(self._device), tf32_mode(self._device, self.precision == "tf32"):
             for batch in plan:
                 prepared = self._prepare([pieces[i] for i in batch], [lengths[i] for i in batch])
                 launched = (batch, self._launch(prepared, latents))
@@ -347,7 +370,7 @@ class NeucodecEncoder:
             host_lat = torch.empty(lat.shape, dtype=lat.dtype, pin_memory=True)
             host_lat.copy_(lat, non_blocking=True)
         event = torch.cuda.Event()
-        event.record()
+        event.record(torch.cuda.current_stream(dev))  # the copies' stream: the engine's device, not device 0's
         return _Launched(host_idx, host_lat, p.frames_out, event)
 
     @staticmethod

@@ -80,7 +80,9 @@ class _Captured:
             stack.forward_lengths(self.features, self.lengths)
         torch.cuda.current_stream(device).wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph, pool=pool):
+        # Captured on this device's stream: torch.cuda.graph's default capture stream is made once, on whichever
+        # device was current the first time, and would be reused for every device after.
+        with torch.cuda.graph(self.graph, pool=pool, stream=side):
             self.output = stack.forward_lengths(self.features, self.lengths)
 
     def run(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""Precision modes: weights cast once at load, TF32 switched per call, bf16/fp16 refused where emulated.
+"""Precision modes: weights cast once at load, bf16/fp16 refused where emulated (TF32 is switched per call by
+``tf32_switch``).
 
 Under autocast every ``Linear`` and ``Conv1d`` casts its fp32 weight to bf16/fp16 on every call (hundreds of cast
 kernels and their memory traffic per batch for 16 w2v-bert layers). Casting those weights once at load gives
@@ -9,13 +10,10 @@ fp32 anyway.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-
 import torch
 from torch import nn
 
-__all__ = ["PRECISIONS", "cast_matmul_weights", "check_cpu_precision", "tf32_mode"]
+__all__ = ["PRECISIONS", "cast_matmul_weights", "check_cpu_precision"]
 
 PRECISIONS = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 _CAST = (nn.Linear, nn.Conv1d, nn.Embedding)
@@ -30,25 +28,6 @@ def cast_matmul_weights(module: nn.Module, dtype: torch.dtype) -> int:
             m.to(dtype)
             count += 1
     return count
-
-
-@contextlib.contextmanager
-def tf32_mode(device: torch.device, enabled: bool) -> Iterator[None]:
-    """TF32 matmuls and convolutions on (``tf32``) or off (exact ``fp32``) for one call, restored afterwards.
-
-    Per call, not per process: two encoders of different precision in one process (the bench) must not leak
-    their setting into each other.
-    """
-    if device.type != "cuda":
-        yield
-        return
-    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = enabled
-    torch.backends.cudnn.allow_tf32 = enabled
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 def check_cpu_precision(precision: str) -> None:
