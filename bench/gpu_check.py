@@ -30,6 +30,7 @@ Rows, in order (the production path first, so that a time limit cuts the least i
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import gc
 import importlib
@@ -435,6 +436,17 @@ def missing_packages() -> list[str]:
     return missing
 
 
+@contextlib.contextmanager
+def signals_held(*signums: int):
+    """Delivers ``signums`` after the block: a SIGTERM between a step's last row and its count would report the
+    step twice (done, then not run)."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, signums)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, signums)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=".", help="folder for gpu_check_rows.jsonl and gpu_check_summary.md")
@@ -491,10 +503,11 @@ def main(argv: list[str] | None = None) -> int:
                 if name in FIRST_STEPS:  # nothing after it can run
                     report.add(rows)
                     return report.finish()
-            for row in rows if isinstance(rows, list) else [rows]:
-                row.step_s = time.monotonic() - t0
-                report.add(row)
-            finished += 1
+            with signals_held(signal.SIGTERM):  # a step's rows and its count go together, or neither
+                for row in rows if isinstance(rows, list) else [rows]:
+                    row.step_s = time.monotonic() - t0
+                    report.add(row)
+                finished += 1
     except Stopped as exc:
         for left, _ in steps[finished:]:
             report.add(Row(left, NOT_RUN, note=f"stopped by {exc} after {time.monotonic() - started:.0f} s"))
