@@ -436,15 +436,31 @@ def missing_packages() -> list[str]:
     return missing
 
 
-@contextlib.contextmanager
-def signals_held(*signums: int):
-    """Delivers ``signums`` after the block: a SIGTERM between a step's last row and its count would report the
-    step twice (done, then not run)."""
-    signal.pthread_sigmask(signal.SIG_BLOCK, signums)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, signums)
+class StopOnSignal:
+    """A signal raises Stopped in the main thread, except while a step's rows and its count are written: then it is
+    raised at the end of that block, so a stop right after a row never reports the step as both done and not run.
+    (Masking the signal would not do: the kernel hands it to any thread that does not mask it, torch's included.)"""
+
+    def __init__(self) -> None:
+        self.holding = False
+        self.pending: str | None = None
+
+    def __call__(self, signum: int, _frame: object) -> None:
+        name = signal.Signals(signum).name
+        if self.holding:
+            self.pending = name
+        else:
+            raise Stopped(name)
+
+    @contextlib.contextmanager
+    def held(self):
+        self.holding = True
+        try:
+            yield
+        finally:
+            self.holding = False
+            if self.pending:
+                raise Stopped(self.pending)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -468,9 +484,7 @@ def main(argv: list[str] | None = None) -> int:
 
     report = Report(Path(args.out))
 
-    def stop(signum, frame):
-        raise Stopped(signal.Signals(signum).name)
-
+    stop = StopOnSignal()
     signal.signal(signal.SIGTERM, stop)
     try:
         missing = missing_packages()
@@ -503,7 +517,7 @@ def main(argv: list[str] | None = None) -> int:
                 if name in FIRST_STEPS:  # nothing after it can run
                     report.add(rows)
                     return report.finish()
-            with signals_held(signal.SIGTERM):  # a step's rows and its count go together, or neither
+            with stop.held():  # a step's rows and its count go together, or neither
                 for row in rows if isinstance(rows, list) else [rows]:
                     row.step_s = time.monotonic() - t0
                     report.add(row)
