@@ -27,54 +27,8 @@ def _box_beats(box: str) -> dict[str, WorkerBeat]:
     return {b.worker: b for b in read_beats(redis_client(REDIS_URL)) if b.box == box}
 
 
-def test_worker_beats_go_idle_busy_idle_with_the_run_and_its_code_version(postgres_db, tmp_path: Path) -> None:
-    """A one-GPU box publishes its beat at once (idle, its queue, its code version); while a run holds on its GPU
-    the beat is busy with that run's id; after the run it is idle again, with the run's end time; the run carries
-    the worker's code version as a tag."""
-    box = f"beats-{uuid.uuid4().hex[:6]}"
-    fleet = Fleet(tmp_path, postgres_db["url"], REDIS_URL, pool_limit=1)
-    with fleet.running():
-        fleet.start_box(box, "0", env={"NEUCODEC_CODE_VERSION": "v1-test"})
-        worker = f"gpu0@{box}"
-        idle = fleet.wait("the box's idle beat", lambda: (b := _box_beats(box).get(worker)) and b.state == "idle"
-                          and b)
-        assert idle.gpu == "0" and idle.queues == (fleet.gpu_queue,) and idle.code_version == "v1-test"
-        assert idle.run_id is None and idle.last_run_ended_at is None
-        assert abs(idle.beat_at - broker_now(redis_client(REDIS_URL))) < 60
-
-        backfill_id = launch_asset_backfill(fleet.context, ASSET, SHARDS[:1], title="beats")
-        (run_id, _), = fleet.wait("the run holding on the GPU", lambda: fleet.started()).items()
-        busy = fleet.wait("a busy beat naming the run", lambda: (b := _box_beats(box).get(worker))
-                          and b.state == "busy" and b)
-        assert busy.run_id == run_id and busy.run_started_at is not None
-        assert busy.run_started_at >= idle.started_at and busy.started_at == idle.started_at
-
-        (fleet.records / "release").touch()
-        fleet.wait("the backfill to finish", lambda: _backfill_done(fleet, backfill_id), timeout=60)
-        after = fleet.wait("an idle beat after the run", lambda: (b := _box_beats(box).get(worker))
-                           and b.state == "idle" and b)
-        assert after.run_id is None and after.last_run_ended_at is not None
-        assert after.last_run_ended_at >= busy.run_started_at
-        run = fleet.instance.get_run_by_id(run_id)
-        assert run.status == dg.DagsterRunStatus.SUCCESS and run.tags[CODE_VERSION_TAG] == "v1-test"
-
-
 def _exited(fleet: Fleet, box: str) -> int | None:
     return fleet.boxes[box].poll()
-
-
-def test_an_idle_box_with_an_empty_queue_exits_and_leaves_the_fleet(postgres_db, tmp_path: Path) -> None:
-    """`--exit-when-idle 3s` on a box nobody sends work to: it drains and exits 0, and its beats are gone."""
-    box = f"idle-{uuid.uuid4().hex[:6]}"
-    fleet = Fleet(tmp_path, postgres_db["url"], REDIS_URL, pool_limit=1)
-    with fleet.running():
-        fleet.start_box(box, "0,1", "--exit-when-idle", "3s")
-        fleet.wait("the box's two idle beats", lambda: len(_box_beats(box)) == 2)
-        code = fleet.wait("the idle box to exit", lambda: _exited(fleet, box) is not None and [_exited(fleet, box)],
-                          timeout=60)
-        assert code == [0]
-        assert "idle: no run taken for" in (tmp_path / f"{box}.log").read_text()
-        assert _box_beats(box) == {}
 
 
 def test_a_box_busy_longer_than_its_idle_limit_exits_only_after_its_run(postgres_db, tmp_path: Path) -> None:
@@ -130,25 +84,29 @@ def test_queued_work_keeps_an_idle_box(tmp_path: Path) -> None:
 
 
 def test_upgrade_mid_backfill_drains_an_old_box_and_a_new_version_box_takes_over(postgres_db, tmp_path: Path) -> None:
-    """4 shards over boxes A and B on code v1 (pool of 3: two runs hold, one waits in the broker). A is asked to
-    drain through the broker: its beat says draining, it takes nothing more, its run finishes and it exits 0. Box C
-    on code v2 joins and takes the waiting run. Every shard is written exactly once, no run failed, the runs' tags
-    show both versions and the beats show C's."""
+    """3 shards over boxes A and B on code v1 (pool of 3: two runs hold, one waits in the broker); the beats show
+    each box busy with its run. A is asked to drain through the broker: its beat says draining, it takes nothing
+    more, its run finishes and it exits 0. Box C on code v2 joins and takes the waiting run (busy in its beat, then
+    idle with the run's end). Every shard is written exactly once, no run failed, the runs' tags show both versions
+    and the beats show C's."""
     from gpu_executor.launch.box_drain import request_drain
 
     suffix = uuid.uuid4().hex[:6]
     a, b, c = f"a-{suffix}", f"b-{suffix}", f"c-{suffix}"
-    shards = SHARDS[:4]
+    shards = SHARDS[:3]
     fleet = Fleet(tmp_path, postgres_db["url"], REDIS_URL, pool_limit=3)
     with fleet.running():
         fleet.start_box(a, "0", env={"NEUCODEC_CODE_VERSION": "v1"})
         fleet.start_box(b, "1", env={"NEUCODEC_CODE_VERSION": "v1"})
         backfill_id = launch_asset_backfill(fleet.context, ASSET, shards, title="upgrade")
         fleet.wait("2 runs holding on A and B and one waiting in the broker", lambda: len(fleet.started()) == 2
-                   and sorted(r.status.value for r in fleet.instance.get_runs()) == ["QUEUED", "STARTED", "STARTED",
-                                                                                     "STARTING"])
+                   and sorted(r.status.value for r in fleet.instance.get_runs()) == ["STARTED", "STARTED", "STARTING"])
         on_a = [k for k, r in fleet.started().items() if r["worker"].endswith(f"@{a}")]
         assert len(on_a) == 1
+        busy = fleet.wait("A's beat busy with its run", lambda: (beat := _box_beats(a).get(f"gpu0@{a}"))
+                          and beat.state == "busy" and beat)
+        assert busy.run_id == on_a[0] and busy.code_version == "v1" and busy.queues == (fleet.gpu_queue,)
+        assert busy.gpu == "0" and busy.run_started_at >= busy.started_at and busy.last_run_ended_at is None
 
         request_drain(redis_client(REDIS_URL), a)
         fleet.wait("A's beat draining", lambda: (beat := _box_beats(a).get(f"gpu0@{a}")) and beat.state == "draining")
@@ -156,19 +114,26 @@ def test_upgrade_mid_backfill_drains_an_old_box_and_a_new_version_box_takes_over
         fleet.wait("C taking the waiting run", lambda: any(r["worker"].endswith(f"@{c}") for r in fleet.started()
                                                            .values()))
         assert _exited(fleet, a) is None, "a draining box left before its run ended"
-        assert _box_beats(c)[f"gpu2@{c}"].code_version == "v2"
+        on_c = [k for k, r in fleet.started().items() if r["worker"].endswith(f"@{c}")]
+        c_busy = fleet.wait("C's beat busy with its run", lambda: (beat := _box_beats(c).get(f"gpu2@{c}"))
+                            and beat.state == "busy" and beat)
+        assert c_busy.run_id == on_c[0] and c_busy.code_version == "v2"
 
         (fleet.records / "release").touch()
         fleet.wait("the backfill to finish", lambda: _backfill_done(fleet, backfill_id), timeout=90)
         fleet.wait("the drained box to exit", lambda: _exited(fleet, a) is not None, timeout=30)
         assert _exited(fleet, a) == 0 and _box_beats(a) == {}
+        c_idle = fleet.wait("C's beat idle after its run", lambda: (beat := _box_beats(c).get(f"gpu2@{c}"))
+                            and beat.state == "idle" and beat)
+        assert c_idle.run_id is None and c_idle.last_run_ended_at >= c_busy.run_started_at
+        assert c_idle.code_version == "v2"
 
         runs = fleet.instance.get_runs()
-        assert sorted(r.status.value for r in runs) == ["SUCCESS"] * 4, fleet.explain()
+        assert sorted(r.status.value for r in runs) == ["SUCCESS"] * 3, fleet.explain()
         writes = (fleet.records / "writes.log").read_text().split()
         assert sorted(writes[0::2]) == shards, "each shard written exactly once"
         by_box = {r["worker"].split("@")[1] for r in fleet.ended().values()}
-        assert by_box <= {a, b, c} and c in by_box
+        assert by_box == {a, b, c}
         assert [k for k, r in fleet.started().items() if r["worker"].endswith(f"@{a}")] == on_a, "A took a run after"
         versions = {r.run_id: r.tags.get(CODE_VERSION_TAG) for r in runs}
         assert versions[on_a[0]] == "v1" and set(versions.values()) == {"v1", "v2"}
@@ -187,14 +152,17 @@ def _launch(fleet: Fleet, job: str, assets: list[str] | None = None, tags: dict[
 
 
 def test_runs_that_need_no_gpu_run_on_the_control_host_with_gpu_boxes_only(postgres_db, tmp_path: Path,
-                                                                            monkeypatch) -> None:
-    """The platform's code location on the Celery profile with one GPU box (no CPU worker): a progress refresh and
+                                                                            monkeypatch, capsys) -> None:
+    """The platform's code location on the Celery profile with one GPU box (no CPU worker, an idle limit of 5 s):
+    its beat is idle with its queue and code version. A progress refresh and
     an SFT run (sft_pairs of a shard whose tokens exist) complete on the control host, tagged with the code location's version; a run pinned to a queue no
-    live worker consumes is reported at once in its events and tags. The box, idle with an empty queue, exits."""
+    live worker consumes is reported at once in its events, its tags and `status`. The box, idle with an empty queue, exits 0 and
+    leaves the beats."""
     from dagster_celery.tags import DAGSTER_CELERY_QUEUE_TAG
 
     from gpu_executor.launch.code_version import code_location_version
-    from gpu_executor.launch.names import HOST_TAG, QUEUE_WARNING_TAG
+    from gpu_executor.launch.names import HOST_TAG, UNCONSUMED_QUEUE_TAG
+    from neucodec_assets.cli.main import main
 
     bucket = tmp_path / "bucket"
     bucket.mkdir()
@@ -208,6 +176,8 @@ def test_runs_that_need_no_gpu_run_on_the_control_host_with_gpu_boxes_only(postg
         fleet.wait("the GPU box's beat", lambda: (b := _box_beats(box).get(f"gpu0@{box}")) and b)
         beat = _box_beats(box)[f"gpu0@{box}"]
         assert beat.state == "idle" and beat.queues == (fleet.gpu_queue,) and beat.gpu == "0"
+        assert beat.code_version == code_location_version() and beat.run_id is None  # the same checkout
+        assert abs(beat.beat_at - broker_now(redis_client(REDIS_URL))) < 60
 
         shard = "ds/hi/shard_000000"
         write_sft_shard(LocalBucket(bucket), shard, np.random.default_rng(0), 4)  # its tokens and transcripts
@@ -228,11 +198,17 @@ def test_runs_that_need_no_gpu_run_on_the_control_host_with_gpu_boxes_only(postg
         fleet.wait("the pinned run launched", lambda: fleet.instance.get_run_by_id(pinned).status
                    == dg.DagsterRunStatus.STARTING)
         run = fleet.instance.get_run_by_id(pinned)
-        assert fleet.cpu_queue in run.tags[QUEUE_WARNING_TAG]
+        assert run.tags[UNCONSUMED_QUEUE_TAG] == fleet.cpu_queue
         events = [e.message for e in fleet.instance.all_logs(pinned) if e.message]
         assert any("no live worker consumes Celery queue" in m and fleet.cpu_queue in m for m in events), events
+        monkeypatch.setenv("DAGSTER_HOME", str(fleet.home))
+        assert main(["status", "--no-bucket"]) == 0
+        assert f"note: 1 run(s) wait in Celery queue {fleet.cpu_queue!r}, which no live worker consumed" \
+            in capsys.readouterr().out
         fleet.instance.run_launcher.terminate(pinned)
 
         fleet.wait("the idle GPU box to exit", lambda: _exited(fleet, box) is not None, timeout=60)
         assert _exited(fleet, box) == 0
+        assert "idle: no run taken for" in (tmp_path / f"{box}.log").read_text()
+        assert _box_beats(box) == {}, "a box that exited cleanly is not left in the beats"
 

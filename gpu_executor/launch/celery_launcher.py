@@ -9,7 +9,7 @@ rented boxes, added here:
   control host as `dagster api execute_run` processes (GpuRunLauncher's way, without a GPU), unless a live worker
   consumes the CPU queue (``cpu_queue``, NEUCODEC_CELERY_CPU_QUEUE, else ``default_queue``; a fresh heartbeat,
   gpu_executor.launch.worker_beats); a run's own `dagster-celery/queue` tag wins. A run sent to a queue that no live
-  worker consumes gets a warning in its events at once (and a `neucodec/queue_warning` tag `status` shows), rather
+  worker consumes gets a warning in its events at once (and a `neucodec/unconsumed_queue` tag `status` reports), rather
   than only the start timeout's failure;
 - a dead box is noticed: Celery leaves a SIGKILLed worker's task STARTED forever, so the worker writes a heartbeat
   counter into a run tag and the monitoring daemon fails a STARTED run whose counter stopped moving for
@@ -53,7 +53,7 @@ from gpu_executor.launch.names import (
     GPU_POOL,
     HEARTBEAT_TAG,
     PID_TAG,
-    QUEUE_WARNING_TAG,
+    UNCONSUMED_QUEUE_TAG,
     WORKER_TAG,
 )
 from gpu_executor.settings import Settings, load_settings
@@ -194,7 +194,7 @@ class CeleryGpuRunLauncher(CeleryRunLauncher):
                        f"{LIVE_BEATS * load_settings().worker_beat_seconds + 5:.0f} s): this run waits there until a "
                        f"worker for it starts (`neucodec-platform gpu-worker`), or until run monitoring's start "
                        "timeout fails it")
-            self._instance.add_run_tags(run.run_id, {QUEUE_WARNING_TAG: warning})
+            self._instance.add_run_tags(run.run_id, {UNCONSUMED_QUEUE_TAG: queue})
             self._instance.report_engine_event(f"WARNING: {warning}.", run, cls=self.__class__)
             run = self._instance.get_run_by_id(run.run_id)
         super().launch_run(LaunchRunContext(dagster_run=run, workspace=context.workspace))
