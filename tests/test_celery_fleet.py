@@ -31,26 +31,6 @@ def _exited(fleet: Fleet, box: str) -> int | None:
     return fleet.boxes[box].poll()
 
 
-def test_a_box_busy_longer_than_its_idle_limit_exits_only_after_its_run(postgres_db, tmp_path: Path) -> None:
-    """Slow but alive: a run holds the box's GPU for many times its 2 s idle limit; the box stays (its beat stays
-    busy, still published) until the run ends, then exits 0 once idle; the run succeeded."""
-    box = f"busy-{uuid.uuid4().hex[:6]}"
-    fleet = Fleet(tmp_path, postgres_db["url"], REDIS_URL, pool_limit=1)
-    with fleet.running():
-        fleet.start_box(box, "0", "--exit-when-idle", "2s")
-        backfill_id = launch_asset_backfill(fleet.context, ASSET, SHARDS[:1], title="busy box")
-        (run_id, _), = fleet.wait("the run holding on the GPU", lambda: fleet.started()).items()
-        # Broker time, read from the box's own beats: the run has held it for 4 idle limits and it is still there.
-        fleet.wait("the run to hold the box for 8 s of broker time", lambda: (b := _box_beats(box).get(f"gpu0@{box}"))
-                   and b.state == "busy" and b.beat_at - b.run_started_at > 8, timeout=60)
-        assert _exited(fleet, box) is None, "the box left while its run held the GPU"
-        (fleet.records / "release").touch()
-        fleet.wait("the backfill to finish", lambda: _backfill_done(fleet, backfill_id), timeout=60)
-        fleet.wait("the box to exit once idle", lambda: _exited(fleet, box) is not None, timeout=60)
-        assert _exited(fleet, box) == 0
-        assert fleet.instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.SUCCESS
-
-
 def test_queued_work_keeps_an_idle_box(tmp_path: Path) -> None:
     """The idle rule on real Redis: workers idle past the limit, but a message waits in the box's queue -> stay;
     the queue empty -> go; one worker busy -> stay."""
@@ -88,7 +68,10 @@ def test_upgrade_mid_backfill_drains_an_old_box_and_a_new_version_box_takes_over
     each box busy with its run. A is asked to drain through the broker: its beat says draining, it takes nothing
     more, its run finishes and it exits 0. Box C on code v2 joins and takes the waiting run (busy in its beat, then
     idle with the run's end). Every shard is written exactly once, no run failed, the runs' tags show both versions
-    and the beats show C's."""
+    and the beats show C's.
+
+    Meanwhile B runs with `--exit-when-idle 4s` (slow but alive): its run holds it for many times that, and it stays
+    until its run has ended, then exits 0 once idle."""
     from gpu_executor.launch.box_drain import request_drain
 
     suffix = uuid.uuid4().hex[:6]
@@ -97,7 +80,7 @@ def test_upgrade_mid_backfill_drains_an_old_box_and_a_new_version_box_takes_over
     fleet = Fleet(tmp_path, postgres_db["url"], REDIS_URL, pool_limit=3)
     with fleet.running():
         fleet.start_box(a, "0", env={"NEUCODEC_CODE_VERSION": "v1"})
-        fleet.start_box(b, "1", env={"NEUCODEC_CODE_VERSION": "v1"})
+        fleet.start_box(b, "1", "--exit-when-idle", "4s", env={"NEUCODEC_CODE_VERSION": "v1"})
         backfill_id = launch_asset_backfill(fleet.context, ASSET, shards, title="upgrade")
         fleet.wait("2 runs holding on A and B and one waiting in the broker", lambda: len(fleet.started()) == 2
                    and sorted(r.status.value for r in fleet.instance.get_runs()) == ["STARTED", "STARTED", "STARTING"])
@@ -118,11 +101,17 @@ def test_upgrade_mid_backfill_drains_an_old_box_and_a_new_version_box_takes_over
         c_busy = fleet.wait("C's beat busy with its run", lambda: (beat := _box_beats(c).get(f"gpu2@{c}"))
                             and beat.state == "busy" and beat)
         assert c_busy.run_id == on_c[0] and c_busy.code_version == "v2"
+        # Broker time, from B's own beats: its run has held it for over twice its idle limit, and B is still there.
+        fleet.wait("B's run holding it for 8 s", lambda: (beat := _box_beats(b).get(f"gpu1@{b}"))
+                   and beat.state == "busy" and beat.beat_at - beat.run_started_at > 8, timeout=60)
+        assert _exited(fleet, b) is None, "a box left on its idle limit while its run held the GPU"
 
         (fleet.records / "release").touch()
         fleet.wait("the backfill to finish", lambda: _backfill_done(fleet, backfill_id), timeout=90)
         fleet.wait("the drained box to exit", lambda: _exited(fleet, a) is not None, timeout=30)
         assert _exited(fleet, a) == 0 and _box_beats(a) == {}
+        fleet.wait("B to exit once idle", lambda: _exited(fleet, b) is not None, timeout=60)
+        assert _exited(fleet, b) == 0 and "idle: no run taken for" in (tmp_path / f"{b}.log").read_text()
         c_idle = fleet.wait("C's beat idle after its run", lambda: (beat := _box_beats(c).get(f"gpu2@{c}"))
                             and beat.state == "idle" and beat)
         assert c_idle.run_id is None and c_idle.last_run_ended_at >= c_busy.run_started_at
@@ -153,11 +142,11 @@ def _launch(fleet: Fleet, job: str, assets: list[str] | None = None, tags: dict[
 
 def test_runs_that_need_no_gpu_run_on_the_control_host_with_gpu_boxes_only(postgres_db, tmp_path: Path,
                                                                             monkeypatch, capsys) -> None:
-    """The platform's code location on the Celery profile with one GPU box (no CPU worker, an idle limit of 5 s):
-    its beat is idle with its queue and code version. A progress refresh and
-    an SFT run (sft_pairs of a shard whose tokens exist) complete on the control host, tagged with the code location's version; a run pinned to a queue no
-    live worker consumes is reported at once in its events, its tags and `status`. The box, idle with an empty queue, exits 0 and
-    leaves the beats."""
+    """The platform's code location on the Celery profile with one GPU box (no CPU worker, an idle limit of 20 s):
+    its beat is idle with its queue and code version. A progress refresh and an SFT run (sft_pairs of a shard whose
+    tokens exist) complete on the control host, tagged with the code location's version; a run pinned to a queue no
+    live worker consumes is reported at once in its events, its tags and `status`. The box, idle with an empty
+    queue, exits 0 and leaves the beats."""
     from dagster_celery.tags import DAGSTER_CELERY_QUEUE_TAG
 
     from gpu_executor.launch.code_version import code_location_version
@@ -172,18 +161,20 @@ def test_runs_that_need_no_gpu_run_on_the_control_host_with_gpu_boxes_only(postg
     fleet = Fleet(tmp_path, postgres_db["url"], REDIS_URL, pool_limit=1,
                   target={"module_name": "neucodec_assets.definitions"}, location="neucodec_assets")
     with fleet.running():
-        fleet.start_box(box, "0", "--exit-when-idle", "5s")
-        fleet.wait("the GPU box's beat", lambda: (b := _box_beats(box).get(f"gpu0@{box}")) and b)
-        beat = _box_beats(box)[f"gpu0@{box}"]
-        assert beat.state == "idle" and beat.queues == (fleet.gpu_queue,) and beat.gpu == "0"
-        assert beat.code_version == code_location_version() and beat.run_id is None  # the same checkout
-        assert abs(beat.beat_at - broker_now(redis_client(REDIS_URL))) < 60
-
+        fleet.start_box(box, "0", "--exit-when-idle", "20s")
         shard = "ds/hi/shard_000000"
         write_sft_shard(LocalBucket(bucket), shard, np.random.default_rng(0), 4)  # its tokens and transcripts
         add_shard_partitions(fleet.instance, [shard])
         progress = _launch(fleet, "encoding_progress_job")
         sft = _launch(fleet, "__ASSET_JOB", ["sft_pairs"], {"dagster/partition": shard})
+        # A run pinned to the CPU queue (its own tag wins), which nobody consumes: said at launch, not at timeout.
+        pinned = _launch(fleet, "encoding_progress_job", tags={DAGSTER_CELERY_QUEUE_TAG: fleet.cpu_queue})
+
+        fleet.wait("the GPU box's beat", lambda: (b := _box_beats(box).get(f"gpu0@{box}")) and b)
+        beat = _box_beats(box)[f"gpu0@{box}"]
+        assert beat.state == "idle" and beat.queues == (fleet.gpu_queue,) and beat.gpu == "0"
+        assert beat.code_version == code_location_version() and beat.run_id is None  # the same checkout
+        assert abs(beat.beat_at - broker_now(redis_client(REDIS_URL))) < 60
         finished = {dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
         fleet.wait("both runs to end", lambda: all(fleet.instance.get_run_by_id(r).status in finished
                                                    for r in (progress, sft)), timeout=120)
@@ -193,8 +184,6 @@ def test_runs_that_need_no_gpu_run_on_the_control_host_with_gpu_boxes_only(postg
             assert run.tags.get(HOST_TAG) and DAGSTER_CELERY_QUEUE_TAG not in run.tags
             assert run.tags[CODE_VERSION_TAG] == code_location_version()
 
-        # A run pinned to the CPU queue (its own tag wins), which nobody consumes: said at launch, not at timeout.
-        pinned = _launch(fleet, "encoding_progress_job", tags={DAGSTER_CELERY_QUEUE_TAG: fleet.cpu_queue})
         fleet.wait("the pinned run launched", lambda: fleet.instance.get_run_by_id(pinned).status
                    == dg.DagsterRunStatus.STARTING)
         run = fleet.instance.get_run_by_id(pinned)
