@@ -197,6 +197,9 @@ class CeleryGpuRunLauncher(CeleryRunLauncher):
             self._instance.add_run_tags(run.run_id, {UNCONSUMED_QUEUE_TAG: queue})
             self._instance.report_engine_event(f"WARNING: {warning}.", run, cls=self.__class__)
             run = self._instance.get_run_by_id(run.run_id)
+        elif run.tags.get(UNCONSUMED_QUEUE_TAG):  # inherited from the run a retry was made from: no longer true
+            self._instance.add_run_tags(run.run_id, {UNCONSUMED_QUEUE_TAG: ""})
+            run = self._instance.get_run_by_id(run.run_id)
         super().launch_run(LaunchRunContext(dagster_run=run, workspace=context.workspace))
 
     def terminate(self, run_id: str) -> bool:
