@@ -64,8 +64,11 @@ def _needs_redis() -> None:
 class Fleet:
     """An instance on the CeleryGpuRunLauncher, the daemons in-process, and gpu-worker boxes as processes."""
 
-    def __init__(self, tmp: Path, pg_url: str, broker: str, pool_limit: int, start_timeout_s: int = 120) -> None:
+    def __init__(self, tmp: Path, pg_url: str, broker: str, pool_limit: int, start_timeout_s: int = 120,
+                 target: dict[str, str] | None = None, location: str = LOCATION) -> None:
         self.tmp, self.broker = tmp, broker
+        # The code location: celery_jobs.py by default; e.g. {"module_name": "neucodec_assets.definitions"}.
+        self.target, self.location = target or {"python_file": str(JOBS_FILE), "attribute": "defs"}, location
         suffix = uuid.uuid4().hex[:8]
         self.gpu_queue, self.cpu_queue = f"gpu-{suffix}", f"dagster-{suffix}"
         self.home = tmp / "home"
@@ -93,9 +96,8 @@ class Fleet:
     def running(self) -> Iterator["Fleet"]:
         origin = InProcessCodeLocationOrigin(
             loadable_target_origin=LoadableTargetOrigin(
-                executable_path=sys.executable, python_file=str(JOBS_FILE), attribute="defs",
-                working_directory=str(JOBS_FILE.parent.parent)),
-            location_name=LOCATION,
+                executable_path=sys.executable, working_directory=str(JOBS_FILE.parent.parent), **self.target),
+            location_name=self.location,
         )
         try:
             with dg.DagsterInstance.from_config(str(self.home)) as instance, \
@@ -108,14 +110,15 @@ class Fleet:
             for name in list(self.boxes):
                 self.kill_box(name)
 
-    def start_box(self, name: str, gpus: str) -> None:
+    def start_box(self, name: str, gpus: str, *extra_args: str, env: dict[str, str] | None = None) -> None:
         """`neucodec-platform gpu-worker` as one box would run it, in its own session (so it can be killed whole)."""
         env = {**os.environ, "DAGSTER_HOME": str(self.home), "NEUCODEC_CELERY_BROKER": self.broker,
-               "NEUCODEC_CELERY_HEARTBEAT_SECONDS": "1", "NEUCODEC_TEST_CELERY_DIR": str(self.records)}
+               "NEUCODEC_CELERY_HEARTBEAT_SECONDS": "1", "NEUCODEC_WORKER_BEAT_SECONDS": "1",
+               "NEUCODEC_TEST_CELERY_DIR": str(self.records), **(env or {})}
         logfile = open(self.tmp / f"{name}.log", "ab")
         self.boxes[name] = subprocess.Popen(
             [sys.executable, "-m", "neucodec_assets.cli", "gpu-worker", "--gpus", gpus, "--name", name,
-             "--queue", self.gpu_queue, "--cpu-queue", self.cpu_queue, "--loglevel", "WARNING"],
+             "--queue", self.gpu_queue, "--cpu-queue", self.cpu_queue, "--loglevel", "WARNING", *extra_args],
             env=env, stdout=logfile, stderr=subprocess.STDOUT, start_new_session=True,
             cwd=str(JOBS_FILE.parent.parent))
 
