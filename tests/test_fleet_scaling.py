@@ -1,0 +1,61 @@
+"""The fleet's size decision (neucodec_assets/fleet/scaling.py) as a table: queue, fleet and caps in, boxes and a
+reason out. It only ever launches; idle boxes leave by themselves (gpu-worker --exit-when-idle)."""
+
+from __future__ import annotations
+
+import pytest
+
+from gpu_executor.settings import load_settings
+from neucodec_assets.fleet.scaling import Caps, decide
+
+GPUS_10 = Caps(max_gpus=10, launches_per_tick=5)
+CASES = [
+    # (case, queued, busy, idle, starting, caps, boxes, words in the reason)
+    ("no cap: not sized", 50, 0, 0, 0, Caps(), 0, "no cap is set"),
+    ("spend cap without a price: refused", 50, 0, 0, 0, Caps(max_spend_per_hour=10.0), 0,
+     "no GPU-hour price"),
+    ("spend cap with a zero price: refused", 50, 0, 0, 0, Caps(max_spend_per_hour=10.0, gpu_hour_price=0.0), 0,
+     "no GPU-hour price"),
+    ("empty queue", 0, 3, 2, 0, GPUS_10, 0, "queue empty"),
+    ("idle GPUs cover the queue", 2, 3, 2, 0, GPUS_10, 0, "cover the queue"),
+    ("starting boxes cover the queue", 3, 4, 0, 3, GPUS_10, 0, "cover the queue"),
+    ("starting boxes counted, the rest launched", 5, 0, 0, 3, GPUS_10, 2, "2 more GPUs wanted"),
+    ("queue within the cap", 3, 2, 0, 0, GPUS_10, 3, "launch 3 boxes"),
+    ("GPU cap binding", 50, 6, 0, 0, GPUS_10, 4, "limited by the cap"),
+    ("at the GPU cap", 50, 10, 0, 0, GPUS_10, 0, "at the cap"),
+    ("over the cap (lowered): nothing killed, nothing launched", 50, 12, 0, 0, GPUS_10, 0, "at the cap"),
+    ("launches per tick binding", 50, 0, 0, 0, Caps(max_gpus=100, launches_per_tick=3), 3,
+     "3 launches per tick"),
+    ("spend cap binding: 10.00/h at 0.40 = 25 GPUs", 100, 20, 0, 0,
+     Caps(max_spend_per_hour=10.0, gpu_hour_price=0.40, launches_per_tick=50), 5, "cap 25 GPUs"),
+    ("both caps: the lower wins", 100, 0, 0, 0,
+     Caps(max_gpus=8, max_spend_per_hour=10.0, gpu_hour_price=0.40, launches_per_tick=50), 8, "cap 8 GPUs"),
+    ("boxes of 4 GPUs: whole boxes for the queue", 6, 0, 0, 0, Caps(max_gpus=16, gpus_per_box=4,
+                                                                    launches_per_tick=5), 2, "boxes of 4 GPUs"),
+    ("boxes of 4 GPUs: never a box past the cap", 50, 14, 0, 0, Caps(max_gpus=16, gpus_per_box=4), 0,
+     "would exceed the cap"),
+    ("max GPUs 0: fleet off", 5, 0, 0, 0, Caps(max_gpus=0), 0, "at the cap"),
+]
+
+
+@pytest.mark.parametrize(("case", "queued", "busy", "idle", "starting", "caps", "boxes", "words"), CASES,
+                         ids=[c[0] for c in CASES])
+def test_decide(case, queued, busy, idle, starting, caps, boxes, words):
+    decision = decide(queued, busy, idle, starting, caps)
+    assert decision.launch_boxes == boxes, decision.reason
+    assert words in decision.reason, decision.reason
+    # Never past the caps, whatever the case: the GPUs after launching stay within the cap (or what was there).
+    fleet = busy + idle + starting
+    if decision.gpu_cap is not None:
+        assert fleet + boxes * caps.gpus_per_box <= max(decision.gpu_cap, fleet)
+    assert boxes <= caps.launches_per_tick
+
+
+def test_caps_come_from_the_settings():
+    caps = Caps.from_settings(load_settings({
+        "NEUCODEC_FLEET_MAX_GPUS": "200", "NEUCODEC_FLEET_MAX_SPEND_PER_HOUR": "60", "NEUCODEC_GPU_HOUR_PRICE": "0.35",
+        "NEUCODEC_FLEET_GPUS_PER_BOX": "2", "NEUCODEC_FLEET_LAUNCHES_PER_TICK": "7"}))
+    assert caps == Caps(max_gpus=200, max_spend_per_hour=60.0, gpu_hour_price=0.35, gpus_per_box=2,
+                        launches_per_tick=7)
+    assert decide(1000, 0, 0, 0, caps).gpu_cap == 171  # 60 / 0.35 = 171.4: the spend cap binds before 200
+    assert Caps.from_settings(load_settings({})).any_cap is False
