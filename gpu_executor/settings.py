@@ -208,6 +208,19 @@ class Settings(BaseModel):
     celery_heartbeat_seconds: float = setting(
         15.0, "fleet", "how often a GPU worker writes its run heartbeat (the launcher fails runs silent for "
         "`heartbeat_timeout_seconds`)", read="worker", gt=0)
+    celery_cpu_queue: str | None = setting(
+        None, "fleet", "queue of runs that need no GPU (progress, SFT, checks) on the Celery profile: used only "
+        "while a live worker consumes it (the launcher's `cpu_queue`)", read="instance",
+        shown_default="unset (they run on the control host)")
+    worker_beat_seconds: float = setting(
+        10.0, "fleet", "how often each Celery worker publishes its heartbeat (state, run, code version) to Redis",
+        read="worker", gt=0)
+    worker_beats_url: SecretStr | None = setting(
+        None, "fleet", "the Redis that holds worker heartbeats and drain requests; never logged",
+        read="worker", shown_default="the broker, when it is Redis (with RabbitMQ: no heartbeats)")
+    code_version: str | None = setting(
+        None, "fleet", "the code version a process reports (e.g. the image tag), in heartbeats and run tags",
+        read="worker", shown_default="`git describe --always --dirty`, else package version + source hash")
     k8s_gpus: int = setting(1, "fleet", "GPU limit per Kubernetes encoding run", read="instance", ge=0)
     k8s_gpu_resource: str = setting("nvidia.com/gpu", "fleet", "the GPU's extended resource name",
                                     read="instance")

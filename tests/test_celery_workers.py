@@ -108,14 +108,15 @@ class Fleet:
             for name in list(self.boxes):
                 self.kill_box(name)
 
-    def start_box(self, name: str, gpus: str) -> None:
+    def start_box(self, name: str, gpus: str, *extra_args: str, env: dict[str, str] | None = None) -> None:
         """`neucodec-platform gpu-worker` as one box would run it, in its own session (so it can be killed whole)."""
         env = {**os.environ, "DAGSTER_HOME": str(self.home), "NEUCODEC_CELERY_BROKER": self.broker,
-               "NEUCODEC_CELERY_HEARTBEAT_SECONDS": "1", "NEUCODEC_TEST_CELERY_DIR": str(self.records)}
+               "NEUCODEC_CELERY_HEARTBEAT_SECONDS": "1", "NEUCODEC_WORKER_BEAT_SECONDS": "1",
+               "NEUCODEC_TEST_CELERY_DIR": str(self.records), **(env or {})}
         logfile = open(self.tmp / f"{name}.log", "ab")
         self.boxes[name] = subprocess.Popen(
             [sys.executable, "-m", "neucodec_assets.cli", "gpu-worker", "--gpus", gpus, "--name", name,
-             "--queue", self.gpu_queue, "--cpu-queue", self.cpu_queue, "--loglevel", "WARNING"],
+             "--queue", self.gpu_queue, "--cpu-queue", self.cpu_queue, "--loglevel", "WARNING", *extra_args],
             env=env, stdout=logfile, stderr=subprocess.STDOUT, start_new_session=True,
             cwd=str(JOBS_FILE.parent.parent))
 

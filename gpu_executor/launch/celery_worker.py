@@ -11,6 +11,8 @@ adds:
   reaches the box through the broker) cancels the run cleanly instead of killing the process mid-write;
 - a message for a run that is no longer starting (redelivered after its box died and the run was retried) is
   dropped, so a shard is never encoded twice;
+- a worker heartbeat in Redis (gpu_executor.launch.worker_beats): idle/busy (with the run)/draining, its queues and
+  code version, published from a thread of the worker's main process; the run gets a `neucodec/code_version` tag;
 - no prefetch (`worker_disable_prefetch`, Redis): a busy worker never holds the next run while another GPU idles,
   and a dead box takes no queued runs with it. Tasks are acknowledged when they start: a box that dies loses only
   the run it was executing, which run monitoring fails and run retries start again.
@@ -31,13 +33,16 @@ from contextlib import contextmanager
 from typing import Any, Iterator
 
 import dagster as dg
-from celery import Celery
+from celery import Celery, signals
+from celery.worker import state as worker_state
 from dagster_celery.config import DEFAULT_CONFIG, TASK_EXECUTE_JOB_NAME
 from dagster_celery.make_app import make_app
 
 from gpu_executor.launch.celery_launcher import broker_from_env, configure_app, default_backend
 from gpu_executor.launch.dagster_internals import ExecuteRunArgs, unpack_value
-from gpu_executor.launch.names import GPU_TAG, HEARTBEAT_TAG, WORKER_TAG
+from gpu_executor.launch.code_version import code_version
+from gpu_executor.launch.names import CODE_VERSION_TAG, GPU_TAG, HEARTBEAT_TAG, WORKER_TAG
+from gpu_executor.launch.worker_beats import NO_STORE, BeatPublisher, beats_url, redis_client
 from gpu_executor.settings import load_settings
 
 logger = logging.getLogger(__name__)
@@ -57,7 +62,7 @@ class Heartbeat:
         self.instance, self.run_id, self.task_id, self.every = instance, run_id, task_id, every
         self.count = 0
         self.stop_event = threading.Event()
-        self.beat({WORKER_TAG: worker, GPU_TAG: load_settings().gpu_slot or "none"})
+        self.beat({WORKER_TAG: worker, GPU_TAG: load_settings().gpu_slot or "none", CODE_VERSION_TAG: code_version()})
         self.thread = threading.Thread(target=self._loop, name="neucodec-celery-heartbeat", daemon=True)
         self.thread.start()
 
@@ -134,6 +139,65 @@ def register_tasks(app: Celery) -> Celery:
     return app
 
 
+class WorkerBeats:
+    """The worker's heartbeat in Redis, hooked to Celery's signals in the worker's main process."""
+
+    def __init__(self, broker: str) -> None:
+        self.broker = broker
+        self.publisher: BeatPublisher | None = None
+        self._runs: dict[str, str | None] = {}  # task id -> run id
+
+    def current_run(self) -> str | None:
+        """The run of the task this worker executes now (Celery's own record of accepted tasks)."""
+        for request in list(worker_state.active_requests):
+            if request.name != TASK_EXECUTE_JOB_NAME:
+                continue
+            if request.id not in self._runs:
+                try:
+                    packed = request.kwargs.get("execute_job_args_packed") or request.args[0]
+                    self._runs[request.id] = unpack_value(packed, as_type=ExecuteRunArgs).run_id
+                except Exception:
+                    self._runs[request.id] = None
+                if len(self._runs) > 1000:
+                    self._runs = {request.id: self._runs[request.id]}
+            return self._runs[request.id] or request.id
+        return None
+
+    def on_setup(self, sender: str, instance: Any, **_kwargs: Any) -> None:
+        url = beats_url(self.broker)
+        if url is None:
+            logger.warning("%s: no worker heartbeat: %s", sender, NO_STORE)
+            return
+        settings = load_settings()
+        queues = tuple(sorted(instance.app.amqp.queues.consume_from or instance.app.amqp.queues))
+        try:
+            self.publisher = BeatPublisher(
+                redis_client(url), worker=sender, box=settings.worker_host or sender.split("@")[-1],
+                gpu=settings.gpu_slot or "none", queues=queues, code_version=code_version(),
+                every=settings.worker_beat_seconds, current_run=self.current_run).start()
+        except Exception:  # beats are for watching the fleet: a worker without them still takes runs
+            logger.exception("%s: worker heartbeat not started", sender)
+
+    def on_received(self, **_kwargs: Any) -> None:
+        if self.publisher is not None:
+            self.publisher.poke()
+
+    def on_shutting_down(self, **_kwargs: Any) -> None:
+        if self.publisher is not None:
+            self.publisher.drain()
+
+    def on_shutdown(self, **_kwargs: Any) -> None:
+        if self.publisher is not None:
+            self.publisher.stop(remove_entry=True)
+            self.publisher = None
+
+    def connect(self) -> None:
+        signals.celeryd_after_setup.connect(self.on_setup, weak=False)
+        signals.task_received.connect(self.on_received, weak=False)
+        signals.worker_shutting_down.connect(self.on_shutting_down, weak=False)
+        signals.worker_shutdown.connect(self.on_shutdown, weak=False)
+
+
 def make_worker_app(broker: str | None = None, queues: list[str] | None = None) -> Celery:
     """The worker-side app: same queues and settings as CeleryGpuRunLauncher's, plus the worker settings."""
     broker = broker or broker_from_env()
@@ -143,6 +207,7 @@ def make_worker_app(broker: str | None = None, queues: list[str] | None = None) 
         "config_source": {**DEFAULT_CONFIG, **WORKER_SETTINGS}, "task_default_queue": names[0],
     })
     configure_app(app, names)
+    WorkerBeats(broker).connect()
     return register_tasks(app)
 
 

@@ -21,3 +21,5 @@ WORKER_LOG_TAG = "neucodec/worker_log"
 HEARTBEAT_TAG = "neucodec/celery_heartbeat"
 #: The Celery worker (`gpuN@box`) that took the run.
 WORKER_TAG = "neucodec/celery_worker"
+#: The code version (gpu_executor.launch.code_version) of the process that executed the run.
+CODE_VERSION_TAG = "neucodec/code_version"

@@ -1,0 +1,61 @@
+"""One string naming the code a process runs, so a fleet view can tell which boxes run old code.
+
+NEUCODEC_CODE_VERSION when it is set (an image tag); else `git describe --always --dirty` of the checkout this
+package lives in; else the installed package version plus a hash of the package's .py files (an image built
+without .git). Recorded in each worker's heartbeat and as the `neucodec/code_version` tag of every run it takes.
+No torch and no Dagster here.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import subprocess
+from importlib import metadata
+from pathlib import Path
+
+from gpu_executor.settings import load_settings
+
+#: The packages whose sources make up the platform's code.
+PACKAGES = ("gpu_executor", "resources", "neucodec_assets")
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def code_version() -> str:
+    """This process's code version (the env var wins; the checkout's is computed once)."""
+    return load_settings().code_version or _checkout_version()
+
+
+def code_location_version() -> str:
+    """The code location's version, for comparing with the workers': the same rule, read where Dagster runs."""
+    return code_version()
+
+
+@functools.lru_cache(maxsize=1)
+def _checkout_version() -> str:
+    if (ROOT / ".git").exists():
+        try:
+            out = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"], capture_output=True,
+                                 text=True, timeout=20, check=True).stdout.strip()
+            if out:
+                return out
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return f"{_package_version()}+{source_hash()}"
+
+
+def _package_version() -> str:
+    try:
+        return metadata.version("neucodec-platform")
+    except metadata.PackageNotFoundError:
+        return "0"
+
+
+def source_hash() -> str:
+    """A short hash of the platform's .py files (path and content), in a stable order."""
+    digest = hashlib.sha256()
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            digest.update(str(path.relative_to(ROOT)).encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
