@@ -63,8 +63,8 @@ def task_config(settings: Settings, *, num_nodes: int = 1, box: str = "",
     envs = dict(config.get("envs") or {})
     envs["IDLE"] = settings.fleet_idle
     envs["BOX"] = box
-    if code_version is not None:
-        envs["CODE_VERSION"] = code_version
+    if code_version:
+        envs["NEUCODEC_CODE_VERSION"] = code_version
     config["envs"] = envs
     return config
 
