@@ -29,6 +29,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from contextlib import contextmanager
 from typing import Any, Iterator
 
@@ -139,6 +140,10 @@ def register_tasks(app: Celery) -> Celery:
     return app
 
 
+#: A received message not reserved within this long was dropped by Celery (revoked, expired).
+PENDING_S = 5.0
+
+
 class WorkerBeats:
     """The worker's heartbeat in Redis, hooked to Celery's signals in the worker's main process."""
 
@@ -146,22 +151,35 @@ class WorkerBeats:
         self.broker = broker
         self.publisher: BeatPublisher | None = None
         self._runs: dict[str, str | None] = {}  # task id -> run id
+        self._pending: tuple[Any, float] | None = None  # (request, monotonic time) received, not yet reserved
+
+    def _run_of(self, request: Any) -> str | None:
+        if request.id not in self._runs:
+            try:
+                packed = request.kwargs.get("execute_job_args_packed") or request.args[0]
+                self._runs[request.id] = unpack_value(packed, as_type=ExecuteRunArgs).run_id
+            except Exception:
+                self._runs[request.id] = None
+            if len(self._runs) > 1000:
+                self._runs = {request.id: self._runs[request.id]}
+        return self._runs[request.id] or request.id
 
     def current_run(self) -> str | None:
-        """The run of the task this worker executes now (Celery's own record of accepted tasks)."""
-        for request in list(worker_state.active_requests):
-            if request.name != TASK_EXECUTE_JOB_NAME:
-                continue
-            if request.id not in self._runs:
-                try:
-                    packed = request.kwargs.get("execute_job_args_packed") or request.args[0]
-                    self._runs[request.id] = unpack_value(packed, as_type=ExecuteRunArgs).run_id
-                except Exception:
-                    self._runs[request.id] = None
-                if len(self._runs) > 1000:
-                    self._runs = {request.id: self._runs[request.id]}
-            return self._runs[request.id] or request.id
-        return None
+        """The run of the task this worker holds now: Celery's own record of reserved and running tasks, or the
+        message just received (it is reserved a moment later), so a taken run is never shown idle."""
+        try:
+            requests = list(worker_state.requests.values())
+        except RuntimeError:  # changed while copied (the consumer thread): the next poll reads it
+            requests = []
+        held = [r for r in requests if r.name == TASK_EXECUTE_JOB_NAME]
+        pending = self._pending
+        if pending is not None:
+            request, since = pending
+            if any(r.id == request.id for r in held) or time.monotonic() - since > PENDING_S:
+                self._pending = None
+            else:
+                held.append(request)
+        return self._run_of(held[0]) if held else None
 
     def on_setup(self, sender: str, instance: Any, **_kwargs: Any) -> None:
         url = beats_url(self.broker)
@@ -178,7 +196,9 @@ class WorkerBeats:
         except Exception:  # beats are for watching the fleet: a worker without them still takes runs
             logger.exception("%s: worker heartbeat not started", sender)
 
-    def on_received(self, **_kwargs: Any) -> None:
+    def on_received(self, request: Any = None, **_kwargs: Any) -> None:
+        if request is not None and getattr(request, "name", None) == TASK_EXECUTE_JOB_NAME:
+            self._pending = (request, time.monotonic())
         if self.publisher is not None:
             self.publisher.poke()
 
