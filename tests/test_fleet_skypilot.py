@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
 import uuid
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import yaml
 
 from gpu_executor.settings import load_settings
 from neucodec_assets.cli import main
+from neucodec_assets.cli.main import build_parser
 from neucodec_assets.fleet import skypilot
 
 TASK = Path(__file__).resolve().parents[1] / "deploy" / "skypilot" / "gpu-worker.yaml"
@@ -49,6 +51,13 @@ def test_the_shipped_task_validates_with_skypilot():
     assert "neucodec-platform gpu-worker" in task.run and '--exit-when-idle "$IDLE"' in task.run
     # Secrets are declared by name only: SkyPilot sees references to resolve at launch, no values.
     assert sorted(ref.name for ref in task.managed_secret_refs) == sorted(SECRETS) and task.secrets == {}
+    # The command each node runs, through bash with the task's envs, is one the platform's CLI accepts.
+    script = "neucodec-platform() { printf '%s\\n' \"$@\"; }\n" + task.run.replace("exec ", "", 1)
+    env = {**task.envs, "SKYPILOT_NODE_RANK": "0", "PATH": os.environ["PATH"]}
+    argv = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, check=True).stdout.split("\n")[:-1]
+    args = build_parser().parse_args(argv)
+    assert args.command == "gpu-worker" and args.gpus == "auto" and args.exit_when_idle == 600
+    assert args.name.endswith("-0") and args.name != "-0"
     raw = yaml.safe_load(TASK.read_text())
     assert all(value is None for value in raw["secrets"].values())
     assert not set(raw["envs"]) & set(SECRETS)

@@ -145,6 +145,15 @@ def test_fleet_view_and_sizing_on_real_workers(postgres_db, tmp_path: Path, monk
             monkeypatch.setenv("NEUCODEC_FLEET_MAX_SPEND_PER_HOUR", "10")
             message, _ = tick(cursor)
             assert len(sky_api.launches) == 3 and "no GPU-hour price" in message
+
+            # `fleet drain BOX`: the old-code box finishes what it runs, then exits cleanly and leaves the beats.
+            on_old = [r for r, rec in started.items() if rec["worker"].endswith(f"@{old}")]
+            assert main(["fleet", "drain", old]) == 0
+            assert f"drain requested for box {old}" in capsys.readouterr().out
             (fleet.records / "release").touch()
+            fleet.wait("the drained box to exit", lambda: fleet.boxes[old].poll() is not None)
+            assert fleet.boxes[old].returncode == 0
+            assert not [b for b in read_beats(client) if b.box == old]
+            assert all(fleet.instance.get_run_by_id(r).status == dg.DagsterRunStatus.SUCCESS for r in on_old)
     finally:
         redis_client(beats_url).delete(WORKERS_KEY)
