@@ -3,10 +3,15 @@ reason out. It only ever launches; idle boxes leave by themselves (gpu-worker --
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from gpu_executor.settings import load_settings
+from neucodec_assets.fleet import skypilot
 from neucodec_assets.fleet.scaling import Caps, decide
+from neucodec_assets.fleet.sensor import fleet_sizing_sensor, starting_gpus
+from neucodec_assets.fleet.view import BoxView
 
 GPUS_10 = Caps(max_gpus=10, launches_per_tick=5)
 CASES = [
@@ -59,3 +64,38 @@ def test_caps_come_from_the_settings():
                         launches_per_tick=7)
     assert decide(1000, 0, 0, 0, caps).gpu_cap == 171  # 60 / 0.35 = 171.4: the spend cap binds before 200
     assert Caps.from_settings(load_settings({})).any_cap is False
+
+
+def _cluster(name: str, status: str, launched_at: float | None) -> skypilot.FleetCluster:
+    return skypilot.FleetCluster(name=name, status=status, launched_at=launched_at, nodes=1)
+
+
+def _box(name: str) -> BoxView:
+    return BoxView(box=name, gpus=[], last_beat_age_seconds=1.0, silent=False, code_versions=["v"], old_code=False)
+
+
+def test_boxes_count_as_starting_until_they_beat_or_their_start_time_is_up():
+    """NEUCODEC_FLEET_BOX_START_SECONDS both ways: a box still within it counts as starting (however slow its
+    provider), one past it does not (it failed to come up: the sensor may replace it); a box that beats is no
+    longer starting but busy or idle; a cluster the last tick asked for counts before SkyPilot lists it."""
+    settings = load_settings({"NEUCODEC_FLEET_BOX_START_SECONDS": "600", "NEUCODEC_FLEET_GPUS_PER_BOX": "2"})
+    now = 10_000.0
+    clusters = [_cluster("neucodec-gpu-a-0", "INIT", now - 599), _cluster("neucodec-gpu-b-0", "UP", now - 60),
+                _cluster("neucodec-gpu-c-0", "INIT", now - 601), _cluster("neucodec-gpu-d-0", "UP", now - 30),
+                _cluster("neucodec-gpu-e-0", "STOPPED", now - 30), _cluster("neucodec-gpu-f-0", "INIT", None)]
+    boxes = [_box("neucodec-gpu-d-0-0")]  # d's node 0 beats already
+    recent = {"neucodec-gpu-g-0": now - 5, "neucodec-gpu-h-0": now - 700}
+    gpus, names = starting_gpus(clusters, boxes, recent, settings, now)
+    assert names == ["neucodec-gpu-a-0", "neucodec-gpu-b-0", "neucodec-gpu-f-0", "neucodec-gpu-g-0"]
+    assert gpus == 4 * 2
+
+
+def test_the_sensor_without_a_cap_is_stopped_and_says_why():
+    import dagster as dg
+
+    sensor = fleet_sizing_sensor(load_settings({}))
+    assert sensor.default_status == dg.DefaultSensorStatus.STOPPED
+    context = dg.build_sensor_context()
+    result = sensor(context)
+    assert isinstance(result, dg.SkipReason) and "no cap is set" in result.skip_message
+    assert json.loads(context.cursor)["decision"]["launch_boxes"] == 0

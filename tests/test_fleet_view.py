@@ -139,6 +139,17 @@ def test_fleet_view_and_sizing_on_real_workers(postgres_db, tmp_path: Path, monk
             assert task.envs["BOX"] == kwargs["cluster_name"] and kwargs["down"] is True
             assert task.secrets["DAGSTER_PG_PASSWORD"].get_secret_value() == "value-of-DAGSTER_PG_PASSWORD"
 
+            # The clusters the sensor asked for, as SkyPilot lists them, next to the boxes.
+            assert main(["fleet", "--json", "--clusters", "--boxes", tag]) == 0
+            clusters = json.loads(capsys.readouterr().out)["clusters"]
+            assert sorted(c["name"] for c in clusters) == sorted(kw["cluster_name"] for _, kw in sky_api.launches)
+            assert {c["status"] for c in clusters} == {"INIT"}
+            # `status --json` carries the same view under `fleet` (the fleet's Redis is configured here).
+            assert main(["status", "--json", "--no-bucket"]) == 0
+            section = json.loads(capsys.readouterr().out)["fleet"]
+            assert section["busy_gpus"] == 2 and section["queue"]["queued"] == 6
+            assert [b["box"] for b in section["boxes"] if b["silent"]] == [gone]
+
             # A spend cap without a price: refused, with the reason, and nothing launched.
             monkeypatch.delenv("NEUCODEC_FLEET_MAX_GPUS")
             monkeypatch.delenv("NEUCODEC_GPU_HOUR_PRICE")
