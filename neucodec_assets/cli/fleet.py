@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from neucodec_assets.fleet.view import FleetView
+from neucodec_assets.fleet.view import SILENT_AFTER_BEATS, FleetView
 from neucodec_assets.progress.render import format_duration
 
 
@@ -28,7 +28,7 @@ def format_fleet(view: FleetView) -> str:
         flags = []
         if box.silent:
             flags.append(f"SILENT (no beat for {_age(box.last_beat_age_seconds)}, more than "
-                         f"{3 * view.beat_interval_seconds:.0f} s)")
+                         f"{SILENT_AFTER_BEATS * view.beat_interval_seconds:.0f} s)")
         if box.old_code:
             flags.append(f"old code {', '.join(v for v in box.code_versions if v != view.code_location_version)}")
         lines.append(f"box {box.box}: {len(box.gpus)} workers, last beat {_age(box.last_beat_age_seconds)} ago"

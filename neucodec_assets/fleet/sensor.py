@@ -105,7 +105,7 @@ def fleet_sizing_sensor(settings: Settings | None = None) -> dg.SensorDefinition
             "launches_per_tick": settings.fleet_launches_per_tick})},
     )
     def fleet_sizing(context: dg.SensorEvaluationContext) -> dg.SkipReason:
-        decision, message, cursor = evaluate(context)
+        _decision, message, cursor = evaluate(context)
         context.log.info(f"fleet_sizing: {message}")
         context.update_cursor(json.dumps(cursor, sort_keys=True))
         return dg.SkipReason(message)

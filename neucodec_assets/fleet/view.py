@@ -15,9 +15,11 @@ from typing import Any
 
 import dagster as dg
 
+from gpu_executor.launch.code_version import code_location_version
 from gpu_executor.launch.coordinator import encodes
-from gpu_executor.launch.worker_beats import WorkerBeat
-from neucodec_assets.progress.summary import ProgressSummary
+from gpu_executor.launch.worker_beats import NO_STORE, WorkerBeat, beats_url, broker_now, read_beats, redis_client
+from gpu_executor.settings import load_settings
+from neucodec_assets.progress.summary import ProgressSummary, read_progress_summary
 
 SILENT_AFTER_BEATS = 3  # a box with no beat for this many beat intervals is shown as silent
 WHAT_IF_GPUS = (50, 100, 200)
@@ -177,11 +179,6 @@ def read_view(instance: dg.DagsterInstance, *, summary: ProgressSummary | None =
               read_summary: bool = True) -> FleetView:
     """The view now: beats from the broker's Redis (or NEUCODEC_WORKER_BEATS_URL), the code location's version and
     the settings' beat interval and price. Raises FleetUnavailable when there is no Redis to read beats from."""
-    from gpu_executor.launch.code_version import code_location_version
-    from gpu_executor.launch.worker_beats import NO_STORE, beats_url, broker_now, read_beats, redis_client
-    from gpu_executor.settings import load_settings
-    from neucodec_assets.progress.summary import read_progress_summary
-
     settings = load_settings()
     url = beats_url()
     if url is None:
