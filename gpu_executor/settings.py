@@ -209,9 +209,9 @@ class Settings(BaseModel):
         15.0, "fleet", "how often a GPU worker writes its run heartbeat (the launcher fails runs silent for "
         "`heartbeat_timeout_seconds`)", read="worker", gt=0)
     celery_cpu_queue: str | None = setting(
-        None, "fleet", "queue of runs that need no GPU (progress, SFT, checks) on the Celery profile: used only "
-        "while a live worker consumes it (the launcher's `cpu_queue`)", read="instance",
-        shown_default="unset (they run on the control host)")
+        None, "fleet", "queue of runs that need no GPU (progress, SFT, checks) on the Celery profile, used only "
+        "while a live worker consumes it; otherwise they run on the control host (the launcher's `cpu_queue`)",
+        read="instance", shown_default="the launcher's `default_queue` (`dagster`)")
     worker_beat_seconds: float = setting(
         10.0, "fleet", "how often each Celery worker publishes its heartbeat (state, run, code version) to Redis",
         read="worker", gt=0)

@@ -64,8 +64,11 @@ def _needs_redis() -> None:
 class Fleet:
     """An instance on the CeleryGpuRunLauncher, the daemons in-process, and gpu-worker boxes as processes."""
 
-    def __init__(self, tmp: Path, pg_url: str, broker: str, pool_limit: int, start_timeout_s: int = 120) -> None:
+    def __init__(self, tmp: Path, pg_url: str, broker: str, pool_limit: int, start_timeout_s: int = 120,
+                 target: dict[str, str] | None = None, location: str = LOCATION) -> None:
         self.tmp, self.broker = tmp, broker
+        # The code location: celery_jobs.py by default; e.g. {"module_name": "neucodec_assets.definitions"}.
+        self.target, self.location = target or {"python_file": str(JOBS_FILE), "attribute": "defs"}, location
         suffix = uuid.uuid4().hex[:8]
         self.gpu_queue, self.cpu_queue = f"gpu-{suffix}", f"dagster-{suffix}"
         self.home = tmp / "home"
@@ -93,9 +96,8 @@ class Fleet:
     def running(self) -> Iterator["Fleet"]:
         origin = InProcessCodeLocationOrigin(
             loadable_target_origin=LoadableTargetOrigin(
-                executable_path=sys.executable, python_file=str(JOBS_FILE), attribute="defs",
-                working_directory=str(JOBS_FILE.parent.parent)),
-            location_name=LOCATION,
+                executable_path=sys.executable, working_directory=str(JOBS_FILE.parent.parent), **self.target),
+            location_name=self.location,
         )
         try:
             with dg.DagsterInstance.from_config(str(self.home)) as instance, \

@@ -5,7 +5,12 @@ reaches the worker through the broker, and reads the task's state for run monito
 rented boxes, added here:
 
 - routing: runs in the `gpu` pool go to the `gpu` queue (one Celery worker per GPU consumes it, see
-  gpu_executor.launch.celery_worker), every other run to the default queue; a run's own `dagster-celery/queue` tag wins;
+  gpu_executor.launch.celery_worker); runs that need no GPU (progress refresh, SFT, checks-only runs) run on the
+  control host as `dagster api execute_run` processes (GpuRunLauncher's way, without a GPU), unless a live worker
+  consumes the CPU queue (``cpu_queue``, NEUCODEC_CELERY_CPU_QUEUE, else ``default_queue``; a fresh heartbeat,
+  gpu_executor.launch.worker_beats); a run's own `dagster-celery/queue` tag wins. A run sent to a queue that no live
+  worker consumes gets a warning in its events at once (and a `neucodec/queue_warning` tag `status` shows), rather
+  than only the start timeout's failure;
 - a dead box is noticed: Celery leaves a SIGKILLed worker's task STARTED forever, so the worker writes a heartbeat
   counter into a run tag and the monitoring daemon fails a STARTED run whose counter stopped moving for
   ``heartbeat_timeout_seconds`` (measured on the daemon's clock, so box clocks do not matter). Run retries then
@@ -41,8 +46,16 @@ from gpu_executor.launch.dagster_internals import (
     LaunchRunContext,
     WorkerStatus,
 )
+from gpu_executor.launch.code_version import code_location_version
 from gpu_executor.launch.coordinator import encodes
-from gpu_executor.launch.names import GPU_POOL, HEARTBEAT_TAG, WORKER_TAG
+from gpu_executor.launch.names import (
+    CODE_VERSION_TAG,
+    GPU_POOL,
+    HEARTBEAT_TAG,
+    PID_TAG,
+    QUEUE_WARNING_TAG,
+    WORKER_TAG,
+)
 from gpu_executor.settings import Settings, load_settings
 
 GPU_QUEUE = "gpu"
@@ -50,6 +63,8 @@ DEFAULT_QUEUE = "dagster"
 BROKER_ENVS = Settings.env_names("celery_broker")
 BACKEND_ENVS = Settings.env_names("celery_backend")
 DEFAULT_HEARTBEAT_TIMEOUT_S = 120
+#: A queue counts as consumed while one of its workers beat within this many beat intervals.
+LIVE_BEATS = 3
 
 #: Celery settings both sides need. A publish retries while the broker restarts instead of failing the launch.
 COMMON_SETTINGS: dict[str, Any] = {
@@ -104,6 +119,7 @@ class CeleryGpuRunLauncher(CeleryRunLauncher):
         gpu_queue: str = GPU_QUEUE,
         gpu_pool: str = GPU_POOL,
         heartbeat_timeout_seconds: int = DEFAULT_HEARTBEAT_TIMEOUT_S,
+        cpu_queue: str | None = None,
     ) -> None:
         broker = broker or broker_from_env()
         super().__init__(default_queue=default_queue, broker=broker, backend=backend or default_backend(broker),
@@ -111,26 +127,82 @@ class CeleryGpuRunLauncher(CeleryRunLauncher):
         self.gpu_queue = gpu_queue
         self.gpu_pool = gpu_pool
         self.heartbeat_timeout_seconds = heartbeat_timeout_seconds
-        configure_app(self.celery, [default_queue, gpu_queue])
+        self.cpu_queue = cpu_queue or load_settings().celery_cpu_queue or default_queue
+        self._broker = broker
+        self._local: Any = None  # the control host's GpuRunLauncher, for runs that need no GPU (built on first use)
+        configure_app(self.celery, [q for q in (default_queue, gpu_queue, self.cpu_queue) if q])
         # run id -> (last heartbeat value seen, monotonic time it was first seen): the monitoring daemon's view.
         self._beats: dict[str, tuple[str | None, float]] = {}
         self._lock = threading.Lock()
 
-    def queue_for(self, run: dg.DagsterRun) -> str:
+    def live_queues(self) -> set[str] | None:
+        """Queues a worker that beat recently consumes; None when there are no heartbeats to read (RabbitMQ
+        without NEUCODEC_WORKER_BEATS_URL, or the beats' Redis unreachable)."""
+        from gpu_executor.launch.worker_beats import beats_url, broker_now, read_beats, redis_client
+
+        url = beats_url(self._broker)
+        if url is None:
+            return None
+        try:
+            client = redis_client(url)
+            now, beats = broker_now(client), read_beats(client)
+        except Exception:
+            return None
+        fresh = LIVE_BEATS * load_settings().worker_beat_seconds + 5
+        return {q for b in beats if b.state != "draining" and b.age(now) <= fresh for q in b.queues}
+
+    def queue_for(self, run: dg.DagsterRun) -> str | None:
+        """The Celery queue of a run, or None: it runs on the control host."""
         if DAGSTER_CELERY_QUEUE_TAG in run.tags:
             return run.tags[DAGSTER_CELERY_QUEUE_TAG]
-        return self.gpu_queue if encodes(run, self.gpu_pool) else self.default_queue
+        if encodes(run, self.gpu_pool):
+            return self.gpu_queue
+        if self.cpu_queue and self.cpu_queue in (self.live_queues() or set()):
+            return self.cpu_queue
+        return None
+
+    @property
+    def local(self) -> Any:
+        """GpuRunLauncher with no GPU: how Dagster's default launcher would start a run on this host."""
+        if self._local is None:
+            from gpu_executor.launch.host_launcher import GpuRunLauncher
+
+            local = GpuRunLauncher(gpus=[], cpu_slots=1, gpu_pool=self.gpu_pool)
+            local.register_instance(self._instance)
+            self._local = local
+        return self._local
+
+    @staticmethod
+    def _runs_here(run: dg.DagsterRun) -> bool:
+        """Launched on the control host (a pid, no Celery task)."""
+        return DAGSTER_CELERY_TASK_ID_TAG not in run.tags and bool(run.tags.get(PID_TAG))
 
     def launch_run(self, context: LaunchRunContext) -> None:
         run = context.dagster_run
         queue = self.queue_for(run)
+        if queue is None:
+            self._instance.add_run_tags(run.run_id, {CODE_VERSION_TAG: code_location_version()})
+            run = self._instance.get_run_by_id(run.run_id)
+            self.local.launch_run(LaunchRunContext(dagster_run=run, workspace=context.workspace))
+            return
         if run.tags.get(DAGSTER_CELERY_QUEUE_TAG) != queue:
             self._instance.add_run_tags(run.run_id, {DAGSTER_CELERY_QUEUE_TAG: queue})
+            run = self._instance.get_run_by_id(run.run_id)
+        live = self.live_queues()
+        if live is not None and queue not in live:
+            warning = (f"no live worker consumes Celery queue {queue!r} (no heartbeat from one in the last "
+                       f"{LIVE_BEATS * load_settings().worker_beat_seconds + 5:.0f} s): this run waits there until a "
+                       f"worker for it starts (`neucodec-platform gpu-worker`), or until run monitoring's start "
+                       "timeout fails it")
+            self._instance.add_run_tags(run.run_id, {QUEUE_WARNING_TAG: warning})
+            self._instance.report_engine_event(f"WARNING: {warning}.", run, cls=self.__class__)
             run = self._instance.get_run_by_id(run.run_id)
         super().launch_run(LaunchRunContext(dagster_run=run, workspace=context.workspace))
 
     def terminate(self, run_id: str) -> bool:
         run = self._instance.get_run_by_id(run_id)
+        if run is not None and self._runs_here(run):
+            return self.local.terminate(run_id)
         if run is None or run.is_finished or DAGSTER_CELERY_TASK_ID_TAG not in run.tags:
             return False
         # CANCELING first, as Dagster's own launchers do: the run process, interrupted by the revoke's SIGTERM,
@@ -158,6 +230,8 @@ class CeleryGpuRunLauncher(CeleryRunLauncher):
             return now - seen[1]
 
     def check_run_worker_health(self, run: dg.DagsterRun) -> CheckRunHealthResult:
+        if self._runs_here(run):
+            return self.local.check_run_worker_health(run)
         task_id = run.tags.get(DAGSTER_CELERY_TASK_ID_TAG)
         if not task_id:
             return CheckRunHealthResult(WorkerStatus.UNKNOWN, "no Celery task yet")
@@ -184,6 +258,8 @@ class CeleryGpuRunLauncher(CeleryRunLauncher):
         return CheckRunHealthResult(WorkerStatus.UNKNOWN, f"Celery task {state}")
 
     def get_run_worker_debug_info(self, run: dg.DagsterRun, include_container_logs: bool | None = True) -> str | None:
+        if self._runs_here(run):
+            return self.local.get_run_worker_debug_info(run, include_container_logs)
         if DAGSTER_CELERY_TASK_ID_TAG not in run.tags:
             return None
         try:
@@ -203,6 +279,10 @@ class CeleryGpuRunLauncher(CeleryRunLauncher):
         config["gpu_queue"] = Field(StringSource, is_required=False, default_value=GPU_QUEUE,
                                     description="Queue of runs in the GPU pool (the GPU workers consume it).")
         config["gpu_pool"] = Field(StringSource, is_required=False, default_value=GPU_POOL)
+        config["cpu_queue"] = Field(
+            Noneable(StringSource), is_required=False,
+            description="Queue of runs that need no GPU, used only while a live worker consumes it (else they run "
+            "on the control host); default: NEUCODEC_CELERY_CPU_QUEUE, else default_queue.")
         config["heartbeat_timeout_seconds"] = Field(
             IntSource, is_required=False, default_value=DEFAULT_HEARTBEAT_TIMEOUT_S,
             description="A STARTED run whose worker heartbeat did not move for this long is failed (and retried).")

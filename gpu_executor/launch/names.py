@@ -23,3 +23,5 @@ HEARTBEAT_TAG = "neucodec/celery_heartbeat"
 WORKER_TAG = "neucodec/celery_worker"
 #: The code version (gpu_executor.launch.code_version) of the process that executed the run.
 CODE_VERSION_TAG = "neucodec/code_version"
+#: Set at launch when no live worker consumes the run's Celery queue: the warning, as `status` shows it.
+QUEUE_WARNING_TAG = "neucodec/queue_warning"
