@@ -99,3 +99,18 @@ def test_the_sensor_without_a_cap_is_stopped_and_says_why():
     result = sensor(context)
     assert isinstance(result, dg.SkipReason) and "no cap is set" in result.skip_message
     assert json.loads(context.cursor)["decision"]["launch_boxes"] == 0
+
+
+def test_without_a_broker_the_view_and_the_sensor_say_what_to_set(monkeypatch, capsys):
+    import dagster as dg
+
+    from neucodec_assets.cli import main
+
+    for name in ("NEUCODEC_CELERY_BROKER", "CELERY_BROKER_URL", "NEUCODEC_WORKER_BEATS_URL"):
+        monkeypatch.delenv(name, raising=False)
+    assert main(["fleet"]) == 2
+    assert "set NEUCODEC_CELERY_BROKER" in capsys.readouterr().err
+    monkeypatch.setenv("NEUCODEC_FLEET_MAX_GPUS", "4")
+    with dg.instance_for_test() as instance:
+        result = fleet_sizing_sensor(load_settings())(dg.build_sensor_context(instance=instance))
+    assert isinstance(result, dg.SkipReason) and result.skip_message.startswith("no decision: no broker")

@@ -211,6 +211,11 @@ def _cmd_fleet(args: argparse.Namespace) -> int:
         request_drain(redis_client(url), args.box)
         print(f"drain requested for box {args.box}: its workers finish their runs, take no more, and exit")
         return 0
+    from gpu_executor.launch.worker_beats import beats_url
+
+    if beats_url() is None:  # before opening the instance: nothing to show without heartbeats
+        raise CliError("no worker heartbeats to read: set NEUCODEC_CELERY_BROKER to the fleet's Redis broker (or "
+                       "NEUCODEC_WORKER_BEATS_URL to a Redis, with a RabbitMQ broker)")
     with _instance() as instance:
         try:
             view = read_view(instance, box_prefix=args.boxes)
