@@ -54,7 +54,8 @@ def test_the_shipped_task_validates_with_skypilot():
     # The command each node runs, through bash with the task's envs, is one the platform's CLI accepts.
     script = "neucodec-platform() { printf '%s\\n' \"$@\"; }\n" + task.run.replace("exec ", "", 1)
     env = {**task.envs, "SKYPILOT_NODE_RANK": "0", "PATH": os.environ["PATH"]}
-    argv = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, check=True).stdout.split("\n")[:-1]
+    out = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, check=True).stdout
+    argv = out.split("\n")[:-1]
     args = build_parser().parse_args(argv)
     assert args.command == "gpu-worker" and args.gpus == "auto" and args.exit_when_idle == 600
     assert args.name.endswith("-0") and args.name != "-0"
@@ -128,7 +129,8 @@ def test_the_fleet_is_listed_and_torn_down_through_skypilot(secrets, sky_api, ca
     sky_api.extra_clusters = [sky_api.record("someone-elses-cluster", "UP", 1000),
                               sky_api.record("neucodec-gpu-old-0", "UP", 1000)]
     fleet = skypilot.list_fleet(settings)
-    assert [c.name for c in fleet] == sorted([kw["cluster_name"] for _, kw in sky_api.launches] + ["neucodec-gpu-old-0"])
+    launched = [kw["cluster_name"] for _, kw in sky_api.launches]
+    assert [c.name for c in fleet] == sorted([*launched, "neucodec-gpu-old-0"])
     assert {c.name: c.status for c in fleet}["neucodec-gpu-old-0"] == "UP"
     assert sum(c.starting for c in fleet) == 2
     with pytest.raises(skypilot.FleetError, match="someone-elses-cluster"):

@@ -136,8 +136,9 @@ def build_view(beats: Sequence[WorkerBeat], now: float, *, instance: dg.DagsterI
     for box, box_beats in sorted(by_box.items()):
         age = min(b.age(now) for b in box_beats)
         versions = sorted({b.code_version for b in box_beats})
-        gpus = [GpuView(worker=b.worker, gpu=b.gpu, state=b.state, run_id=b.run_id, shards=run_shards(runs.get(b.run_id)),
-                        since=b.run_started_at if b.run_id else b.idle_since(), code_version=b.code_version)
+        gpus = [GpuView(worker=b.worker, gpu=b.gpu, state=b.state, run_id=b.run_id,
+                        shards=run_shards(runs.get(b.run_id)), code_version=b.code_version,
+                        since=b.run_started_at if b.run_id else b.idle_since())
                 for b in sorted(box_beats, key=lambda b: b.worker)]
         boxes.append(BoxView(box=box, gpus=gpus, last_beat_age_seconds=round(age, 1), silent=age > silent_after,
                              code_versions=versions, old_code=any(v != code_location_version for v in versions)))
@@ -167,10 +168,11 @@ def build_view(beats: Sequence[WorkerBeat], now: float, *, instance: dg.DagsterI
     old = [b.box for b in boxes if b.old_code and not b.silent]
     if old:
         notes.append(f"{len(old)} boxes run old code (code location: {code_location_version}): drain them and launch "
-                     "new ones (README, \"Upgrading the fleet\")")
+                     "new ones (README, \"Renting a fleet\": upgrading it)")
     return FleetView(now=now, code_location_version=code_location_version, beat_interval_seconds=beat_interval_seconds,
                      boxes=boxes, queue=queue, busy_gpus=busy, idle_gpus=idle, draining_gpus=draining,
-                     silent_boxes=silent, old_code_boxes=old, hours_remaining=remaining, fleet_hours_per_hour=fleet_rate,
+                     silent_boxes=silent, old_code_boxes=old, hours_remaining=remaining,
+                     fleet_hours_per_hour=fleet_rate,
                      hours_per_gpu_hour=per_gpu, eta_seconds=eta, gpu_hours_remaining=gpu_hours, cost_remaining=cost,
                      gpu_hour_price=gpu_hour_price, what_ifs=what_ifs, notes=notes)
 
