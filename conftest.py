@@ -8,4 +8,5 @@ pytest_plugins = [
     "tests.fixtures.platform",
     "tests.fixtures.backfills",
     "tests.fixtures.webhook",
+    "tests.fixtures.skypilot",
 ]

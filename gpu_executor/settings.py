@@ -44,6 +44,7 @@ READ_AT = {
     "command": "command start",
     "instance": "instance load",
     "launcher": "set by the launcher",
+    "tick": "command start or sensor tick",
 }
 MASK = "***"
 
@@ -238,6 +239,38 @@ class Settings(BaseModel):
     compute_log_bucket: str | None = setting(
         None, "fleet", "bucket of the run workers' stdout/stderr on Kubernetes", read="instance",
         shown_default="required by `deploy/k8s/dagster.yaml`")
+    fleet_task: str | None = setting(
+        None, "fleet", "the SkyPilot task of one GPU box that `fleet up` and `fleet_sizing` launch",
+        read="tick", shown_default="the repository's `deploy/skypilot/gpu-worker.yaml`")
+    fleet_image: str | None = setting(
+        None, "fleet", "the box image, e.g. `docker:REGISTRY/neucodec-platform:TAG` (replaces the task's "
+        "`image_id`)", read="tick", shown_default="the task's `image_id`")
+    fleet_accelerators: str | None = setting(
+        None, "fleet", "comma-separated acceptable GPUs, e.g. `RTX4090,RTX3090,A100` (replaces the task's)",
+        read="tick", shown_default="the task's `accelerators`")
+    fleet_spot: bool | None = setting(
+        None, "fleet", "`1`/`0`: rent spot/interruptible boxes", read="tick",
+        shown_default="the task's `use_spot`")
+    fleet_gpus_per_box: int = setting(1, "fleet", "GPUs of each rented box (the task asks for this many)",
+                                      read="tick", ge=1)
+    fleet_idle: str = setting("10m", "fleet", "a box's worker exits after this long without a run "
+                              "(`gpu-worker --exit-when-idle`), and SkyPilot releases the box", read="tick")
+    fleet_cluster_prefix: str = setting(
+        "neucodec-gpu", "fleet", "name prefix of the fleet's SkyPilot clusters (`fleet down` tears down these)",
+        read="tick", pattern=r"^[a-z][a-z0-9-]{0,30}$")
+    fleet_max_gpus: int | None = setting(
+        None, "fleet", "cap on the fleet's GPUs for `fleet_sizing` (with it or a spend cap the sensor is "
+        "defined)", read="location", shown_default="unset (no automatic sizing)", ge=0)
+    fleet_max_spend_per_hour: float | None = setting(
+        None, "fleet", "cap on the fleet's spend per hour for `fleet_sizing` (needs `NEUCODEC_GPU_HOUR_PRICE`)",
+        read="location", shown_default="unset", ge=0)
+    fleet_launches_per_tick: int = setting(2, "fleet", "boxes one `fleet_sizing` tick launches at most",
+                                           read="tick", ge=1)
+    fleet_box_start_seconds: float = setting(
+        900.0, "fleet", "a launched box that has not sent a heartbeat within this long is no longer counted as "
+        "starting", read="tick", gt=0)
+    fleet_interval_seconds: int = setting(120, "fleet", "how often `fleet_sizing` evaluates", read="location",
+                                          ge=10)
 
     # -- Dagster and the system --------------------------------------------------------------------------------
     dagster_home: str | None = setting(

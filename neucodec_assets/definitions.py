@@ -13,6 +13,7 @@ import dagster as dg
 
 from gpu_executor.settings import Settings, load_settings
 from neucodec_assets.automation import automation_sensor, dataset_condition
+from neucodec_assets.fleet.sensor import fleet_sizing_sensor
 from neucodec_assets.progress.alerts import alert_sensor
 from neucodec_assets.progress.asset import (
     encoding_progress,
@@ -54,7 +55,8 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         jobs=[neucodec_tokens_job, encoding_progress_job],
         schedules=[progress_schedule(settings.progress_cron)],
         sensors=[discovery_sensor(settings.discovery_interval_seconds), automation_sensor(settings),
-                 alert_sensor(settings.alert_webhook_url is not None), encoding_progress_after_backfills],
+                 alert_sensor(settings.alert_webhook_url is not None), encoding_progress_after_backfills,
+                 fleet_sizing_sensor(settings)],
         resources={"bucket": BucketResource(), "encoder": EncoderResource(), "sft": SftResource()},
         executor=dg.in_process_executor,
     )

@@ -146,3 +146,25 @@ def test_private_dagster_imports_only_in_the_internals_module():
             if _top(module) in DAGSTER_FAMILY and any(part.startswith("_") for part in module.split(".")[1:]):
                 violations.append(f"{_where(path, line)} imports {module}")
     assert not violations, "\n".join(violations)
+
+
+SKYPILOT_ADAPTER = ROOT / "neucodec_assets" / "fleet" / "skypilot.py"
+
+
+def test_only_the_fleet_adapter_imports_skypilot_and_only_when_called():
+    """SkyPilot is the optional `fleet` extra: one module imports it, inside its functions, never at import time.
+    (The product's third-party imports never import sky themselves: it is a leaf of the dependency tree.)"""
+    violations = []
+    for path in _files(*PRODUCT, ROOT / "bench"):
+        tree = ast.parse(path.read_text(), filename=str(path))
+        top_level = {id(node) for node in tree.body}
+        for node in ast.walk(tree):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module] if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 else []
+            if not any(_top(n) == "sky" for n in names):
+                continue
+            if path != SKYPILOT_ADAPTER:
+                violations.append(f"{_where(path, node.lineno)}: only {SKYPILOT_ADAPTER.relative_to(ROOT)} imports sky")
+            elif id(node) in top_level:
+                violations.append(f"{_where(path, node.lineno)}: import sky inside the functions that call it")
+    assert not violations, "\n".join(violations)  # so no import of the product's modules can load sky

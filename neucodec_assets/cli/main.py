@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 from pathlib import Path
@@ -152,7 +153,85 @@ def _cmd_status(args: argparse.Namespace) -> int:
                                "every 10 minutes), or run `status` without --recorded to compute one now")
         else:
             summary = refresh(instance, bucket, progress_prefix(), save=False, max_reads=args.max_reads)
-    print(json.dumps(summary.to_json(), indent=1) if args.json else format_text(summary))
+        fleet = _fleet_section(instance, summary) if args.json else None
+    data = summary.to_json()
+    if fleet is not None:
+        data["fleet"] = fleet
+    print(json.dumps(data, indent=1) if args.json else format_text(summary))
+    return 0
+
+
+def _fleet_section(instance, summary) -> dict | None:
+    """`status --json`'s `fleet` object where the fleet's Redis is configured (a broker or beats URL), else None."""
+    from gpu_executor.launch.worker_beats import beats_url
+    from neucodec_assets.fleet.view import FleetUnavailable, read_view
+
+    if beats_url() is None:
+        return None
+    try:
+        return read_view(instance, summary=summary).to_json()
+    except FleetUnavailable as exc:
+        return {"unavailable": str(exc)}
+
+
+def _cmd_fleet(args: argparse.Namespace) -> int:
+    """The fleet view (heartbeats, queue, ETA, what-ifs), or one of up / down / drain."""
+    import json
+
+    from gpu_executor.settings import load_settings
+    from neucodec_assets.fleet import skypilot
+    from neucodec_assets.fleet.view import FleetUnavailable, read_view
+
+    settings = load_settings()
+    action = getattr(args, "fleet_command", None)
+    try:
+        if action == "up":
+            launches = skypilot.launch_boxes(settings, args.count, code_version=settings.code_version)
+            for launch in launches:
+                print(f"{launch.cluster}: requested ({launch.request_id}; follow it with `sky api logs "
+                      f"{launch.request_id}`)")
+            print(f"{len(launches)} boxes asked for; each releases itself when its worker has been idle for "
+                  f"{settings.fleet_idle}; `neucodec-platform fleet` shows them as they join")
+            return 0
+        if action == "down":
+            if not args.clusters and not args.all:
+                raise CliError("name the clusters to tear down, or --all for every cluster of the fleet")
+            done = skypilot.tear_down(settings, None if args.all else args.clusters)
+            print(f"torn down {len(done)} clusters: {', '.join(done) or '-'}")
+            return 0
+    except skypilot.FleetError as exc:
+        raise CliError(str(exc)) from exc
+    if action == "drain":
+        from gpu_executor.launch.box_drain import request_drain
+        from gpu_executor.launch.worker_beats import NO_STORE, beats_url, redis_client
+
+        url = beats_url()
+        if url is None:
+            raise CliError(NO_STORE)
+        request_drain(redis_client(url), args.box)
+        print(f"drain requested for box {args.box}: its workers finish their runs, take no more, and exit")
+        return 0
+    from gpu_executor.launch.worker_beats import beats_url
+
+    if beats_url() is None:  # before opening the instance: nothing to show without heartbeats
+        raise CliError("no worker heartbeats to read: set NEUCODEC_CELERY_BROKER to the fleet's Redis broker (or "
+                       "NEUCODEC_WORKER_BEATS_URL to a Redis, with a RabbitMQ broker)")
+    with _instance() as instance:
+        try:
+            view = read_view(instance, box_prefix=args.boxes)
+        except FleetUnavailable as exc:
+            raise CliError(str(exc)) from exc
+        if args.clusters:
+            try:
+                view = dataclasses.replace(view, clusters=[c.to_json() for c in skypilot.list_fleet(settings)])
+            except skypilot.FleetError as exc:
+                raise CliError(str(exc)) from exc
+    if args.json:
+        print(json.dumps(view.to_json(), indent=1))
+    else:
+        from neucodec_assets.cli.fleet import format_fleet
+
+        print(format_fleet(view))
     return 0
 
 
@@ -288,6 +367,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recorded", action="store_true",
                    help="print the summary encoding_progress last recorded instead of computing one now")
     p.set_defaults(func=_cmd_status)
+
+    p = sub.add_parser(
+        "fleet", parents=[verbosity],
+        help="the rented GPU fleet: boxes, GPUs and their runs from the heartbeats, runs waiting, ETA and what-ifs; "
+        "`fleet up N` / `fleet down` / `fleet drain BOX`",
+    )
+    p.add_argument("--json", action="store_true", help="print the view as JSON")
+    p.add_argument("--boxes", default="", metavar="PREFIX", help="only boxes whose name starts with PREFIX")
+    p.add_argument("--clusters", action="store_true", help="also list the fleet's SkyPilot clusters and their state")
+    p.set_defaults(func=_cmd_fleet)
+    fleet_sub = p.add_subparsers(dest="fleet_command")
+    q = fleet_sub.add_parser("up", help="rent N GPU boxes through SkyPilot (deploy/skypilot/gpu-worker.yaml)")
+    q.add_argument("count", type=int, help="how many boxes")
+    q = fleet_sub.add_parser("down", help="tear down the fleet's SkyPilot clusters (runs on them are retried)")
+    q.add_argument("clusters", nargs="*", help="cluster names (`fleet --clusters` lists them)")
+    q.add_argument("--all", action="store_true", help="every cluster of the fleet (NEUCODEC_FLEET_CLUSTER_PREFIX)")
+    q = fleet_sub.add_parser("drain", help="ask a box's workers to finish their runs, take no more, and exit")
+    q.add_argument("box", help="the box name, as `fleet` shows it")
 
     p = sub.add_parser(
         "demo", parents=[verbosity],
