@@ -220,7 +220,7 @@ class Settings(BaseModel):
         read="worker", shown_default="the broker, when it is Redis (with RabbitMQ: no heartbeats)")
     code_version: str | None = setting(
         None, "fleet", "the code version a process reports (e.g. the image tag), in heartbeats and run tags",
-        read="worker", shown_default="`git describe --always --dirty`, else package version + source hash")
+        read="worker", shown_default="package version + a hash of its sources")
     k8s_gpus: int = setting(1, "fleet", "GPU limit per Kubernetes encoding run", read="instance", ge=0)
     k8s_gpu_resource: str = setting("nvidia.com/gpu", "fleet", "the GPU's extended resource name",
                                     read="instance")

@@ -1,16 +1,15 @@
 """One string naming the code a process runs, so a fleet view can tell which boxes run old code.
 
-NEUCODEC_CODE_VERSION when it is set (an image tag); else `git describe --always --dirty` of the checkout this
-package lives in; else the installed package version plus a hash of the package's .py files (an image built
-without .git). Recorded in each worker's heartbeat and as the `neucodec/code_version` tag of every run it takes.
-No torch and no Dagster here.
+NEUCODEC_CODE_VERSION when it is set (an image tag); else the package version plus a hash of the platform's .py
+files. The hash, not `git describe`: a control host's checkout and an image built from the same code (without .git)
+then report the same version, and an edited checkout a new one. Recorded in each worker's heartbeat and as the
+`neucodec/code_version` tag of every run it takes. No torch and no Dagster here.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
-import subprocess
 from importlib import metadata
 from pathlib import Path
 
@@ -22,8 +21,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def code_version() -> str:
-    """This process's code version (the env var wins; the checkout's is computed once)."""
-    return load_settings().code_version or _checkout_version()
+    """This process's code version (the env var wins; the source hash is computed once)."""
+    return load_settings().code_version or _source_version()
 
 
 def code_location_version() -> str:
@@ -32,15 +31,7 @@ def code_location_version() -> str:
 
 
 @functools.lru_cache(maxsize=1)
-def _checkout_version() -> str:
-    if (ROOT / ".git").exists():
-        try:
-            out = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"], capture_output=True,
-                                 text=True, timeout=20, check=True).stdout.strip()
-            if out:
-                return out
-        except (OSError, subprocess.SubprocessError):
-            pass
+def _source_version() -> str:
     return f"{_package_version()}+{source_hash()}"
 
 
