@@ -49,7 +49,7 @@ def tokens_condition() -> dg.AutomationCondition:
 class InFlightCap(dg.AutomationCondition):
     """True for the operand's partitions, but only as many as fit beside those already in flight (running, queued
     or in a backfill in progress) under ``runs_per_slot`` x the `gpu` pool's slots x ``shards_per_run``; the first
-    in key order. The pool's slots are read at each tick (the limit the queue keeps)."""
+    discovered first. The pool's slots are read at each tick (the limit the queue keeps)."""
 
     def __init__(self, operand: dg.AutomationCondition, shards_per_run: int, runs_per_slot: int) -> None:
         self.operand = operand
@@ -80,9 +80,20 @@ class InFlightCap(dg.AutomationCondition):
         room = max(0, self.cap(context.asset_graph_view.instance) - flying.true_subset.size)
         true = wanted.true_subset
         if true.size > room:
-            first = sorted(true.expensively_compute_partition_keys())[:room]
+            # The first in the definition's order (discovery order for dynamic partitions): a subset in few key
+            # ranges, which Dagster's cursor and backfill code handle range by range.
+            wanted_keys = true.expensively_compute_partition_keys()
+            first = [k for k in partition_order(context) if k in wanted_keys][:room]
             true = true.compute_intersection_with_partition_keys(set(first))
         return dg.AutomationResult(context, true, child_results=[wanted, flying])
+
+
+def partition_order(context: dg.AutomationContext) -> list[str]:
+    """The asset's partition keys in its definition's order (dynamic: as added, read from the instance)."""
+    definition = context.partitions_def
+    if isinstance(definition, dg.DynamicPartitionsDefinition) and definition.name:
+        return list(context.asset_graph_view.instance.get_dynamic_partitions(definition.name))
+    return list(definition.get_partition_keys()) if definition is not None else []
 
 
 def capped_tokens_condition(shards_per_run: int, runs_per_slot: int) -> dg.AutomationCondition:

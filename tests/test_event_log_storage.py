@@ -122,3 +122,34 @@ def test_the_daemon_backfills_keys_added_after_its_cache_filled_and_sees_targets
     finally:
         daemon.dispose()
         web.dispose()
+
+
+def test_one_process_reuses_its_connection_and_a_fork_does_not(two_processes) -> None:
+    """The storage keeps one connection per process: consecutive statements share a backend; a forked child gets
+    its own (never its parent's socket)."""
+    import os
+
+    import sqlalchemy as sa
+
+    _, reader = two_processes
+    storage = reader.event_log_storage
+
+    def backend() -> int:
+        with storage.index_connection() as conn:
+            return conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
+
+    first = backend()
+    assert backend() == first
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # the child: report its backend, or -1 on any error, and leave without cleanup
+        try:
+            os.write(write, str(backend()).encode())
+        except BaseException:
+            os.write(write, b"-1")
+        os._exit(0)
+    os.close(write)
+    answer = int(os.read(read, 64) or b"-2")
+    os.waitpid(child, 0)
+    assert answer > 0 and answer != first
+    assert backend() == first  # the parent's connection was left alone

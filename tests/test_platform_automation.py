@@ -80,7 +80,7 @@ def test_the_dataset_waits_for_pairs_in_flight(pg_instance) -> None:
 
 def test_a_tick_asks_for_what_the_pool_drains_and_tops_it_up(pg_instance) -> None:
     """100 shards without tokens, a 2-slot pool, 2 runs per slot of 3 shards: the first tick asks for 12 shards
-    (the first by key), not 100; with those in flight the next tick asks for none; as 4 end, for the next 4."""
+    (the first discovered), not 100; with those in flight the next tick asks for none; as 4 end, for the next 4."""
     pg_instance.event_log_storage.set_concurrency_slots("gpu", 2)  # the limit the queue keeps
     keys = sorted(f"ds/hi/shard_{i:06d}" for i in range(100))
     add_shard_partitions(pg_instance, keys)

@@ -38,8 +38,9 @@ from dagster._serdes import unpack_value
 # --- The caching event log storage (gpu_executor.launch.event_log_storage) ---------------------------------------
 # A subclass of PostgresEventLogStorage must build itself from the same `postgres_db` config; dagster-postgres's
 # from_config_value constructs its own class, and these two helpers (not in its documented API) turn the config into
-# the URL and token provider its constructor takes.
-from dagster_postgres.utils import get_token_provider_from_config, pg_url_from_config
+# the URL and token provider its constructor takes; create_pg_engine builds an engine as dagster-postgres does (its
+# token provider hook included), here with a connection pool.
+from dagster_postgres.utils import create_pg_engine, get_token_provider_from_config, pg_url_from_config
 
 # --- Failing a hung run from inside it (neucodec_assets.tokens.asset) -------------------------------------------
 # report_run_failed takes the failure's reason as JobFailureData; run retries read UNEXPECTED_TERMINATION as a crash.
@@ -151,6 +152,7 @@ __all__ = [
     "WorkspaceProcessContext",
     "WorkspaceRequestContext",
     "consume_new_runs_for_automatic_reexecution",
+    "create_pg_engine",
     "create_test_daemon_workspace_context",
     "execute_backfill_iteration",
     "execute_run_monitoring_iteration",
