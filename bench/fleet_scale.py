@@ -17,6 +17,7 @@ database created and dropped here (``--sqlite`` for a SQLite instance), and a wo
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import shutil
@@ -45,6 +46,11 @@ from tests.fixtures.services import (  # noqa: E402
 
 TARGET_S = 60.0
 VIEW_TARGET_S = 2.0
+RATE_TARGET = 2.0  # runs/s the daemon must create at 100,000 shards
+FLAT_TARGET = 0.7  # and at least this share of its rate at 2,000
+CHUNK_SIZE = 200  # DAGSTER_ASSET_BACKFILL_RUN_CHUNK_SIZE in the deploy profiles
+DAEMON_POLL_S = 1.0  # this bench's daemon loop; dagster-daemon's backfill daemon waits DAEMON_INTERVAL_S
+DAEMON_INTERVAL_S = 30.0
 NEW_SHARDS = 100  # added after discovery, half sorting before every known key and half after
 
 # The asset page's partition view query, as dagster-webserver 1.13.27's UI sends it (PartitionHealthQuery in the
@@ -75,28 +81,33 @@ query PartitionHealthQuery($assetKey: AssetKeyInput!) {
 """
 
 @contextmanager
-def dagster_home(sqlite: bool):
-    """A fresh DAGSTER_HOME: the repository's dagster.yaml on a new Postgres database (dropped afterwards), or
-    an empty one (SQLite storage)."""
+def dagster_home(pool: int, no_cache: bool):
+    """A fresh DAGSTER_HOME: the repository's dagster.yaml on a new Postgres database (dropped afterwards), its
+    `gpu` pool limit set to the fleet's ``pool`` slots (as the Kubernetes and Celery profiles give it);
+    ``no_cache``: dagster-postgres's own event log storage instead of the caching one."""
+    import yaml
+
     home = Path(tempfile.mkdtemp(prefix="fleet-scale-home-"))
-    db = None
     saved = dict(os.environ)
+    db = create_database("neucodec_bench")
     try:
         os.environ["DAGSTER_HOME"] = str(home)
-        if not sqlite:
-            db = create_database("neucodec_bench")
-            shutil.copy(REPO_ROOT / "dagster.yaml", home / "dagster.yaml")
-            os.environ.update({
-                "DAGSTER_PG_HOST": PG_HOST, "DAGSTER_PG_PORT": str(PG_PORT), "DAGSTER_PG_USERNAME": PG_USER,
-                "DAGSTER_PG_PASSWORD": "", "DAGSTER_PG_DB": db,
-            })
+        config = yaml.safe_load((REPO_ROOT / "dagster.yaml").read_text())
+        config["run_coordinator"]["config"]["gpu_pool_limit"] = pool
+        config["concurrency"]["runs"]["max_concurrent_runs"] = max(pool, 256)
+        if no_cache:
+            config["event_log_storage"].update(module="dagster_postgres.event_log", **{"class": "PostgresEventLogStorage"})
+        (home / "dagster.yaml").write_text(yaml.safe_dump(config))
+        os.environ.update({
+            "DAGSTER_PG_HOST": PG_HOST, "DAGSTER_PG_PORT": str(PG_PORT), "DAGSTER_PG_USERNAME": PG_USER,
+            "DAGSTER_PG_PASSWORD": "", "DAGSTER_PG_DB": db,
+        })
         yield home
     finally:
         os.environ.clear()
         os.environ.update(saved)
         shutil.rmtree(home, ignore_errors=True)
-        if db:
-            drop_database(db)
+        drop_database(db)
 
 
 def shard_prefixes(n: int) -> list[str]:
@@ -118,16 +129,42 @@ def verdict(seconds: float, target: float) -> str:
     return f"{seconds:8.2f} s  (target < {target:g} s: {'met' if seconds < target else 'NOT MET'})"
 
 
-def run_size(n: int, endpoint: str, args: argparse.Namespace) -> None:
+def drain(creates: list[float], slots: int, run_seconds: float) -> dict[str, float]:
+    """A pool of ``slots`` whose runs each take ``run_seconds``, fed by runs that appear at ``creates`` (seconds,
+    sorted): when the slots first all hold a run, and after that, the slot-seconds spent idle with nothing queued and
+    the shortest queue seen, up to the last run created (after it the rest of the backfill is unknown)."""
+    free = [0.0] * slots  # when each slot is next free
+    filled_at = None
+    idle = 0.0
+    min_queue = float("inf")
+    for i, created in enumerate(creates):
+        slot = min(range(slots), key=free.__getitem__)
+        start = max(created, free[slot])
+        if filled_at is not None and created > free[slot]:
+            idle += created - free[slot]  # the slot waited for this run: nothing was queued
+        if filled_at is None and i == slots - 1:
+            filled_at = start
+        free[slot] = start + run_seconds
+        if filled_at is not None:
+            # Runs created by `start` and not yet started: the queue as this run leaves it.
+            queued = sum(1 for c in creates[i + 1:] if c <= start)
+            min_queue = min(min_queue, queued)
+    return {"filled_at": filled_at if filled_at is not None else float("nan"), "idle_slot_seconds": idle,
+            "min_queue": min_queue if min_queue != float("inf") else 0}
+
+
+def run_size(n: int, endpoint: str, args: argparse.Namespace) -> dict[str, float]:
     import boto3
     from botocore.config import Config
     from dagster_graphql.test.utils import execute_dagster_graphql
 
-    from gpu_executor.launch.dagster_internals import WorkspaceFileTarget, create_test_daemon_workspace_context
+    from gpu_executor.launch.dagster_internals import BACKFILL_ID_TAG, WorkspaceFileTarget, WorkspaceProcessContext
+    from gpu_executor.settings import load_settings
     from neucodec_assets import cli
     from neucodec_assets.tokens import discovery_sensor
     from neucodec_assets.tokens.discovery import DiscoveryCursor
     from neucodec_assets.tokens.partitions import shards_partitions
+    from neucodec_assets.tokens.run_size import run_size as run_sizing
     from resources.dagster_resources import BucketResource
     from tests.fixtures.dagster_api import launch_asset_backfill
 
@@ -136,12 +173,18 @@ def run_size(n: int, endpoint: str, args: argparse.Namespace) -> None:
                           region_name="us-east-1", config=Config(max_pool_connections=args.threads))
     client.create_bucket(Bucket=bucket_name)
     prefixes = shard_prefixes(n)
-    print(f"\n== {n:,} shards (bucket s3://{bucket_name}, {'SQLite' if args.sqlite else 'PostgreSQL'} instance)")
+    print(f"\n== {n:,} shards (bucket s3://{bucket_name}, PostgreSQL instance, "
+          f"{'dagster-postgres event log storage' if args.no_cache else 'caching event log storage'}, "
+          f"gpu pool {args.pool} slots, NEUCODEC_SHARDS_PER_RUN={args.shards_per_run}, "
+          f"DAGSTER_ASSET_BACKFILL_RUN_CHUNK_SIZE={args.chunk_size})", flush=True)
     seconds = seed(client, bucket_name, prefixes, args.threads)
-    print(f"seeding moto: {n:,} PUTs with {args.threads} threads in {seconds:.1f} s ({n / seconds:,.0f}/s)")
+    print(f"seeding moto: {n:,} PUTs with {args.threads} threads in {seconds:.1f} s ({n / seconds:,.0f}/s)", flush=True)
 
     os.environ["NEUCODEC_BUCKET"] = f"s3://{bucket_name}"
-    with dagster_home(args.sqlite):
+    os.environ["NEUCODEC_SHARDS_PER_RUN"] = args.shards_per_run
+    os.environ["DAGSTER_ASSET_BACKFILL_RUN_CHUNK_SIZE"] = str(args.chunk_size)
+    figures: dict[str, float] = {}
+    with dagster_home(args.pool, args.no_cache) as home:
         instance = dg.DagsterInstance.get()
         try:
             # 1. discovery as a user runs it: `neucodec-platform discover` (list everything, add the partitions).
@@ -149,7 +192,7 @@ def run_size(n: int, endpoint: str, args: argparse.Namespace) -> None:
             assert cli.main(["discover"]) == 0
             discover_s = time.perf_counter() - start
             assert len(instance.get_dynamic_partitions(shards_partitions.name)) == n
-            print(f"discovery (list {n:,} shards + add partitions)  {verdict(discover_s, TARGET_S)}")
+            print(f"discovery (list {n:,} shards + add partitions)  {verdict(discover_s, TARGET_S)}", flush=True)
 
             # 2. a sensor tick where most shards are known: the cursor as the first pass left it, then new shards
             # on both sides of it (a new dataset after every key, a new one before).
@@ -167,98 +210,176 @@ def run_size(n: int, endpoint: str, args: argparse.Namespace) -> None:
             assert found == sorted(new), f"the tick found {len(found)} of {len(new)} new shards"
             budget = discovery_sensor.listing_budget()
             print(f"sensor tick ({len(found)} new found of {n + len(new):,}; budget {budget.max_keys:,} keys / "
-                  f"{budget.seconds:g} s)  {verdict(tick_s, TARGET_S)}")
+                  f"{budget.seconds:g} s)  {verdict(tick_s, TARGET_S)}", flush=True)
             instance.add_dynamic_partitions(shards_partitions.name, found)
             keys = instance.get_dynamic_partitions(shards_partitions.name)
 
             os.chdir(REPO_ROOT)
-            target = WorkspaceFileTarget(paths=[str(REPO_ROOT / "workspace.yaml")])
-            with create_test_daemon_workspace_context(target, instance) as workspace:
-                # 3. a partition backfill of every shard, launched as the UI's backfill dialog launches it.
-                start = time.perf_counter()
-                launch_asset_backfill(workspace, dg.AssetKey("neucodec_tokens"), keys, title="fleet-scale bench")
-                submit_s = time.perf_counter() - start
-                print(f"backfill submission (GraphQL launchPartitionBackfill, {len(keys):,} partitions)  "
-                      f"{verdict(submit_s, TARGET_S)}")
-
-                # 4. one backfill-daemon iteration: it plans the runs (backfill policy) and queues them all. It runs
-                # in a child process (Dagster's own iteration over this instance and workspace), stopped at
-                # --daemon-cap seconds; past the cap the time for all runs is projected from the rate so far.
-                from gpu_executor.settings import load_settings
-
-                shards_per_run = load_settings().shards_per_run
+            # 3. the backfill daemon, already running (its workspace loaded, one idle iteration done), as
+            # `dagster-daemon` would be; then a backfill of every shard launched as the UI's dialog launches it.
+            counters = home / "daemon_counters.json"
+            ready = home / "daemon_ready"
+            child = subprocess.Popen([sys.executable, __file__, "--daemon-loop", str(counters), str(ready)],
+                                     cwd=REPO_ROOT, env=dict(os.environ))
+            try:
+                deadline = time.monotonic() + 300
+                while not ready.exists():
+                    assert child.poll() is None and time.monotonic() < deadline, "the daemon loop did not start"
+                    time.sleep(0.2)
+                # What the code location computed when it loaded (the same function, the same instance state).
+                shards_per_run = run_sizing(load_settings(), instance).shards_per_run
                 expected = -(-len(keys) // shards_per_run)
-                child = subprocess.Popen([sys.executable, __file__, "--daemon-iteration"], cwd=REPO_ROOT,
-                                         env=dict(os.environ))
-                start = time.perf_counter()
-                try:
-                    child.wait(timeout=args.daemon_cap)
-                    capped = False
-                except subprocess.TimeoutExpired:
-                    child.kill()
-                    child.wait()
-                    capped = True
-                daemon_s = time.perf_counter() - start
-                runs = instance.get_runs_count()
-                rate = runs / daemon_s
-                if capped:
-                    projected = expected / rate if rate else float("inf")
-                    print(f"backfill daemon iteration: stopped after {daemon_s:.0f} s with {runs:,} of {expected:,} "
-                          f"runs queued ({rate:,.1f} runs/s, workspace load included); all runs projected at "
-                          f"{verdict(projected, TARGET_S)}")
-                else:
-                    print(f"backfill daemon iteration ({runs:,} runs of {shards_per_run} shards queued, "
-                          f"{rate:,.1f} runs/s, workspace load included)  {verdict(daemon_s, TARGET_S)}")
+                target = WorkspaceFileTarget(paths=[str(REPO_ROOT / "workspace.yaml")])
+                with WorkspaceProcessContext(instance, target) as workspace:
+                    launched = time.time()
+                    backfill_id = launch_asset_backfill(workspace, dg.AssetKey("neucodec_tokens"), keys,
+                                                        title="fleet-scale bench")
+                    submit_s = time.time() - launched
+                    print(f"backfill submission (GraphQL launchPartitionBackfill, {len(keys):,} partitions)  "
+                          f"{verdict(submit_s, TARGET_S)}", flush=True)
+                    runs_filter = dg.RunsFilter(tags={BACKFILL_ID_TAG: backfill_id})
+                    first_queued = None
+                    stop_at = time.monotonic() + args.daemon_cap
+                    while time.monotonic() < stop_at and child.poll() is None:
+                        if first_queued is None and instance.get_runs_count(
+                                dg.RunsFilter(tags={BACKFILL_ID_TAG: backfill_id},
+                                              statuses=[dg.DagsterRunStatus.QUEUED])):
+                            first_queued = time.time() - launched
+                        if instance.get_runs_count(runs_filter) >= expected:
+                            break
+                        time.sleep(0.5)
+                    capped = instance.get_runs_count(runs_filter) < expected
+                    records = instance.get_run_records(filters=runs_filter)
+                    if first_queued is None and records:
+                        first_queued = min(r.create_timestamp.timestamp() for r in records) - launched
+                    print(f"launch to first run QUEUED (GraphQL launch, the daemon polling each "
+                          f"{DAEMON_POLL_S:g} s)  " + (verdict(first_queued, TARGET_S) if first_queued is not None
+                                                       else "no run queued (NOT MET)") +
+                          f"; with dagster-daemon's {DAEMON_INTERVAL_S:g} s backfill interval at worst "
+                          + (verdict(first_queued + DAEMON_INTERVAL_S, TARGET_S) if first_queued is not None
+                             else ""), flush=True)
+                    creates = sorted(r.create_timestamp.timestamp() for r in records)
+                    rate = (len(creates) - 1) / (creates[-1] - creates[0]) if len(creates) > 1 and \
+                        creates[-1] > creates[0] else 0.0
+                    window = creates[-1] - creates[0] if creates else 0.0
+                    print(f"runs created: {len(creates):,} of {expected:,} ({shards_per_run} shards per run"
+                          f"{'; stopped at the cap of %g s' % args.daemon_cap if capped else ', all'}) in "
+                          f"{window:.0f} s after the first", flush=True)
+                    verdict_rate = "met" if rate >= RATE_TARGET else "NOT MET"
+                    print(f"sustained run creation (create timestamps after the first)  {rate:8.2f} runs/s  "
+                          f"(target >= {RATE_TARGET:g}: {verdict_rate})", flush=True)
+                    print(f"shards queued per second  {rate * shards_per_run:8.1f} shards/s ({shards_per_run} "
+                          f"per run); all {expected:,} runs at this rate in {expected / rate if rate else 0:.0f} s",
+                          flush=True)
+                    # 4. the drain simulation: the fleet's pool draining the runs as they were created here.
+                    demand = args.drain_slots / args.drain_run_seconds
+                    slots = max(1, round(args.drain_slots / args.drain_scale))
+                    run_s = args.drain_run_seconds / args.drain_scale
+                    sim = drain([c - launched for c in creates], slots, run_s)
+                    starved = sim["idle_slot_seconds"] > 0
+                    print(f"drain: {args.drain_slots} slots x {args.drain_run_seconds:g} s runs (demand "
+                          f"{demand:.2f} runs/s; simulated scaled 1/{args.drain_scale:g}: {slots} slots x "
+                          f"{run_s:g} s on the created runs): all slots busy {sim['filled_at']:.1f} s after "
+                          f"launch; then {sim['idle_slot_seconds']:.1f} slot-s idle with an empty queue, queue "
+                          f"never below {sim['min_queue']:.0f} runs  (target: no idle slot with an empty queue: "
+                          f"{'NOT MET' if starved else 'met'}; creation/demand {rate / demand:.1f}x)", flush=True)
+                    figures.update(rate=rate, first_queued=first_queued or float("nan"), runs=len(creates),
+                                   shards_per_run=shards_per_run)
 
-                # 5. the asset page's partition view.
-                times = []
-                for _ in range(3):
-                    start = time.perf_counter()
-                    res = execute_dagster_graphql(workspace.create_request_context(), PARTITION_HEALTH_QUERY,
-                                                  {"assetKey": {"path": ["neucodec_tokens"]}})
-                    times.append(time.perf_counter() - start)
-                node = res.data["assetNodeOrError"]
-                assert len(node["partitionKeysByDimension"][0]["partitionKeys"]) == len(keys), node.keys()
-                print(f"partition view (PartitionHealthQuery, best of 3; first {times[0]:.2f} s)  "
-                      f"{verdict(min(times), VIEW_TARGET_S)}")
+                    # 5. the asset page's partition view.
+                    times = []
+                    for _ in range(3):
+                        start = time.perf_counter()
+                        res = execute_dagster_graphql(workspace.create_request_context(), PARTITION_HEALTH_QUERY,
+                                                      {"assetKey": {"path": ["neucodec_tokens"]}})
+                        times.append(time.perf_counter() - start)
+                    node = res.data["assetNodeOrError"]
+                    assert len(node["partitionKeysByDimension"][0]["partitionKeys"]) == len(keys), node.keys()
+                    print(f"partition view (PartitionHealthQuery, best of 3; first {times[0]:.2f} s)  "
+                          f"{verdict(min(times), VIEW_TARGET_S)}", flush=True)
+            finally:
+                if child.poll() is None:
+                    child.kill()
+                child.wait()
+            if counters.exists():
+                c = json.loads(counters.read_text())
+                print(f"daemon's partition key reads: {c['reads']} full reads, {c['checks']} revalidation queries "
+                      f"({c.get('runs', 0)} runs seen)" if c.get("caching") else
+                      "daemon's partition key reads: not counted (dagster-postgres storage reads every key "
+                      "each time)", flush=True)
         finally:
             instance.dispose()
+    return figures
 
 
-def daemon_iteration() -> int:
-    """One iteration of Dagster's backfill daemon over DAGSTER_HOME and the repository's workspace (child process)."""
+def daemon_loop(counters: str, ready: str) -> int:
+    """Dagster's backfill daemon over DAGSTER_HOME and the repository's workspace, iterating every DAEMON_POLL_S
+    (child process); writes the event log storage's partition counters to ``counters`` every second."""
+    import threading
+
     from gpu_executor.launch.dagster_internals import (
         WorkspaceFileTarget,
-        create_test_daemon_workspace_context,
+        WorkspaceProcessContext,
         execute_backfill_iteration,
     )
 
-    with dg.DagsterInstance.get() as instance, create_test_daemon_workspace_context(
-            WorkspaceFileTarget(paths=[str(REPO_ROOT / "workspace.yaml")]), instance) as workspace:
-        list(execute_backfill_iteration(workspace, logging.getLogger("fleet_scale")))
-    return 0
+    with dg.DagsterInstance.get() as instance, WorkspaceProcessContext(
+            instance, WorkspaceFileTarget(paths=[str(REPO_ROOT / "workspace.yaml")])) as workspace:
+        storage = instance.event_log_storage
+
+        def write() -> None:
+            while True:
+                Path(counters).write_text(json.dumps({
+                    "caching": hasattr(storage, "partition_reads"),
+                    "reads": getattr(storage, "partition_reads", 0), "checks": getattr(storage, "partition_checks", 0),
+                    "runs": instance.get_runs_count()}))
+                time.sleep(1.0)
+
+        threading.Thread(target=write, daemon=True).start()
+        logger = logging.getLogger("fleet_scale")
+        list(execute_backfill_iteration(workspace, logger))  # warm: nothing to do yet
+        Path(ready).write_text("ready")
+        while True:
+            list(execute_backfill_iteration(workspace, logger))
+            time.sleep(DAEMON_POLL_S)
 
 
 def main(argv: list[str] | None = None) -> int:
-    if argv is None and sys.argv[1:] == ["--daemon-iteration"]:
-        return daemon_iteration()
+    if argv is None and sys.argv[1:2] == ["--daemon-loop"]:
+        return daemon_loop(*sys.argv[2:4])
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shards", type=int, action="append",
-                        help="bucket size; repeat for several (default: 10000 and 100000)")
-    parser.add_argument("--sqlite", action="store_true", help="a SQLite instance instead of PostgreSQL")
+                        help="bucket size; repeat for several (default: 2000, 10000 and 100000)")
     parser.add_argument("--threads", type=int, default=48, help="parallel PUTs when seeding moto (default 48)")
-    parser.add_argument("--daemon-cap", type=float, default=180.0,
-                        help="seconds to let the daemon iteration queue runs before canceling and projecting "
-                        "(default 180)")
+    parser.add_argument("--pool", type=int, default=200, help="the fleet's gpu pool slots (default 200)")
+    parser.add_argument("--shards-per-run", default="auto", help="NEUCODEC_SHARDS_PER_RUN (default auto)")
+    parser.add_argument("--chunk-size", type=int, default=CHUNK_SIZE,
+                        help=f"DAGSTER_ASSET_BACKFILL_RUN_CHUNK_SIZE (default {CHUNK_SIZE}, as the deploy profiles)")
+    parser.add_argument("--no-cache", action="store_true",
+                        help="dagster-postgres's event log storage instead of the caching one (the saving)")
+    parser.add_argument("--daemon-cap", type=float, default=240.0,
+                        help="seconds to let the daemon create runs before the rate is taken (default 240)")
+    parser.add_argument("--drain-slots", type=int, default=200, help="drain simulation: slots (default 200)")
+    parser.add_argument("--drain-run-seconds", type=float, default=600.0,
+                        help="drain simulation: seconds per run (default 600)")
+    parser.add_argument("--drain-scale", type=float, default=20.0,
+                        help="drain simulation: slots and run time divided by this (default 20)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     for var in ("R2_ENDPOINT_URL", "R2_ACCESS_KEY_ID", "R2_SECRET_ACCESS_KEY"):
         os.environ.pop(var, None)
+    results: dict[int, dict[str, float]] = {}
     with moto_server() as endpoint:
         os.environ.update({"R2_ENDPOINT_URL": endpoint, "R2_ACCESS_KEY_ID": "testing",
                            "R2_SECRET_ACCESS_KEY": "testing"})  # moto's placeholders, not credentials
-        for n in args.shards or [10_000, 100_000]:
-            run_size(n, endpoint, args)
+        for n in args.shards or [2_000, 10_000, 100_000]:
+            results[n] = run_size(n, endpoint, args)
+    sizes = sorted(results)
+    if len(sizes) > 1 and results[sizes[0]].get("rate"):
+        small, large = sizes[0], sizes[-1]
+        ratio = results[large].get("rate", 0.0) / results[small]["rate"]
+        print(f"\nflat: run creation at {large:,} shards is {ratio:.0%} of the rate at {small:,}  "
+              f"(target >= {FLAT_TARGET:.0%}: {'met' if ratio >= FLAT_TARGET else 'NOT MET'})")
     return 0
 
 

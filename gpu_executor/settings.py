@@ -23,7 +23,7 @@ import types
 import typing
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
@@ -126,8 +126,10 @@ class Settings(BaseModel):
         shown_default="`~/.cache/neucodec-platform`")
 
     # -- encoding runs -----------------------------------------------------------------------------------------
-    shards_per_run: int = setting(
-        8, "run", "shards per backfill run (one model load per run)", read="location", ge=1)
+    shards_per_run: Annotated[int, Field(ge=1)] | Literal["auto"] = setting(
+        8, "run", "shards per backfill run (one model load per run); `auto`: from the `gpu` pool's slots and the "
+        "shards without tokens when the code location loads, so each slot gets about "
+        "`NEUCODEC_AUTOMATION_RUNS_PER_SLOT` runs (1 to 64 shards)", read="location")
     progress_seconds: float = setting(30.0, "run", "how often a run logs progress", gt=0)
     hang_seconds: float = setting(
         600.0, "run", "a run with no encoded segment for this long, or whose download had a part without a byte "
@@ -149,6 +151,10 @@ class Settings(BaseModel):
         read="location", shown_default="`on`")
     automation_interval_seconds: int = setting(
         30, "automation", "how often the automation sensor evaluates", read="location", ge=5)
+    automation_runs_per_slot: int = setting(
+        4, "automation", "the automation sensor keeps at most this many tokens runs per `gpu` pool slot in flight "
+        "(running or queued, its own and hand backfills'): a tick requests the rest of the bucket's missing shards "
+        "only as they drain", read="location", ge=1)
     sft_dataset_cron: str = setting(
         "0 * * * *", "automation", "`sft_dataset` is rebuilt at most once per period of this cron, when pairs "
         "changed", read="location")
@@ -359,17 +365,24 @@ def _accepts(name: str) -> str:
     """What a field accepts, in words, from its type and constraints."""
     field = Settings.model_fields[name]
     kind = field.annotation
-    inner = kind
+    inner, metadata, words = kind, list(field.metadata), []
     if typing.get_origin(kind) in (typing.Union, types.UnionType):
-        inner = next(a for a in typing.get_args(kind) if a is not type(None))
+        args = [a for a in typing.get_args(kind) if a is not type(None)]
+        inner = args[0]
+        # A number or a word (`NEUCODEC_SHARDS_PER_RUN=auto`): the number's bounds sit in its Annotated metadata.
+        words = [f"`{w}`" for a in args[1:] if typing.get_origin(a) is Literal for w in typing.get_args(a)]
+        if typing.get_origin(inner) is Annotated:
+            inner, *extra = typing.get_args(inner)
+            metadata += [m for e in extra for m in getattr(e, "metadata", [e])]
     bounds = []
-    for meta in field.metadata:
+    for meta in metadata:
         for attr, word in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
             if getattr(meta, attr, None) is not None:
                 bounds.append(f"{word} {getattr(meta, attr)}")
         if getattr(meta, "pattern", None):
             return field.description.split(";")[0] if field.description else "a value of the documented form"
     suffix = f" {' and '.join(bounds)}" if bounds else ""
+    suffix += f" or {', '.join(words)}" if words else ""
     if typing.get_origin(inner) is Literal:
         return "one of " + ", ".join(str(a) for a in typing.get_args(inner))
     if inner is bool:
@@ -397,12 +410,14 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     try:
         return Settings.model_validate(values)
     except ValidationError as exc:
-        problems = []
+        messages: dict[str, list[str]] = {}  # one problem per variable (a union type gives one error per member)
         for err in exc.errors():
-            name = str(err["loc"][0]) if err["loc"] else "?"
+            messages.setdefault(str(err["loc"][0]) if err["loc"] else "?", []).append(err["msg"])
+        problems = []
+        for name, msgs in messages.items():
             var, raw = source.get(name, (name, ""))
             shown = MASK if Settings.model_fields[name].annotation in (SecretStr, SecretStr | None) else repr(raw)
-            problems.append(f"{var}={shown} is not accepted: it takes {_accepts(name)} ({err['msg']})")
+            problems.append(f"{var}={shown} is not accepted: it takes {_accepts(name)} ({'; '.join(msgs)})")
         raise SettingsError("; ".join(problems)) from None
 
 

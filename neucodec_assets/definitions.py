@@ -12,7 +12,7 @@ from __future__ import annotations
 import dagster as dg
 
 from gpu_executor.settings import Settings, load_settings
-from neucodec_assets.automation import automation_sensor, dataset_condition
+from neucodec_assets.automation import automation_sensor, capped_tokens_condition, dataset_condition
 from neucodec_assets.fleet.sensor import fleet_sizing_sensor
 from neucodec_assets.progress.alerts import alert_sensor
 from neucodec_assets.progress.asset import (
@@ -30,6 +30,7 @@ from neucodec_assets.tokens.asset import (
 )
 from neucodec_assets.tokens.discovery_sensor import discovery_sensor
 from neucodec_assets.tokens.job import neucodec_tokens_job
+from neucodec_assets.tokens.run_size import run_size
 from resources.dagster_resources import BucketResource, EncoderResource
 
 
@@ -40,12 +41,17 @@ def settings_metadata(settings: Settings, groups: tuple[str, ...]) -> dg.Metadat
     return dg.MetadataValue.table(rows, schema=schema)
 
 
-def build_definitions(settings: Settings) -> dg.Definitions:
-    """The definitions with the settings that shape them applied."""
+def build_definitions(settings: Settings, instance: dg.DagsterInstance | None = None) -> dg.Definitions:
+    """The definitions with the settings that shape them applied (``instance``: what `auto` run sizes read;
+    default the instance of DAGSTER_HOME)."""
+    size = run_size(settings, instance)
     tokens = neucodec_tokens.with_attributes(
-        backfill_policy=backfill_policy(settings.shards_per_run),
-    ).map_asset_specs(lambda spec: spec.merge_attributes(
-        metadata={"settings": settings_metadata(settings, RUN_SETTING_GROUPS)}))
+        backfill_policy=backfill_policy(size.shards_per_run),
+    ).map_asset_specs(lambda spec: spec.replace_attributes(
+        automation_condition=capped_tokens_condition(size.shards_per_run, settings.automation_runs_per_slot),
+    ).merge_attributes(metadata={"settings": settings_metadata(settings, RUN_SETTING_GROUPS),
+                                 "shards_per_run": dg.MetadataValue.int(size.shards_per_run),
+                                 "shards_per_run_from": dg.MetadataValue.text(size.why)}))
     dataset = sft_dataset.map_asset_specs(lambda spec: spec.replace_attributes(
         automation_condition=dataset_condition(settings.sft_dataset_cron),
     ).merge_attributes(metadata={"settings": settings_metadata(settings, ("sft", "automation"))}))

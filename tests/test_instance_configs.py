@@ -17,9 +17,10 @@ PROFILES = {"single host": REPO_ROOT / "dagster.yaml", "kubernetes": REPO_ROOT /
 # What a profile may set differently: how runs start, how long a pod may take to start, the pool limit where the
 # launcher cannot count GPUs, the database port (the Helm chart renders it from its values), the pod requirements
 # the queue adds to GPU runs (Kubernetes only), and where worker logs go (the bucket, where pods vanish).
+STORAGES = ("run_storage", "event_log_storage", "schedule_storage")
 PROFILE_SPECIFIC = {("run_launcher",), ("run_monitoring", "start_timeout_seconds"),
-                    ("run_coordinator", "config", "gpu_pool_limit"), ("storage", "postgres", "postgres_db", "port"),
-                    ("run_coordinator", "config", "gpu_run_tags"), ("compute_logs",)}
+                    ("run_coordinator", "config", "gpu_pool_limit"), ("run_coordinator", "config", "gpu_run_tags"),
+                    ("compute_logs",), *((storage, "config", "postgres_db", "port") for storage in STORAGES)}
 
 
 def _flatten(config: dict, path: tuple = ()) -> dict[tuple, object]:
@@ -70,10 +71,13 @@ def test_profiles_share_every_common_setting() -> None:
 
 def test_production_instance_config(pg_instance) -> None:
     """The repository's dagster.yaml loads on Postgres with the pool-keeping queue and the GPU run launcher."""
-    from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage
+    from dagster_postgres import PostgresRunStorage, PostgresScheduleStorage
+
+    from gpu_executor.launch.event_log_storage import CachingPostgresEventLogStorage
 
     assert isinstance(pg_instance.run_storage, PostgresRunStorage)
-    assert isinstance(pg_instance.event_log_storage, PostgresEventLogStorage)
+    assert isinstance(pg_instance.event_log_storage, CachingPostgresEventLogStorage)
+    assert isinstance(pg_instance.schedule_storage, PostgresScheduleStorage)
     assert isinstance(pg_instance.run_coordinator, GpuPoolRunCoordinator)
     assert isinstance(pg_instance.run_launcher, GpuRunLauncher)
     assert pg_instance.get_concurrency_config().pool_config.pool_granularity.value == "run"

@@ -178,7 +178,8 @@ def k8s_home(postgres_db, s3_env, cluster: KubernetesApiServer, tmp_path: Path,
     """DAGSTER_HOME with deploy/k8s/dagster.yaml, changed only where this host differs from a cluster: the test
     database's port, a kubeconfig naming the test's API server, compute logs on moto over HTTP."""
     config = yaml.safe_load((DEPLOY / "k8s" / "dagster.yaml").read_text())
-    config["storage"]["postgres"]["postgres_db"]["port"] = int(postgres_db["port"])
+    for storage in ("run_storage", "event_log_storage", "schedule_storage"):
+        config[storage]["config"]["postgres_db"]["port"] = int(postgres_db["port"])
     kubeconfig = tmp_path / "kubeconfig"
     kubeconfig.write_text(KUBECONFIG.format(server=cluster.url))
     config["run_launcher"]["config"].update(load_incluster_config=False, kubeconfig_file=str(kubeconfig))
@@ -220,7 +221,7 @@ def test_k8s_instance_config_and_helm_values_agree(k8s_home: Path) -> None:
     assert [c["name"] for c in k8s["envConfigMaps"]] == launcher["env_config_maps"]
     assert values["global"]["postgresqlSecretName"] == launcher["postgres_password_secret"]
     assert values["global"]["serviceAccountName"] == launcher["service_account_name"]
-    assert values["postgresql"]["postgresqlScheme"] == config["storage"]["postgres"]["postgres_db"]["scheme"]
+    assert values["postgresql"]["postgresqlScheme"] == config["event_log_storage"]["config"]["postgres_db"]["scheme"]
     daemon = values["dagsterDaemon"]
     assert daemon["runCoordinator"]["type"] == "CustomRunCoordinator"
     custom = daemon["runCoordinator"]["config"]["customRunCoordinator"]

@@ -182,3 +182,13 @@ class GpuPoolRunCoordinator(dg.QueuedRunCoordinator):
             # Before the run is queued: the launcher reads the stored run's tags when it dequeues it.
             self._instance.add_run_tags(run.run_id, missing)
         return super().submit_run(context)
+
+
+def gpu_pool_slots(instance: dg.DagsterInstance, pool: str = GPU_POOL) -> int | None:
+    """The `gpu` pool's slots: the limit in storage, else the one this instance's coordinator will set (a fresh
+    instance before its first GPU run), else None (no GpuPoolRunCoordinator and no limit)."""
+    limits = {p.name: p.limit for p in instance.event_log_storage.get_pool_limits()}
+    if limits.get(pool):
+        return int(limits[pool])
+    coordinator = instance.run_coordinator
+    return coordinator.wanted_limit() if isinstance(coordinator, GpuPoolRunCoordinator) else None

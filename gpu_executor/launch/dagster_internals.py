@@ -35,6 +35,13 @@ from dagster._serdes import ConfigurableClass, ConfigurableClassData
 # dagster-celery packs its task arguments with pack_value; the worker unpacks them the same way.
 from dagster._serdes import unpack_value
 
+# --- The caching event log storage (gpu_executor.launch.event_log_storage) ---------------------------------------
+# A subclass of PostgresEventLogStorage must build itself from the same `postgres_db` config; dagster-postgres's
+# from_config_value constructs its own class, and these two helpers (not in its documented API) turn the config into
+# the URL and token provider its constructor takes; create_pg_engine builds an engine as dagster-postgres does (its
+# token provider hook included), here with a connection pool.
+from dagster_postgres.utils import create_pg_engine, get_token_provider_from_config, pg_url_from_config
+
 # --- Failing a hung run from inside it (neucodec_assets.tokens.asset) -------------------------------------------
 # report_run_failed takes the failure's reason as JobFailureData; run retries read UNEXPECTED_TERMINATION as a crash.
 from dagster._core.events import JobFailureData, RunFailureReason
@@ -145,11 +152,14 @@ __all__ = [
     "WorkspaceProcessContext",
     "WorkspaceRequestContext",
     "consume_new_runs_for_automatic_reexecution",
+    "create_pg_engine",
     "create_test_daemon_workspace_context",
     "execute_backfill_iteration",
     "execute_run_monitoring_iteration",
     "execute_sensor_iteration",
     "freeze_time",
+    "get_token_provider_from_config",
+    "pg_url_from_config",
     "process_config",
     "unpack_value",
 ]
