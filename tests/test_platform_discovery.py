@@ -50,6 +50,7 @@ def test_sensor_on_by_default_adds_shards_and_requests_no_runs(
     pg_instance, tiny_shards_dir, tmp_path, monkeypatch,
 ):
     from gpu_executor.launch.dagster_internals import (
+        SENSOR_NAME_TAG,
         InstigatorType,
         WorkspaceFileTarget,
         create_test_daemon_workspace_context,
@@ -66,9 +67,14 @@ def test_sensor_on_by_default_adds_shards_and_requests_no_runs(
     with create_test_daemon_workspace_context(target, pg_instance) as workspace:
         list(execute_sensor_iteration(workspace, logger, None, None))  # default status RUNNING: it ticks
     assert sorted(pg_instance.get_dynamic_partitions(shards_partitions.name)) == sorted(s.prefix for s in shards)
-    assert not pg_instance.get_backfills() and not pg_instance.get_runs()  # encoding is automation's business
     states = {s.instigator_name: s for s in pg_instance.all_instigator_state(instigator_type=InstigatorType.SENSOR)}
     state = states["shard_discovery_sensor"]
+    # Encoding is automation's business: the discovery tick asked for nothing. The automation sensor is ticked by the
+    # same daemon iteration (it runs in the code server), so any backfill there is its, never a direct run.
+    (tick,) = pg_instance.get_ticks(state.instigator_origin_id, state.selector_id)
+    assert tick.run_ids == [] and tick.tick_data.reserved_run_ids in (None, [])
+    assert not pg_instance.get_runs()
+    assert all(b.tags.get(SENSOR_NAME_TAG) == "neucodec_automation" for b in pg_instance.get_backfills())
     cursor = DiscoveryCursor.parse(state.instigator_data.cursor)
     assert cursor.tail == f"{shards[-1].prefix}/metadata.parquet"  # the daemon kept the sensor's place
 

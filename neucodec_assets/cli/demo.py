@@ -109,9 +109,10 @@ class DemoSummary:
 
 def _demo_instance_yaml(home: Path) -> str:
     """The repository's production dagster.yaml (queue, `gpu` pool, GPU run launcher, monitoring, retries) with
-    the embedded SQLite storage instead of Postgres."""
+    the embedded SQLite storage instead of Postgres (its run, event log and schedule storages dropped)."""
     config = yaml.safe_load(PRODUCTION_YAML.read_text())
-    config.pop("storage", None)
+    for key in ("storage", "run_storage", "event_log_storage", "schedule_storage"):
+        config.pop(key, None)
     config["run_launcher"].setdefault("config", {})["log_dir"] = str(home / "run_worker_logs")
     return "# the repository's dagster.yaml with the embedded default storage (SQLite in this folder)\n" + \
         yaml.safe_dump(config, sort_keys=False)
