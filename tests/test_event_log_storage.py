@@ -1,7 +1,8 @@
-"""The caching event log storage on real Postgres, as the repository's dagster.yaml configures it: two instances
-are two processes' views (a webserver or discovery sensor that adds and deletes shards, a daemon that reads them).
-Each read answers what an uncached read answers, whatever the other process changed; the daemon's backfills run
-over keys added after its cache was filled and notice a target deleted mid-backfill."""
+"""The platform's event log and run storages on real Postgres, as the repository's dagster.yaml configures them: two
+instances are two processes' views (a webserver or discovery sensor that adds and deletes shards, a daemon that reads
+them). Each read answers what an uncached read answers, whatever the other process changed; the daemon's backfills
+run over keys added after its cache was filled and notice a target deleted mid-backfill; a run's planned events
+written in one statement are what one-by-one writes leave; each process holds its own connections."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+import sqlalchemy as sa
 
 from gpu_executor.launch.dagster_internals import (
     BulkActionStatus,
@@ -44,9 +46,13 @@ def two_processes(pg_dagster_home: Path):
         writer.dispose()
 
 
-def test_a_read_sees_every_add_and_delete_of_another_process(two_processes) -> None:
+@pytest.mark.parametrize("revalidation", ["trigger", "aggregate"])
+def test_a_read_sees_every_add_and_delete_of_another_process(two_processes, revalidation: str) -> None:
+    """Both ways of revalidating: the trigger's counter (the default) and the aggregate over the rows (where the
+    trigger cannot be installed)."""
     writer, reader = two_processes
     storage = reader.event_log_storage
+    storage.revalidation = revalidation  # before its first partition call, which would install the trigger
     writer.add_dynamic_partitions(NAME, KEYS[:3])
     assert reader.get_dynamic_partitions(NAME) == KEYS[:3]
     reads = storage.partition_reads
@@ -64,6 +70,16 @@ def test_a_read_sees_every_add_and_delete_of_another_process(two_processes) -> N
     for change in changes:
         change()
         assert reader.get_dynamic_partitions(NAME) == uncached(writer)
+        # Which keys exist (the partition view's question) is answered from the same keys.
+        assert reader.get_existing_dynamic_partitions(NAME, [*KEYS, "not a shard"]) == set(uncached(writer))
+    # A change by someone who is not this storage (plain SQL, as another Dagster version's storage would write).
+    with writer.event_log_storage.index_connection() as conn:
+        conn.execute(sa.text("DELETE FROM dynamic_partitions WHERE partition = :key"), {"key": KEYS[5]})
+        conn.execute(sa.text("INSERT INTO dynamic_partitions (partitions_def_name, partition) VALUES (:n, :k)"),
+                     {"n": NAME, "k": KEYS[5]})
+    assert reader.get_dynamic_partitions(NAME) == uncached(writer) == [KEYS[2], KEYS[3], KEYS[4], KEYS[5]]
+    assert reader.get_existing_dynamic_partitions(NAME, KEYS) == {KEYS[2], KEYS[3], KEYS[4], KEYS[5]}
+    assert storage.revalidation == revalidation
     assert reader.get_dynamic_partitions(NAME) == [KEYS[2], KEYS[3], KEYS[4], KEYS[5]]
 
     # Its own writes are seen at once; other definitions are kept apart; a caller cannot change the cache.
@@ -120,18 +136,18 @@ def test_the_daemon_backfills_keys_added_after_its_cache_filled_and_sees_targets
         web.dispose()
 
 
-def test_one_process_reuses_its_connection_and_a_fork_does_not(two_processes) -> None:
-    """The storage keeps one connection per process: consecutive statements share a backend; a forked child gets
-    its own (never its parent's socket)."""
+@pytest.mark.parametrize("storage", ["event_log_storage", "run_storage"])
+def test_one_process_reuses_its_connection_and_a_fork_does_not(two_processes, storage: str) -> None:
+    """The event log and run storages keep one connection each per process: consecutive statements share a backend;
+    a forked child gets its own (never its parent's socket)."""
     import os
 
-    import sqlalchemy as sa
-
     _, reader = two_processes
-    storage = reader.event_log_storage
+    connect = {"event_log_storage": reader.event_log_storage.index_connection,
+               "run_storage": reader.run_storage.connect}[storage]
 
     def backend() -> int:
-        with storage.index_connection() as conn:
+        with connect() as conn:
             return conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
 
     first = backend()
@@ -149,3 +165,78 @@ def test_one_process_reuses_its_connection_and_a_fork_does_not(two_processes) ->
     os.waitpid(child, 0)
     assert answer > 0 and answer != first
     assert backend() == first  # the parent's connection was left alone
+
+
+def planned_rows(instance: dg.DagsterInstance, run_id: str) -> dict[str, list]:
+    """What a run's creation wrote, without ids, times and the run id: its planned events and planned checks."""
+    with instance.event_log_storage.index_connection() as conn:
+        events = conn.execute(sa.text(
+            "SELECT id, dagster_event_type, step_key, asset_key, partition, event FROM event_logs "
+            "WHERE run_id = :run AND dagster_event_type LIKE '%PLANNED' ORDER BY id"), {"run": run_id}).all()
+        checks = conn.execute(sa.text(
+            "SELECT asset_key, check_name, partition, execution_status, evaluation_event_storage_id "
+            "FROM asset_check_executions WHERE run_id = :run ORDER BY id"), {"run": run_id}).all()
+    ids = {row.id for row in events}
+    assert all(row.evaluation_event_storage_id in ids for row in checks)  # each check points at its planned event
+    entries = [dg.deserialize_value(row.event, dg.EventLogEntry) for row in events]
+    return {
+        "events": sorted((row.dagster_event_type, row.step_key, row.asset_key, row.partition) for row in events),
+        "data": sorted(repr(e.get_dagster_event().event_specific_data) for e in entries),
+        "messages": sorted(e.get_dagster_event().message for e in entries),
+        "checks": sorted(tuple(row)[:4] for row in checks),
+    }
+
+
+def test_a_run_s_planned_events_written_as_one_batch_are_what_one_by_one_writes(
+        deployment, pg_dagster_home: Path, monkeypatch) -> None:
+    """The daemon creates the runs of two backfills over the same shards, the first writing each planned event on its
+    own (dagster-postgres's path), the second with DAGSTER_EVENT_BATCH_SIZE (the deploy profiles' setting): each run
+    of the second wrote its planned events in one statement, and the tables hold the same rows for both; the asset's
+    latest planned run per shard (the UI's "materializing") is the second's."""
+    from gpu_executor.launch.dagster_internals import (
+        ASSET_PARTITION_RANGE_START_TAG,
+        PARTITION_NAME_TAG,
+    )
+    from neucodec_assets.tokens.checks import VALID_CHECK_KEY
+
+    keys = KEYS[:3]
+    with dg.DagsterInstance.from_config(str(pg_dagster_home)) as daemon, \
+            WorkspaceProcessContext(daemon, WorkspaceFileTarget(paths=[WORKSPACE])) as daemons:
+        storage = daemon.event_log_storage
+        daemon.add_dynamic_partitions(NAME, keys)
+
+        def create_runs(batch_size: str | None) -> list[dg.DagsterRun]:
+            if batch_size is None:
+                monkeypatch.delenv("DAGSTER_EVENT_BATCH_SIZE", raising=False)
+            else:
+                monkeypatch.setenv("DAGSTER_EVENT_BATCH_SIZE", batch_size)
+            backfill = launch_asset_backfill(daemons, TOKENS_ASSET_KEY, keys)
+            errors = [e for e in execute_backfill_iteration(daemons, dg.get_dagster_logger()) if e is not None]
+            assert not errors, errors
+            runs = backfill_runs(daemon, backfill)
+            assert sorted(k for r in runs for k in run_keys(r, keys)) == keys  # two runs: two shards and one
+            return sorted(runs, key=lambda r: r.tags.get(ASSET_PARTITION_RANGE_START_TAG, r.tags.get(
+                PARTITION_NAME_TAG, "")))
+
+        before = storage.planned_batches
+        one_by_one = create_runs(None)
+        assert storage.planned_batches == before
+        batched = create_runs("1000")
+        assert storage.planned_batches == before + len(batched) == before + 2
+
+        for single, batch in zip(one_by_one, batched, strict=True):
+            assert run_keys(single, keys) == run_keys(batch, keys)
+            single_rows, batch_rows = planned_rows(daemon, single.run_id), planned_rows(daemon, batch.run_id)
+            assert batch_rows == single_rows
+            shards = run_keys(batch, keys)
+            planned = [e for e in batch_rows["events"] if e[0] == "ASSET_MATERIALIZATION_PLANNED"]
+            assert sorted(e[3] for e in planned) == shards  # one planned event per shard of the run
+            assert {(c[1], c[2]) for c in batch_rows["checks"]} >= {(VALID_CHECK_KEY.name, k) for k in shards}
+
+        # The readers of planned events: the UI's in-progress partitions and the asset's last run.
+        attempts = storage.get_latest_asset_partition_materialization_attempts_without_materializations(
+            TOKENS_ASSET_KEY)
+        newest = {k: r.run_id for r in batched for k in run_keys(r, keys)}
+        assert {k: run_id for k, (run_id, _) in attempts.items()} == newest
+        (record,) = storage.get_asset_records([TOKENS_ASSET_KEY])
+        assert record.asset_entry.last_run_id == batched[-1].run_id

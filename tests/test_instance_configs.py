@@ -71,11 +71,12 @@ def test_profiles_share_every_common_setting() -> None:
 
 def test_production_instance_config(pg_instance) -> None:
     """The repository's dagster.yaml loads on Postgres with the pool-keeping queue and the GPU run launcher."""
-    from dagster_postgres import PostgresRunStorage, PostgresScheduleStorage
+    from dagster_postgres import PostgresScheduleStorage
 
     from gpu_executor.launch.event_log_storage import CachingPostgresEventLogStorage
+    from gpu_executor.launch.run_storage import PooledPostgresRunStorage
 
-    assert isinstance(pg_instance.run_storage, PostgresRunStorage)
+    assert isinstance(pg_instance.run_storage, PooledPostgresRunStorage)
     assert isinstance(pg_instance.event_log_storage, CachingPostgresEventLogStorage)
     assert isinstance(pg_instance.schedule_storage, PostgresScheduleStorage)
     assert isinstance(pg_instance.run_coordinator, GpuPoolRunCoordinator)

@@ -42,6 +42,12 @@ from dagster._serdes import unpack_value
 # token provider hook included), here with a connection pool.
 from dagster_postgres.utils import create_pg_engine, get_token_provider_from_config, pg_url_from_config
 
+# Its batch write of a run's planned events inserts into the event log table and the asset check executions table
+# (planned rows, with Dagster's status value) in one statement each, as dagster-postgres's own batch write of
+# materializations does with these table objects.
+from dagster._core.storage.event_log.schema import AssetCheckExecutionsTable, SqlEventLogStorageTable
+from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
+
 # --- Failing a hung run from inside it (neucodec_assets.tokens.asset) -------------------------------------------
 # report_run_failed takes the failure's reason as JobFailureData; run retries read UNEXPECTED_TERMINATION as a crash.
 from dagster._core.events import JobFailureData, RunFailureReason
@@ -129,6 +135,8 @@ __all__ = [
     "PARENT_RUN_ID_TAG",
     "PARTITION_NAME_TAG",
     "SENSOR_NAME_TAG",
+    "AssetCheckExecutionRecordStatus",
+    "AssetCheckExecutionsTable",
     "BulkActionStatus",
     "CheckRunHealthResult",
     "ComputeIOType",
@@ -147,6 +155,7 @@ __all__ = [
     "QueuedRunCoordinatorDaemon",
     "RunFailureReason",
     "RunLauncher",
+    "SqlEventLogStorageTable",
     "WorkerStatus",
     "WorkspaceFileTarget",
     "WorkspaceProcessContext",
