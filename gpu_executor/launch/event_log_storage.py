@@ -47,7 +47,7 @@ from gpu_executor.launch.dagster_internals import (
     get_token_provider_from_config,
     pg_url_from_config,
 )
-from gpu_executor.launch import partitions_version
+from gpu_executor.launch.partitions_version import aggregate_version, install_trigger, read_counter
 from gpu_executor.launch.pg_pool import pooled_engine
 
 # What creating a run logs, and all this storage writes in one statement (anything else goes to dagster-postgres).
@@ -100,8 +100,8 @@ class CachingPostgresEventLogStorage(PostgresEventLogStorage):
         an aggregate over the rows."""
         self._check_partitions_table()
         with self.index_connection() as conn:
-            version = (partitions_version.read(conn) if self.revalidation == "trigger"
-                       else partitions_version.aggregate(conn, partitions_def_name))
+            version = (read_counter(conn) if self.revalidation == "trigger"
+                       else aggregate_version(conn, partitions_def_name))
         self.partition_checks += 1
         return version
 
@@ -113,7 +113,7 @@ class CachingPostgresEventLogStorage(PostgresEventLogStorage):
         if self.revalidation == "trigger":
             try:
                 with self.index_transaction() as conn:
-                    partitions_version.install(conn)
+                    install_trigger(conn)
             except sa.exc.SQLAlchemyError as error:
                 self.revalidation = "aggregate"
                 logging.getLogger(__name__).warning(

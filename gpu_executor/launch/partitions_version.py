@@ -37,7 +37,7 @@ _AGGREGATE = sa.text(
     "SELECT count(*), max(id), sum(id) FROM dynamic_partitions WHERE partitions_def_name = :name")
 
 
-def install(conn: sa.Connection) -> None:
+def install_trigger(conn: sa.Connection) -> None:
     """Create the counter, its function and the trigger unless present. ``conn`` is in a transaction: the advisory
     lock is held until it ends, and a failure leaves nothing half-made."""
     conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_KEY})
@@ -46,12 +46,12 @@ def install(conn: sa.Connection) -> None:
             conn.execute(sa.text(statement))
 
 
-def read(conn: sa.Connection) -> int:
+def read_counter(conn: sa.Connection) -> int:
     """The counter: equal readings mean no change to any dynamic partition committed in between."""
     return int(conn.execute(_READ).scalar_one())
 
 
-def aggregate(conn: sa.Connection, partitions_def_name: str) -> tuple[int, int | None, int | None]:
+def aggregate_version(conn: sa.Connection, partitions_def_name: str) -> tuple[int, int | None, int | None]:
     """The fallback: equal readings mean the same rows of the definition (ids are never reused; ``max`` moves on any
     add, ``count`` on any delete, ``sum`` on an add committed late with a smaller id together with a delete)."""
     count, max_id, id_sum = conn.execute(_AGGREGATE, {"name": partitions_def_name}).one()
