@@ -145,7 +145,8 @@ def verdict(seconds: float, target: float) -> str:
 def drain(creates: list[float], slots: int, run_seconds: float) -> dict[str, float]:
     """A pool of ``slots`` whose runs each take ``run_seconds``, fed by runs that appear at ``creates`` (seconds,
     sorted): when the slots first all hold a run, and after that, the slot-seconds spent idle with nothing queued and
-    the shortest queue seen, up to the last run created (after it the rest of the backfill is unknown)."""
+    the shortest queue a slot found when it took its next run, up to the last run created (after it the rest of the
+    backfill is unknown)."""
     free = [0.0] * slots  # when each slot is next free
     filled_at = None
     idle = 0.0
@@ -158,7 +159,7 @@ def drain(creates: list[float], slots: int, run_seconds: float) -> dict[str, flo
         if filled_at is None and i == slots - 1:
             filled_at = start
         free[slot] = start + run_seconds
-        if filled_at is not None and i < len(creates) - 1:  # the last run leaves nothing queued, by definition
+        if i >= slots and i < len(creates) - 1:  # runs that waited for a slot; the last leaves nothing queued
             # Runs created by `start` and not yet started: the queue as this run leaves it.
             queued = bisect.bisect_right(creates, start, lo=i + 1) - (i + 1)
             min_queue = min(min_queue, queued)
@@ -356,6 +357,7 @@ def automation_tick(instance: dg.DagsterInstance) -> tuple[float, int]:
     from neucodec_assets.tokens.metadata import TOKENS_ASSET_KEY
 
     defs = build_definitions(load_settings(), instance)
+    logging.getLogger("dagster.automation_condition_tester").setLevel(logging.WARNING)  # it lists every key
     start = time.perf_counter()
     result = dg.evaluate_automation_conditions(defs=defs, instance=instance)
     seconds = time.perf_counter() - start
@@ -447,9 +449,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="dagster-postgres's run and event log storages instead of the platform's (the saving)")
     parser.add_argument("--daemon-cap", type=float, default=120.0,
                         help="seconds to let the daemon create runs before the rate is taken (default 120)")
-    parser.add_argument("--analyze-wait", type=float, default=150.0,
+    parser.add_argument("--analyze-wait", type=float, default=90.0,
                         help="seconds to wait for autovacuum's analyze of the event log before the second partition "
-                             "view (default 150; 0: skip)")
+                             "view (default 90, autovacuum's 60 s nap and some; 0: skip)")
     parser.add_argument("--drain-slots", type=int, default=200, help="drain simulation: slots (default 200)")
     parser.add_argument("--drain-run-seconds", type=float, default=600.0,
                         help="drain simulation: seconds per run (default 600)")

@@ -94,6 +94,61 @@ def test_a_read_sees_every_add_and_delete_of_another_process(two_processes, reva
     assert reader.get_dynamic_partitions("other") == ["x"]
 
 
+def test_the_version_never_vouches_for_changes_it_did_not_count(two_processes, pg_dagster_home: Path,
+                                                                  caplog) -> None:
+    """Someone removes or disables the trigger, or the counter: changes made meanwhile are still seen by a process
+    whose cache predates them (its reads fall back to the aggregate, once logged), also after another process has
+    put the trigger back."""
+    from gpu_executor.launch.partitions_version import TRIGGER, UNINSTALL
+
+    writer, reader = two_processes
+
+    def sql(statement: str) -> None:
+        with writer.event_log_storage.index_connection() as conn:
+            conn.execute(sa.text(statement))
+
+    def restart_another_process() -> None:  # its first partition call puts back what is missing
+        with dg.DagsterInstance.from_config(str(pg_dagster_home)) as other:
+            assert other.get_dynamic_partitions(NAME) == uncached(writer)
+
+    def sees_everything() -> bool:
+        return reader.get_dynamic_partitions(NAME) == uncached(writer)
+
+    writer.add_dynamic_partitions(NAME, KEYS[:2])
+    with caplog.at_level("WARNING"):
+        assert reader.get_dynamic_partitions(NAME) == KEYS[:2]  # cached, the trigger installed
+        # The trigger disabled: a change is not counted, and the counter is not trusted; enabled again, it counts.
+        sql(f"ALTER TABLE dynamic_partitions DISABLE TRIGGER {TRIGGER}")
+        writer.add_dynamic_partitions(NAME, [KEYS[2]])
+        assert sees_everything()
+        sql(f"ALTER TABLE dynamic_partitions ENABLE TRIGGER {TRIGGER}")
+        writer.add_dynamic_partitions(NAME, [KEYS[3]])
+        assert sees_everything()
+        # The trigger dropped, a change, the trigger put back by another process, all before the reader reads again.
+        sql(f"DROP TRIGGER {TRIGGER} ON dynamic_partitions")
+        writer.add_dynamic_partitions(NAME, [KEYS[4]])
+        restart_another_process()
+        assert sees_everything()
+        # Everything removed: reads fall back; put back by another process, changes are counted again.
+        sql(UNINSTALL)
+        writer.add_dynamic_partitions(NAME, [KEYS[5]])
+        assert sees_everything()
+        restart_another_process()
+        writer.delete_dynamic_partition(NAME, KEYS[0])
+        assert sees_everything()
+        # The counter's row deleted (the trigger then updates nothing), a change, the row made again.
+        sql("DELETE FROM neucodec_dynamic_partitions_version")
+        writer.add_dynamic_partitions(NAME, [KEYS[6]])
+        assert sees_everything()
+        restart_another_process()
+        writer.add_dynamic_partitions(NAME, [KEYS[7]])
+        assert sees_everything()
+    assert reader.get_dynamic_partitions(NAME) == KEYS[1:8]
+    assert reader.event_log_storage.revalidation == "trigger"  # it trusts the counter again where it can
+    warnings = [r.getMessage() for r in caplog.records if "dynamic partitions:" in r.getMessage()]
+    assert len(warnings) == 1 and "aggregate" in warnings[0], warnings  # once per process
+
+
 def test_the_daemon_backfills_keys_added_after_its_cache_filled_and_sees_targets_deleted(
         deployment, pg_dagster_home: Path) -> None:
     """Another process (the discovery sensor's, ``web``) adds and deletes shards; the backfill daemon's instance,
@@ -164,6 +219,11 @@ def test_one_process_reuses_its_connection_and_a_fork_does_not(two_processes, st
     answer = int(os.read(read, 64) or b"-2")
     os.waitpid(child, 0)
     assert answer > 0 and answer != first
+    # The child sent nothing on the parent's socket (not even the pool's ping): the parent's backend last ran the
+    # parent's statement (asked over a connection of its own, so as not to change that).
+    with two_processes[0].event_log_storage.index_connection() as other:
+        last = other.execute(sa.text("SELECT query FROM pg_stat_activity WHERE pid = :pid"), {"pid": first}).scalar()
+    assert last == "SELECT pg_backend_pid()", last
     assert backend() == first  # the parent's connection was left alone
 
 
@@ -176,8 +236,9 @@ def planned_rows(instance: dg.DagsterInstance, run_id: str) -> dict[str, list]:
         checks = conn.execute(sa.text(
             "SELECT asset_key, check_name, partition, execution_status, evaluation_event_storage_id "
             "FROM asset_check_executions WHERE run_id = :run ORDER BY id"), {"run": run_id}).all()
-    ids = {row.id for row in events}
-    assert all(row.evaluation_event_storage_id in ids for row in checks)  # each check points at its planned event
+    types = {row.id: row.dagster_event_type for row in events}
+    for row in checks:  # each planned check points at its own planned-check event
+        assert types.get(row.evaluation_event_storage_id) == "ASSET_CHECK_EVALUATION_PLANNED", row
     entries = [dg.deserialize_value(row.event, dg.EventLogEntry) for row in events]
     return {
         "events": sorted((row.dagster_event_type, row.step_key, row.asset_key, row.partition) for row in events),

@@ -77,6 +77,7 @@ class CachingPostgresEventLogStorage(PostgresEventLogStorage):
         self._partitions_lock = threading.Lock()
         self._partitions_table = False  # the table's existence (and its version trigger), once seen
         self.revalidation = "trigger"  # or "aggregate", where the trigger cannot be installed
+        self._warned = False  # the fallback is logged once per process
         self.partition_reads = 0  # full key reads (cache misses): what the bench counts
         self.partition_checks = 0  # revalidation queries
         self.planned_batches = 0  # runs' planned events written in one statement
@@ -99,11 +100,25 @@ class CachingPostgresEventLogStorage(PostgresEventLogStorage):
         """What changes whenever the definition's rows change: the trigger's counter (one primary-key read), else
         an aggregate over the rows."""
         self._check_partitions_table()
-        with self.index_connection() as conn:
-            version = (read_counter(conn) if self.revalidation == "trigger"
-                       else aggregate_version(conn, partitions_def_name))
         self.partition_checks += 1
-        return version
+        if self.revalidation == "trigger":
+            try:
+                with self.index_connection() as conn:
+                    version = read_counter(conn)
+                if version is not None:
+                    return version
+                self._warn_once("the version trigger is missing or disabled")
+            except sa.exc.SQLAlchemyError as error:  # e.g. the counter removed under us: this read, the slow way
+                self._warn_once(f"the version counter could not be read ({error.__class__.__name__})")
+        with self.index_connection() as conn:
+            return aggregate_version(conn, partitions_def_name)
+
+    def _warn_once(self, why: str) -> None:
+        if not self._warned:
+            self._warned = True
+            logging.getLogger(__name__).warning(
+                "dynamic partitions: %s; reads of the keys are revalidated with an aggregate over the definition's "
+                "rows instead (a full scan of them)", why)
 
     def _check_partitions_table(self) -> None:
         # dagster-postgres asks the catalog on every partition call (a connection and a query each time).
@@ -115,10 +130,8 @@ class CachingPostgresEventLogStorage(PostgresEventLogStorage):
                 with self.index_transaction() as conn:
                     install_trigger(conn)
             except sa.exc.SQLAlchemyError as error:
-                self.revalidation = "aggregate"
-                logging.getLogger(__name__).warning(
-                    "dynamic partitions: the version trigger could not be installed (%s); each read of the keys "
-                    "is revalidated with an aggregate over the definition's rows instead", error.__class__.__name__)
+                self.revalidation = "aggregate"  # for this process's life: a restart tries again
+                self._warn_once(f"the version trigger could not be installed ({error.__class__.__name__})")
         self._partitions_table = True
 
     def get_dynamic_partitions(self, partitions_def_name: str) -> Sequence[str]:
@@ -203,6 +216,10 @@ class CachingPostgresEventLogStorage(PostgresEventLogStorage):
                "evaluation_event_timestamp": self._event_insert_timestamp(event),
                "evaluation_event_storage_id": event_id}
         return [{**row, "partition": key} for key in keys]
+
+    def dispose(self) -> None:
+        super().dispose()
+        self._engine.dispose()  # the held connection closes with the instance, not at garbage collection
 
     def wipe(self) -> None:
         super().wipe()

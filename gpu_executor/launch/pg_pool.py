@@ -5,13 +5,16 @@ connections per run it created, half its time on a loaded host, and 200 run work
 connections all day is what a PgBouncer in front of Postgres is usually added for. Here each storage keeps one
 connection (SQLAlchemy's QueuePool of size 1; more are opened only while several threads use it at once and closed on
 return), pre-pinged so a restarted Postgres costs one reconnect, recycled hourly. A connection is never used across a
-fork: the pool's connect/checkout hooks compare process ids (SQLAlchemy's documented recipe), so a forked child opens
-its own. Behind PgBouncer in transaction mode the held connection is a client connection only (deploy/README.md).
+fork: a forked child drops the pool it inherited without closing its sockets (``engine.dispose(close=False)`` at
+fork, SQLAlchemy's documented recipe; a pre-ping would otherwise go out on the parent's socket before any checkout
+hook runs), and a checkout hook still compares process ids. Behind PgBouncer in transaction mode the held connection
+is a client connection only (deploy/README.md).
 """
 
 from __future__ import annotations
 
 import os
+import weakref
 from typing import Any
 
 import sqlalchemy as sa
@@ -36,4 +39,12 @@ def pooled_engine(postgres_url: str, token_provider: Any = None) -> sa.engine.En
             record.dbapi_connection = proxy.dbapi_connection = None
             raise sa.exc.DisconnectionError("connection opened in another process; reconnecting")
 
+    held = weakref.ref(engine)  # the fork hook must not keep a disposed storage's engine alive
+
+    def _forget_in_child() -> None:
+        child_engine = held()
+        if child_engine is not None:
+            child_engine.dispose(close=False)  # the parent's sockets stay the parent's
+
+    os.register_at_fork(after_in_child=_forget_in_child)
     return engine

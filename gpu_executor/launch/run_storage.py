@@ -48,3 +48,7 @@ class PooledPostgresRunStorage(PostgresRunStorage):
         if not self._run_stats_cols:
             self._run_stats_cols = super().has_run_stats_index_cols()
         return self._run_stats_cols
+
+    def dispose(self) -> None:
+        super().dispose()
+        self._engine.dispose()  # the held connection closes with the instance, not at garbage collection
