@@ -39,12 +39,17 @@ def pooled_engine(postgres_url: str, token_provider: Any = None) -> sa.engine.En
             record.dbapi_connection = proxy.dbapi_connection = None
             raise sa.exc.DisconnectionError("connection opened in another process; reconnecting")
 
-    held = weakref.ref(engine)  # the fork hook must not keep a disposed storage's engine alive
-
-    def _forget_in_child() -> None:
-        child_engine = held()
-        if child_engine is not None:
-            child_engine.dispose(close=False)  # the parent's sockets stay the parent's
-
-    os.register_at_fork(after_in_child=_forget_in_child)
+    _ENGINES.add(engine)
     return engine
+
+
+# The engines of this process, for the fork hook (weakly: a disposed storage's engine is not kept alive by it).
+_ENGINES: weakref.WeakSet[sa.engine.Engine] = weakref.WeakSet()
+
+
+def _forget_in_child() -> None:
+    for engine in list(_ENGINES):
+        engine.dispose(close=False)  # the parent's sockets stay the parent's
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
