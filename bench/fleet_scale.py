@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import bisect
-import datetime
 import json
 import logging
 import os
@@ -145,8 +144,8 @@ def verdict(seconds: float, target: float) -> str:
 def drain(creates: list[float], slots: int, run_seconds: float) -> dict[str, float]:
     """A pool of ``slots`` whose runs each take ``run_seconds``, fed by runs that appear at ``creates`` (seconds,
     sorted): when the slots first all hold a run, and after that, the slot-seconds spent idle with nothing queued and
-    the shortest queue a slot found when it took its next run, up to the last run created (after it the rest of the
-    backfill is unknown)."""
+    the shortest queue a slot left when it took its next run, up to the last run created (after it the rest of the
+    backfill is unknown, and a finished backfill's queue drains by definition)."""
     free = [0.0] * slots  # when each slot is next free
     filled_at = None
     idle = 0.0
@@ -159,12 +158,12 @@ def drain(creates: list[float], slots: int, run_seconds: float) -> dict[str, flo
         if filled_at is None and i == slots - 1:
             filled_at = start
         free[slot] = start + run_seconds
-        if i >= slots and i < len(creates) - 1:  # runs that waited for a slot; the last leaves nothing queued
+        if i >= slots and start <= creates[-1]:  # a slot taking its next run while the backfill was being created
             # Runs created by `start` and not yet started: the queue as this run leaves it.
             queued = bisect.bisect_right(creates, start, lo=i + 1) - (i + 1)
             min_queue = min(min_queue, queued)
     return {"filled_at": filled_at if filled_at is not None else float("nan"), "idle_slot_seconds": idle,
-            "min_queue": min_queue if min_queue != float("inf") else 0}
+            "min_queue": min_queue}  # inf: every run was created before a slot first freed
 
 
 def measure_bucket(n: int, endpoint: str, args: argparse.Namespace) -> dict[str, dict[str, float]]:
@@ -243,21 +242,11 @@ def measure_bucket(n: int, endpoint: str, args: argparse.Namespace) -> dict[str,
             os.chdir(REPO_ROOT)
             for size in args.run_sizes:
                 figures[size] = measure_backfill(instance, home, keys, size, args)
-            written = datetime.datetime.now(datetime.timezone.utc)  # no daemon writes after this
 
-            # 4. the asset page's partition view (every shard in flight: the status cache rebuilt on each read), at
-            # once and once Postgres's autovacuum has analyzed the event log after the bulk of planned events (within
-            # a minute or two; until then the planner sorts the planned events on disk).
+            # 4. the asset page's partition view, every shard in flight (the status cache is rebuilt on each read).
             view_s = partition_view(instance, len(keys))
-            print(f"partition view (PartitionHealthQuery, best of 3, right after the runs were created)  "
+            print(f"partition view (PartitionHealthQuery, best of 3, every shard in a queued run)  "
                   f"{verdict(view_s, VIEW_TARGET_S)}", flush=True)
-            waited = wait_for_autoanalyze(instance, written, timeout=args.analyze_wait)
-            if waited is not None:
-                view_s = partition_view(instance, len(keys))
-                print(f"partition view (the same, after autovacuum analyzed the event log, {waited:.0f} s later)  "
-                      f"{verdict(view_s, VIEW_TARGET_S)}", flush=True)
-            else:
-                print(f"partition view after autovacuum: not measured (no analyze within {args.analyze_wait:g} s)")
         finally:
             instance.dispose()
     return figures
@@ -338,7 +327,9 @@ def measure_backfill(instance: dg.DagsterInstance, home: Path, keys: list[str], 
     print(f"drain: {args.drain_slots} slots x {args.drain_run_seconds:g} s runs (demand {demand:.2f} runs/s; "
           f"simulated scaled 1/{args.drain_scale:g}: {slots} slots x {run_s:g} s on the created runs): all slots busy "
           f"{sim['filled_at']:.1f} s after launch; then {sim['idle_slot_seconds']:.1f} slot-s idle with an empty "
-          f"queue, queue never below {sim['min_queue']:.0f} runs  (target: no idle slot with an empty queue: "
+          f"queue, " + (f"a slot freed found at least {sim['min_queue']:.0f} runs queued" if sim["min_queue"] !=
+                        float("inf") else "every run created before the first slot freed") +
+          "  (target: no idle slot with an empty queue: "
           f"{'NOT MET' if starved else 'met'}; creation/demand {rate / demand:.1f}x)", flush=True)
     if counters.exists():
         c = json.loads(counters.read_text())
@@ -362,21 +353,6 @@ def automation_tick(instance: dg.DagsterInstance) -> tuple[float, int]:
     result = dg.evaluate_automation_conditions(defs=defs, instance=instance)
     seconds = time.perf_counter() - start
     return seconds, len(result.get_requested_partitions(TOKENS_ASSET_KEY))
-
-
-def wait_for_autoanalyze(instance: dg.DagsterInstance, since: datetime.datetime, timeout: float) -> float | None:
-    """Seconds waited until autovacuum had analyzed ``event_logs`` after ``since`` (None if not within ``timeout``)."""
-    import sqlalchemy as sa
-
-    query = sa.text("SELECT coalesce(last_autoanalyze, 'epoch'::timestamptz) >= :since FROM pg_stat_user_tables "
-                    "WHERE relname = 'event_logs'")
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        with instance.event_log_storage.index_connection() as conn:
-            if conn.execute(query, {"since": since}).scalar():
-                return time.monotonic() - start
-        time.sleep(2.0)
-    return None
 
 
 def partition_view(instance: dg.DagsterInstance, partitions: int) -> float:
@@ -449,9 +425,6 @@ def main(argv: list[str] | None = None) -> int:
                         help="dagster-postgres's run and event log storages instead of the platform's (the saving)")
     parser.add_argument("--daemon-cap", type=float, default=120.0,
                         help="seconds to let the daemon create runs before the rate is taken (default 120)")
-    parser.add_argument("--analyze-wait", type=float, default=90.0,
-                        help="seconds to wait for autovacuum's analyze of the event log before the second partition "
-                             "view (default 90, autovacuum's 60 s nap and some; 0: skip)")
     parser.add_argument("--drain-slots", type=int, default=200, help="drain simulation: slots (default 200)")
     parser.add_argument("--drain-run-seconds", type=float, default=600.0,
                         help="drain simulation: seconds per run (default 600)")

@@ -301,3 +301,40 @@ def test_a_run_s_planned_events_written_as_one_batch_are_what_one_by_one_writes(
         assert {k: run_id for k, (run_id, _) in attempts.items()} == newest
         (record,) = storage.get_asset_records([TOKENS_ASSET_KEY])
         assert record.asset_entry.last_run_id == batched[-1].run_id
+
+
+def test_partitions_in_flight_are_what_dagster_postgres_answers(pg_instance) -> None:
+    """The asset page's in-flight question (latest planned materialization per shard with no materialization after
+    it), answered in one pass, equals dagster-postgres's answer in every state a shard goes through, from every
+    cursor, and after the asset is wiped."""
+    from tests.fixtures.platform import started_tokens_run
+
+    storage = pg_instance.event_log_storage
+    keys = KEYS[:5]
+    pg_instance.add_dynamic_partitions(NAME, keys)
+
+    def materialize(key: str) -> None:
+        pg_instance.report_runless_asset_event(dg.AssetMaterialization(TOKENS_ASSET_KEY, partition=key))
+
+    def compare() -> dict[str, str]:
+        """Ours against theirs from every cursor; the shards in flight and their runs."""
+        ours = storage.get_latest_asset_partition_materialization_attempts_without_materializations(TOKENS_ASSET_KEY)
+        with storage.index_connection() as conn:
+            ids = conn.execute(sa.text("SELECT id FROM event_logs ORDER BY id")).scalars().all()
+        for cursor in [None, 0, *ids]:
+            theirs = super(CachingPostgresEventLogStorage, storage) \
+                .get_latest_asset_partition_materialization_attempts_without_materializations(TOKENS_ASSET_KEY, cursor)
+            assert storage.get_latest_asset_partition_materialization_attempts_without_materializations(
+                TOKENS_ASSET_KEY, cursor) == theirs, cursor
+        return {key: run_id for key, (run_id, _) in ours.items()}
+
+    runs = {key: started_tokens_run(pg_instance, key) for key in keys[:3]}  # planned, in flight
+    materialize(keys[1])  # done after it was planned
+    materialize(keys[3])  # done, never planned
+    again = started_tokens_run(pg_instance, keys[1])  # planned again after it was done
+    assert compare() == {keys[0]: runs[keys[0]].run_id, keys[1]: again.run_id, keys[2]: runs[keys[2]].run_id}
+
+    pg_instance.wipe_assets([TOKENS_ASSET_KEY])  # everything before the wipe is forgotten
+    assert compare() == {}
+    later = started_tokens_run(pg_instance, keys[4])
+    assert compare() == {keys[4]: later.run_id}
