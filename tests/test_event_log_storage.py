@@ -338,3 +338,24 @@ def test_partitions_in_flight_are_what_dagster_postgres_answers(pg_instance) -> 
     assert compare() == {}
     later = started_tokens_run(pg_instance, keys[4])
     assert compare() == {keys[4]: later.run_id}
+
+
+def test_a_key_list_finds_keys_as_a_list_does() -> None:
+    """The keys Dagster gets back find a run's range by a lookup, and stay a plain list in every other way: after any
+    change to the list, ``index`` answers as ``list.index`` does."""
+    from gpu_executor.launch.event_log_storage import CachedKeys
+
+    cached = CachedKeys(version=1, keys=tuple(KEYS))
+    keys = cached.as_list()
+    assert isinstance(keys, list) and keys == KEYS and keys[2:4] == KEYS[2:4]
+    assert [keys.index(k) for k in KEYS] == list(range(len(KEYS)))
+    assert keys.index(KEYS[3], 1, 5) == 3
+    with pytest.raises(ValueError):
+        keys.index("not a shard")
+    for change in (lambda k: k.insert(0, KEYS[5]), lambda k: k.__setitem__(0, KEYS[5]), lambda k: k.reverse(),
+                   lambda k: k.remove(KEYS[0]), lambda k: k.sort(reverse=True), lambda k: k.extend([KEYS[5]])):
+        changed, plain = cached.as_list(), list(KEYS)
+        change(changed)
+        change(plain)
+        assert [changed.index(k) for k in KEYS if k in plain] == [plain.index(k) for k in KEYS if k in plain]
+    assert cached.as_list() == KEYS  # the cache is untouched
