@@ -43,13 +43,10 @@ from dagster_postgres.event_log import PostgresEventLogStorage
 from gpu_executor.launch.dagster_internals import (
     AssetCheckExecutionRecordStatus,
     AssetCheckExecutionsTable,
-    ConfigurableClassData,
     SqlEventLogStorageTable,
-    get_token_provider_from_config,
-    pg_url_from_config,
 )
 from gpu_executor.launch.partitions_version import aggregate_version, install_trigger, read_counter
-from gpu_executor.launch.pg_pool import pooled_engine
+from gpu_executor.launch.pg_pool import HeldConnection
 
 # What creating a run logs, and all this storage writes in one statement (anything else goes to dagster-postgres).
 PLANNED_EVENTS = frozenset({dg.DagsterEventType.ASSET_MATERIALIZATION_PLANNED,
@@ -106,7 +103,7 @@ for _name in ("__setitem__", "__delitem__", "__iadd__", "__imul__", "append", "e
     setattr(KeyList, _name, _dropping_positions(_name))
 
 
-class CachingPostgresEventLogStorage(PostgresEventLogStorage):
+class CachingPostgresEventLogStorage(HeldConnection, PostgresEventLogStorage):
     """PostgresEventLogStorage whose ``get_dynamic_partitions`` answers from memory while the rows are unchanged."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -120,18 +117,6 @@ class CachingPostgresEventLogStorage(PostgresEventLogStorage):
         self.planned_batches = 0  # runs' planned events written in one statement
         self._check_executions_table = False  # the asset check executions table, once seen
         super().__init__(*args, **kwargs)
-        self._engine.dispose()
-        self._engine = pooled_engine(self.postgres_url, self._token_provider)
-
-    @classmethod
-    def from_config_value(cls, inst_data: ConfigurableClassData | None,
-                          config_value: Mapping[str, Any]) -> CachingPostgresEventLogStorage:
-        return cls(
-            inst_data=inst_data,
-            postgres_url=pg_url_from_config(config_value),
-            should_autocreate_tables=config_value.get("should_autocreate_tables", True),
-            token_provider=get_token_provider_from_config(config_value),
-        )
 
     def partitions_version(self, partitions_def_name: str) -> Hashable:
         """What changes whenever the definition's rows change: the trigger's counter (one primary-key read), else
@@ -278,10 +263,6 @@ class CachingPostgresEventLogStorage(PostgresEventLogStorage):
                "evaluation_event_timestamp": self._event_insert_timestamp(event),
                "evaluation_event_storage_id": event_id}
         return [{**row, "partition": key} for key in keys]
-
-    def dispose(self) -> None:
-        super().dispose()
-        self._engine.dispose()  # the held connection closes with the instance, not at garbage collection
 
     def wipe(self) -> None:
         super().wipe()

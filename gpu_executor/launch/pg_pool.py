@@ -15,12 +15,45 @@ from __future__ import annotations
 
 import os
 import weakref
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Self
 
 import sqlalchemy as sa
 import sqlalchemy.pool as sa_pool
 
-from gpu_executor.launch.dagster_internals import create_pg_engine
+from gpu_executor.launch.dagster_internals import (
+    ConfigurableClassData,
+    create_pg_engine,
+    get_token_provider_from_config,
+    pg_url_from_config,
+)
+
+
+class HeldConnection:
+    """Mixin for a dagster-postgres storage (listed before it): its engine swapped for ``pooled_engine`` once built,
+    built from the same ``postgres_db`` config, its connection closed with the instance."""
+
+    postgres_url: str
+    _token_provider: Any
+    _engine: sa.engine.Engine
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._engine.dispose()
+        self._engine = pooled_engine(self.postgres_url, self._token_provider)
+
+    @classmethod
+    def from_config_value(cls, inst_data: ConfigurableClassData | None, config_value: Mapping[str, Any]) -> Self:
+        return cls(
+            inst_data=inst_data,
+            postgres_url=pg_url_from_config(config_value),
+            should_autocreate_tables=config_value.get("should_autocreate_tables", True),
+            token_provider=get_token_provider_from_config(config_value),
+        )
+
+    def dispose(self) -> None:
+        super().dispose()  # type: ignore[misc]
+        self._engine.dispose()  # the held connection closes with the instance, not at garbage collection
 
 
 def pooled_engine(postgres_url: str, token_provider: Any = None) -> sa.engine.Engine:

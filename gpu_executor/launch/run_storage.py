@@ -12,43 +12,21 @@ PooledPostgresRunStorage, config: {postgres_db: ...}}``, the same config as dags
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 from dagster_postgres.run_storage import PostgresRunStorage
 
-from gpu_executor.launch.dagster_internals import (
-    ConfigurableClassData,
-    get_token_provider_from_config,
-    pg_url_from_config,
-)
-from gpu_executor.launch.pg_pool import pooled_engine
+from gpu_executor.launch.pg_pool import HeldConnection
 
 
-class PooledPostgresRunStorage(PostgresRunStorage):
+class PooledPostgresRunStorage(HeldConnection, PostgresRunStorage):
     """PostgresRunStorage with a held connection and the stats columns' presence remembered once seen."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._run_stats_cols = False
         super().__init__(*args, **kwargs)
-        self._engine.dispose()
-        self._engine = pooled_engine(self.postgres_url, self._token_provider)
-
-    @classmethod
-    def from_config_value(cls, inst_data: ConfigurableClassData | None,
-                          config_value: Mapping[str, Any]) -> PooledPostgresRunStorage:
-        return cls(
-            inst_data=inst_data,
-            postgres_url=pg_url_from_config(config_value),
-            should_autocreate_tables=config_value.get("should_autocreate_tables", True),
-            token_provider=get_token_provider_from_config(config_value),
-        )
 
     def has_run_stats_index_cols(self) -> bool:
         if not self._run_stats_cols:
             self._run_stats_cols = super().has_run_stats_index_cols()
         return self._run_stats_cols
-
-    def dispose(self) -> None:
-        super().dispose()
-        self._engine.dispose()  # the held connection closes with the instance, not at garbage collection
