@@ -47,6 +47,10 @@ from dagster_postgres.utils import create_pg_engine, get_token_provider_from_con
 # materializations does with these table objects.
 from dagster._core.storage.event_log.schema import AssetCheckExecutionsTable, SqlEventLogStorageTable
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
+# Not imports, so not checked below, but read them on an upgrade too: the storage subclasses call or override these
+# private methods of dagster-postgres's storages: _event_to_row, _event_insert_timestamp, _store_asset_event,
+# _store_asset_event_tags, _check_partitions_table, _get_assets_details, _add_assets_wipe_filter_to_query (event log);
+# has_run_stats_index_cols (run storage). tests/test_event_log_storage.py compares their results with the base's.
 
 # --- Failing a hung run from inside it (neucodec_assets.tokens.asset) -------------------------------------------
 # report_run_failed takes the failure's reason as JobFailureData; run retries read UNEXPECTED_TERMINATION as a crash.
