@@ -7,14 +7,15 @@ is ~0.4 s a read at 100,000 shards on local Postgres: the run-creation rate then
 one primary-key read of a counter that a trigger on the partitions table bumps with every change, whoever makes it
 (``gpu_executor.launch.partitions_version``; an aggregate over the rows where the trigger cannot be installed): any
 other process's add or delete makes the next read fetch the keys again. Its own adds and deletes drop the entry at
-once. The list returned is the one the base class would return: every key, in insertion order. Which of a set of
+once. The list returned holds what the base class would return, every key in insertion order, and finds a key's
+position by a lookup (``KeyList``: Dagster finds each run's range by ``index``). Which of a set of
 keys exist (the asset page's partition view asks for every shard in flight) is answered from the same keys, and
 which shards are in flight (the view's status cache asks on every read while any is) in one pass over the events.
 
 It also keeps one connection open per process (``gpu_executor.launch.pg_pool``) where dagster-postgres opens a new
 one for every statement.
 
-And it writes a run's planned events in one statement. Creating a run logs one ASSET_MATERIALIZATION_PLANNED event
+And it writes a run's planned events in one transaction. Creating a run logs one ASSET_MATERIALIZATION_PLANNED event
 per partition of the run (and one per asset check), each a separate insert, index update and NOTIFY in
 dagster-postgres (its batch write takes materializations and observations only): a 64-shard run cost ~70 statements.
 Dagster hands them over as one batch when ``DAGSTER_EVENT_BATCH_SIZE`` is set in the process that creates runs (the
